@@ -1,0 +1,137 @@
+"""Build Go main packages from pinned modules into the harness cache, once.
+
+`go install module/cmd@version` does not work for every tool we need: k8s.io/kubernetes replaces its
+staging modules with local paths, and the module proxy refuses the version list of some modules (which
+`go install` reads to check for deprecation). So each build happens in a small wrapper module that
+`require`s the pinned version (plus any `replace` lines) and runs `go build -mod=mod`.
+
+Called by `taskq_dev.tools`; a build runs under a file lock so parallel test sessions share it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class GoBuildError(RuntimeError):
+    """A tool could not be built; the message says which and how to get it otherwise."""
+
+
+@dataclass(frozen=True)
+class GoTool:
+    """One pinned module and the main packages to build from it."""
+
+    module: str
+    version: str
+    packages: Sequence[str]
+    replaces: dict[str, str] = field(default_factory=dict)
+    go_directive: str = "1.24.0"
+
+
+def go_binary() -> str:
+    """The `go` command, or a clear error saying that the first build needs Go."""
+    found = shutil.which("go")
+    if found is None:
+        raise GoBuildError(
+            "Go is not on PATH: the first run builds the harness tools from their Go modules. "
+            "Install Go (or point KUBEBUILDER_ASSETS / PATH at prebuilt binaries)."
+        )
+    return found
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def staging_replaces(kubernetes_version: str) -> dict[str, str]:
+    """Map each `k8s.io/*` staging module of k8s.io/kubernetes to its published `v0.X.Y` version."""
+    go = go_binary()
+    out = subprocess.run(
+        [go, "mod", "download", "-json", f"k8s.io/kubernetes@v{kubernetes_version}"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd="/",
+    ).stdout
+    gomod = Path(json.loads(out)["GoMod"]).read_text()
+    staging_version = "v0." + kubernetes_version.split(".", 1)[1]
+    modules = re.findall(r"^\s*(k8s\.io/[\w.-]+)\s+=>\s+\./staging/", gomod, flags=re.MULTILINE)
+    if not modules:
+        raise GoBuildError(f"no staging modules found in k8s.io/kubernetes v{kubernetes_version}")
+    return {module: f"{module} {staging_version}" for module in modules}
+
+
+def _wrapper_gomod(tool: GoTool) -> str:
+    lines = [
+        "module taskq.local/toolbuild",
+        "",
+        f"go {tool.go_directive}",
+        "",
+        f"require {tool.module} v{tool.version}",
+    ]
+    if tool.replaces:
+        lines += ["", "replace ("]
+        lines += [f"\t{old} => {new}" for old, new in sorted(tool.replaces.items())]
+        lines.append(")")
+    return "\n".join(lines) + "\n"
+
+
+def build(tool: GoTool, out_dir: Path, binaries: Sequence[str]) -> dict[str, Path]:
+    """Build `tool` into `out_dir` unless every name in `binaries` is already there.
+
+    Returns the path of each binary. Prints progress to stderr, since a cold build takes minutes.
+    """
+    wanted = {name: out_dir / name for name in binaries}
+    if all(path.exists() for path in wanted.values()):
+        return wanted
+    with _locked(out_dir / ".build.lock"):
+        if all(path.exists() for path in wanted.values()):
+            return wanted
+        src = out_dir / "src"
+        src.mkdir(parents=True, exist_ok=True)
+        (src / "go.mod").write_text(_wrapper_gomod(tool))
+        env = dict(os.environ, GOFLAGS="-mod=mod", CGO_ENABLED="0")
+        started = time.monotonic()
+        print(
+            f"taskq-dev: building {', '.join(binaries)} from {tool.module} v{tool.version} "
+            f"(first run only; cached in {out_dir})",
+            file=sys.stderr,
+            flush=True,
+        )
+        result = subprocess.run(
+            [go_binary(), "build", "-trimpath", "-ldflags=-s -w", "-o", str(out_dir) + "/", *tool.packages],
+            cwd=src,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            tail = "\n".join(result.stderr.strip().splitlines()[-15:])
+            raise GoBuildError(f"building {tool.module} v{tool.version} failed:\n{tail}")
+        missing = [name for name, path in wanted.items() if not path.exists()]
+        if missing:
+            raise GoBuildError(f"build of {tool.module} produced no {', '.join(missing)}")
+        print(
+            f"taskq-dev: built {', '.join(binaries)} in {time.monotonic() - started:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        return wanted
