@@ -1,0 +1,1 @@
+"""The RabbitMQ adapter (pika): connections, topology, publishing. pika errors become `taskq.errors`."""

@@ -1,0 +1,69 @@
+"""The status document of a task, as pure data: what the store writes for each transition.
+
+The store adapter turns these into MongoDB operations; keeping the shapes here lets the CLI, the HTTP
+service and the tests agree on them without importing pymongo.
+"""
+
+from __future__ import annotations
+
+import traceback as tb
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from taskq.core.message import TaskMessage
+from taskq.core.states import TaskState
+
+RESULT_LIMIT_BYTES = 16 * 1024
+TRACEBACK_LIMIT_CHARS = 4000
+MESSAGE_LIMIT_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class TaskError:
+    """What went wrong in an attempt, trimmed to sizes a status document can carry."""
+
+    type: str
+    message: str
+    traceback: str = ""
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> TaskError:
+        text = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+        return cls(
+            type=type(exc).__name__,
+            message=str(exc)[:MESSAGE_LIMIT_CHARS],
+            traceback=text[-TRACEBACK_LIMIT_CHARS:],
+        )
+
+    def as_dict(self) -> dict[str, str]:
+        return {"type": self.type, "message": self.message, "traceback": self.traceback}
+
+
+def queued_document(message: TaskMessage, now: datetime) -> dict[str, Any]:
+    """The first document of a task, written by the producer before it publishes."""
+    return {
+        "_id": message.id,
+        "name": message.name,
+        "queue": message.queue,
+        "state": TaskState.QUEUED.value,
+        "args": message.args,
+        "kwargs": message.kwargs,
+        "priority": message.priority,
+        "max_retries": message.max_retries,
+        "timeout": message.timeout,
+        "attempts": 0,
+        "worker": None,
+        "created_at": message.created_at,
+        "updated_at": now,
+        "timestamps": {TaskState.QUEUED.value: now},
+        "result": None,
+        "error": None,
+    }
+
+
+def capped_result(value: Any, encoded_size: int) -> Any:
+    """The result to store: the value itself, or a marker when its JSON is larger than the cap."""
+    if encoded_size <= RESULT_LIMIT_BYTES:
+        return value
+    return {"truncated": True, "size_bytes": encoded_size, "limit_bytes": RESULT_LIMIT_BYTES}

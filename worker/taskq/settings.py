@@ -1,0 +1,61 @@
+"""Settings a worker, a producer and the HTTP service read from the environment (`TASKQ_*`).
+
+The table of variables is in docs/architecture.md. Credentials stay inside the URLs and are never
+printed: `Settings.__repr__` hides them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from taskq.core.retry import RetryPolicy
+from taskq.errors import redact_url
+
+
+def _default_worker_id() -> str:
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    """Everything configurable about a taskq process, with production-sane defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="TASKQ_", extra="ignore")
+
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    mongodb_uri: str = "mongodb://127.0.0.1:27017/"
+    database: str = "taskq"
+    queue: str = "default"
+    task_modules: str = ""
+    prefetch: int = Field(default=64, ge=1, le=10_000)
+    concurrency: int = Field(default=4, ge=1, le=1024)
+    max_retries: int = Field(default=3, ge=0, le=100)
+    task_timeout: float = Field(default=300.0, gt=0)
+    retry_initial: float = Field(default=1.0, gt=0)
+    retry_max: float = Field(default=300.0, gt=0)
+    retry_factor: float = Field(default=2.0, ge=1)
+    max_priority: int = Field(default=10, ge=0, le=255)
+    grace_seconds: float = Field(default=30.0, ge=0)
+    health_port: int = Field(default=8080, ge=0, le=65535)
+    worker_id: str = Field(default_factory=_default_worker_id)
+
+    @field_validator("worker_id")
+    @classmethod
+    def _non_empty(cls, value: str) -> str:
+        return value or _default_worker_id()
+
+    def task_module_list(self) -> list[str]:
+        """The task modules to import, from the comma-separated setting."""
+        return [name.strip() for name in self.task_modules.split(",") if name.strip()]
+
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(initial_s=self.retry_initial, max_s=self.retry_max, factor=self.retry_factor)
+
+    def __repr_args__(self):  # type: ignore[no-untyped-def]
+        for key, value in super().__repr_args__():
+            if key in ("amqp_url", "mongodb_uri") and isinstance(value, str):
+                value = redact_url(value)
+            yield key, value

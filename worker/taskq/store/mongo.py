@@ -1,0 +1,221 @@
+"""Task status documents and worker heartbeats in MongoDB (or FerretDB), through pymongo.
+
+Called by the producer (queued documents), the worker (transitions, heartbeats), the CLI and HTTP
+service (reads) and the operator (counts, heartbeats). Uses only what both MongoDB and FerretDB
+support: no transactions, no change streams. pymongo errors become `taskq.errors` here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any, TypeVar
+
+from pymongo import ASCENDING, DESCENDING, MongoClient, UpdateOne
+from pymongo.errors import (
+    AutoReconnect,
+    BulkWriteError,
+    ConnectionFailure,
+    ExecutionTimeout,
+    NetworkTimeout,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+    WTimeoutError,
+)
+
+from taskq.core.document import queued_document
+from taskq.core.message import TaskMessage
+from taskq.core.states import TaskState
+from taskq.core.transitions import Transition
+from taskq.errors import StoreUnavailable, TaskqError, redact_url
+
+T = TypeVar("T")
+DUPLICATE_KEY = 11000
+_UNAVAILABLE = (AutoReconnect, ConnectionFailure, NetworkTimeout, ServerSelectionTimeoutError, ExecutionTimeout, WTimeoutError)
+
+
+class TaskStore:
+    """Reads and guarded writes of task documents; one instance per process is enough."""
+
+    def __init__(self, uri: str, database: str = "taskq", *, timeout_ms: int = 5000) -> None:
+        self._where = redact_url(uri)
+        self._client: MongoClient[dict[str, Any]] = MongoClient(
+            uri,
+            serverSelectionTimeoutMS=timeout_ms,
+            connectTimeoutMS=timeout_ms,
+            socketTimeoutMS=max(timeout_ms * 3, 10_000),
+            retryWrites=False,
+            tz_aware=True,
+            appname="taskq",
+        )
+        db = self._client[database]
+        self.tasks = db["tasks"]
+        self.workers = db["workers"]
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    @contextmanager
+    def _translated(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"store at {self._where} unavailable while {what}: {type(exc).__name__}") from None
+        except PyMongoError as exc:
+            raise TaskqError(f"store at {self._where} failed while {what}: {exc}") from None
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        with self._translated(what):
+            return fn()
+
+    def ping(self) -> None:
+        """Raise `StoreUnavailable` unless the store answers."""
+        self._call("pinging", lambda: self._client.admin.command("ping"))
+
+    def ensure_indexes(self) -> None:
+        """Create the indexes the CLI, HTTP service and operator queries use (idempotent)."""
+        with self._translated("creating indexes"):
+            self.tasks.create_index([("queue", ASCENDING), ("state", ASCENDING), ("updated_at", DESCENDING)])
+            self.tasks.create_index([("state", ASCENDING), ("updated_at", DESCENDING)])
+            self.workers.create_index([("queue", ASCENDING)])
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- producer -----------------------------------------------------------------------------
+
+    def insert_queued(self, messages: Sequence[TaskMessage], now: datetime) -> set[str]:
+        """Write the `queued` documents; return the ids that were new (existing ids are kept as they are)."""
+        if not messages:
+            return set()
+        ids = {m.id for m in messages}
+        docs = [queued_document(m, now) for m in messages]
+        with self._translated("recording submitted tasks"):
+            try:
+                self.tasks.insert_many(docs, ordered=False)
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                others = [err for err in errors if err.get("code") != DUPLICATE_KEY]
+                if others:
+                    raise TaskqError(f"store refused {len(others)} task documents: {others[0].get('errmsg')}") from None
+                return ids - {docs[err["index"]]["_id"] for err in errors}
+        return ids
+
+    # -- transitions --------------------------------------------------------------------------
+
+    @staticmethod
+    def _operation(transition: Transition, token: str) -> UpdateOne:
+        update: dict[str, Any] = {"$set": {**transition.fields, "write_token": token}}
+        if transition.insert is not None:
+            update["$setOnInsert"] = transition.insert
+        return UpdateOne(
+            {"_id": transition.task_id, "state": {"$in": [s.value for s in transition.sources]}},
+            update,
+            upsert=transition.insert is not None,
+        )
+
+    def apply(self, transition: Transition) -> bool:
+        """Apply one transition; False when it was refused as stale."""
+        return self.apply_many([transition])[0]
+
+    def apply_many(self, transitions: Sequence[Transition]) -> list[bool]:
+        """Apply transitions in one bulk write (group commit); per transition, whether it was applied.
+
+        Each write carries a fresh token, so when the bulk result does not account for every
+        operation, one read tells exactly which were refused.
+        """
+        if not transitions:
+            return []
+        tokens = [uuid.uuid4().hex for _ in transitions]
+        ops = [self._operation(t, tok) for t, tok in zip(transitions, tokens)]
+        with self._translated("recording task states"):
+            try:
+                result = self.tasks.bulk_write(ops, ordered=False)
+                done = result.matched_count + result.upserted_count
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if any(err.get("code") != DUPLICATE_KEY for err in errors):
+                    raise TaskqError(f"store refused a task state write: {errors[0].get('errmsg')}") from None
+                done = -1
+            if done == len(ops):
+                return [True] * len(ops)
+            ids = [t.task_id for t in transitions]
+            found = {d["_id"]: d.get("write_token") for d in self.tasks.find({"_id": {"$in": ids}}, {"write_token": 1})}
+        return [found.get(t.task_id) == tok for t, tok in zip(transitions, tokens)]
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def get(self, task_id: str) -> dict[str, Any] | None:
+        """The document of one task, or None."""
+        return self._call("reading a task", lambda: self.tasks.find_one({"_id": task_id}, {"write_token": 0}))
+
+    def states_of(self, task_ids: Iterable[str]) -> dict[str, TaskState]:
+        """The current state of each of `task_ids` that has a document."""
+        ids = list(task_ids)
+        with self._translated("reading task states"):
+            return {d["_id"]: TaskState(d["state"]) for d in self.tasks.find({"_id": {"$in": ids}}, {"state": 1})}
+
+    def list(self, *, queue: str | None = None, state: TaskState | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """The most recently updated tasks, optionally of one queue and/or state."""
+        query: dict[str, Any] = {}
+        if queue:
+            query["queue"] = queue
+        if state:
+            query["state"] = state.value
+        with self._translated("listing tasks"):
+            cursor = self.tasks.find(query, {"write_token": 0, "args": 0, "kwargs": 0, "result": 0})
+            return list(cursor.sort("updated_at", DESCENDING).limit(max(1, min(limit, 10_000))))
+
+    def counts_by_state(self, queue: str | None = None) -> dict[str, int]:
+        """How many tasks are in each state (every state present, zeros included)."""
+        pipeline: list[dict[str, Any]] = []
+        if queue:
+            pipeline.append({"$match": {"queue": queue}})
+        pipeline.append({"$group": {"_id": "$state", "n": {"$sum": 1}}})
+        counts = {state.value: 0 for state in TaskState}
+        with self._translated("counting tasks"):
+            for row in self.tasks.aggregate(pipeline):
+                if row["_id"] in counts:
+                    counts[row["_id"]] = int(row["n"])
+        return counts
+
+    def counts_by_queue_and_state(self, queues: Sequence[str]) -> dict[str, dict[str, int]]:
+        """`counts_by_state` for many queues in one aggregation (used by the operator's tick)."""
+        result = {q: {state.value: 0 for state in TaskState} for q in queues}
+        pipeline = [
+            {"$match": {"queue": {"$in": list(queues)}}},
+            {"$group": {"_id": {"q": "$queue", "s": "$state"}, "n": {"$sum": 1}}},
+        ]
+        with self._translated("counting tasks"):
+            for row in self.tasks.aggregate(pipeline):
+                key = row["_id"]
+                if key["q"] in result and key["s"] in result[key["q"]]:
+                    result[key["q"]][key["s"]] = int(row["n"])
+        return result
+
+    def delete_queue_tasks(self, queue: str) -> int:
+        """Remove the documents of one queue's tasks; returns how many."""
+        return self._call("purging tasks", lambda: self.tasks.delete_many({"queue": queue}).deleted_count)
+
+    # -- worker heartbeats --------------------------------------------------------------------
+
+    def heartbeat(self, worker_id: str, queue: str, *, inflight: int, processed: int, started_at: datetime, now: datetime) -> None:
+        """Record that `worker_id` is alive and how many tasks it holds unacked right now."""
+        with self._translated("recording a heartbeat"):
+            self.workers.update_one(
+                {"_id": worker_id},
+                {"$set": {"queue": queue, "inflight": inflight, "processed": processed, "heartbeat_at": now, "started_at": started_at}},
+                upsert=True,
+            )
+
+    def remove_worker(self, worker_id: str) -> None:
+        """Forget a worker that shut down cleanly."""
+        with self._translated("removing a worker"):
+            self.workers.delete_one({"_id": worker_id})
+
+    def live_workers(self, queues: Sequence[str], since: datetime) -> list[dict[str, Any]]:
+        """Heartbeats newer than `since` of workers consuming `queues`."""
+        with self._translated("reading heartbeats"):
+            return list(self.workers.find({"queue": {"$in": list(queues)}, "heartbeat_at": {"$gte": since}}))
+
