@@ -1,0 +1,246 @@
+"""Parse a TaskQueue object (a plain dict from the API server) into typed, validated settings.
+
+The CRD schema (`crds/taskqueue.yaml`) applies defaults and validates; this parser repeats the defaults
+so that objects the API server never defaulted (unit tests, KMock) parse the same, and raises
+`SpecError` naming the field when something is still wrong. Called by the handlers and the builder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+GROUP = "taskq.io"
+VERSION = "v1alpha1"
+PLURAL = "taskqueues"
+KIND = "TaskQueue"
+
+
+class SpecError(ValueError):
+    """A TaskQueue spec that cannot be used; the message names the field."""
+
+
+@dataclass(frozen=True)
+class StepRules:
+    """How a scaling direction is limited: stabilization window and step size per decision."""
+
+    stabilization_window_s: int
+    max_step_pods: int
+    max_step_percent: int
+
+
+@dataclass(frozen=True)
+class ScalingSpec:
+    min_replicas: int = 0
+    max_replicas: int = 10
+    tasks_per_replica: int = 100
+    activation_backlog: int = 0
+    poll_interval_s: int = 2
+    fallback_replicas: int | None = None
+    paused: bool = False
+    manual_replicas: int | None = None
+    scale_up: StepRules = StepRules(0, 4, 100)
+    scale_down: StepRules = StepRules(300, 4, 100)
+
+
+@dataclass(frozen=True)
+class RetryBackoff:
+    initial_s: float = 1.0
+    max_s: float = 300.0
+    factor: float = 2.0
+
+
+@dataclass(frozen=True)
+class TasksSpec:
+    max_retries: int = 3
+    timeout_s: int = 300
+    max_priority: int = 10
+    retry_backoff: RetryBackoff = RetryBackoff()
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    image: str
+    task_modules: tuple[str, ...] = ()
+    prefetch: int = 64
+    concurrency: int = 4
+    termination_grace_s: int = 330
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    env: tuple[Mapping[str, Any], ...] = ()
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class TaskQueueSpec:
+    """Everything the operator needs from one TaskQueue object."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int
+    queue: str
+    broker_secret: str
+    store_secret: str
+    database: str
+    worker: WorkerSpec
+    scaling: ScalingSpec
+    tasks: TasksSpec
+
+
+def _section(parent: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
+    value = parent.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise SpecError(f"{path}.{key} must be an object")
+    return value
+
+
+def _int(section: Mapping[str, Any], key: str, path: str, default: int, low: int, high: int) -> int:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"{path}.{key} must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise SpecError(f"{path}.{key} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _number(section: Mapping[str, Any], key: str, path: str, default: float, low: float) -> float:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(f"{path}.{key} must be a number, got {value!r}")
+    if value < low:
+        raise SpecError(f"{path}.{key} must be >= {low}, got {value}")
+    return float(value)
+
+
+def _secret_name(spec: Mapping[str, Any], section: str) -> str:
+    ref = _section(_section(spec, section, "spec"), "secretRef", f"spec.{section}")
+    name = ref.get("name")
+    if not isinstance(name, str) or not name:
+        raise SpecError(f"spec.{section}.secretRef.name is required")
+    return name
+
+
+def _step_rules(scaling: Mapping[str, Any], key: str, default: StepRules) -> StepRules:
+    section = _section(scaling, key, "spec.scaling")
+    path = f"spec.scaling.{key}"
+    return StepRules(
+        stabilization_window_s=_int(
+            section, "stabilizationWindowSeconds", path, default.stabilization_window_s, 0, 3600
+        ),
+        max_step_pods=_int(section, "maxStepPods", path, default.max_step_pods, 1, 1000),
+        max_step_percent=_int(section, "maxStepPercent", path, default.max_step_percent, 0, 1000),
+    )
+
+
+def parse_scaling(spec: Mapping[str, Any]) -> ScalingSpec:
+    scaling = _section(spec, "scaling", "spec")
+    path = "spec.scaling"
+    defaults = ScalingSpec()
+    minimum = _int(scaling, "minReplicas", path, defaults.min_replicas, 0, 1000)
+    maximum = _int(scaling, "maxReplicas", path, defaults.max_replicas, 1, 1000)
+    if minimum > maximum:
+        raise SpecError("spec.scaling.minReplicas must be <= spec.scaling.maxReplicas")
+    fallback = scaling.get("fallbackReplicas")
+    if fallback is not None:
+        fallback = _int(scaling, "fallbackReplicas", path, 0, 0, maximum)
+    manual = spec.get("replicas")
+    if manual is not None:
+        manual = _int(spec, "replicas", "spec", 0, 0, 1000)
+    paused = scaling.get("paused", False)
+    if not isinstance(paused, bool):
+        raise SpecError("spec.scaling.paused must be a boolean")
+    return ScalingSpec(
+        min_replicas=minimum,
+        max_replicas=maximum,
+        tasks_per_replica=_int(scaling, "tasksPerReplica", path, defaults.tasks_per_replica, 1, 1_000_000),
+        activation_backlog=_int(scaling, "activationBacklog", path, defaults.activation_backlog, 0, 1_000_000),
+        poll_interval_s=_int(scaling, "pollIntervalSeconds", path, defaults.poll_interval_s, 1, 300),
+        fallback_replicas=fallback,
+        paused=paused,
+        manual_replicas=manual,
+        scale_up=_step_rules(scaling, "scaleUp", defaults.scale_up),
+        scale_down=_step_rules(scaling, "scaleDown", defaults.scale_down),
+    )
+
+
+def parse_tasks(spec: Mapping[str, Any]) -> TasksSpec:
+    tasks = _section(spec, "tasks", "spec")
+    backoff = _section(tasks, "retryBackoff", "spec.tasks")
+    defaults = TasksSpec()
+    retry = RetryBackoff(
+        initial_s=_number(backoff, "initialSeconds", "spec.tasks.retryBackoff", defaults.retry_backoff.initial_s, 0),
+        max_s=_number(backoff, "maxSeconds", "spec.tasks.retryBackoff", defaults.retry_backoff.max_s, 0),
+        factor=_number(backoff, "factor", "spec.tasks.retryBackoff", defaults.retry_backoff.factor, 1),
+    )
+    if retry.initial_s > retry.max_s:
+        raise SpecError("spec.tasks.retryBackoff.initialSeconds must be <= maxSeconds")
+    return TasksSpec(
+        max_retries=_int(tasks, "maxRetries", "spec.tasks", defaults.max_retries, 0, 100),
+        timeout_s=_int(tasks, "timeoutSeconds", "spec.tasks", defaults.timeout_s, 1, 86400),
+        max_priority=_int(tasks, "maxPriority", "spec.tasks", defaults.max_priority, 0, 255),
+        retry_backoff=retry,
+    )
+
+
+def parse_worker(spec: Mapping[str, Any]) -> WorkerSpec:
+    worker = _section(spec, "worker", "spec")
+    image = worker.get("image")
+    if not isinstance(image, str) or not image:
+        raise SpecError("spec.worker.image is required")
+    modules = worker.get("taskModules") or []
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise SpecError("spec.worker.taskModules must be a list of module names")
+    env = worker.get("env") or []
+    tolerations = worker.get("tolerations") or []
+    if not isinstance(env, list) or not isinstance(tolerations, list):
+        raise SpecError("spec.worker.env and spec.worker.tolerations must be lists")
+    return WorkerSpec(
+        image=image,
+        task_modules=tuple(modules),
+        prefetch=_int(worker, "prefetch", "spec.worker", 64, 1, 65535),
+        concurrency=_int(worker, "concurrency", "spec.worker", 4, 1, 1024),
+        termination_grace_s=_int(worker, "terminationGracePeriodSeconds", "spec.worker", 330, 1, 86400),
+        resources=dict(_section(worker, "resources", "spec.worker")),
+        env=tuple(env),
+        node_selector={str(k): str(v) for k, v in _section(worker, "nodeSelector", "spec.worker").items()},
+        tolerations=tuple(tolerations),
+    )
+
+
+def parse_taskqueue(body: Mapping[str, Any]) -> TaskQueueSpec:
+    """Turn a TaskQueue object into `TaskQueueSpec`, or raise `SpecError` naming the bad field."""
+    meta = _section(body, "metadata", "")
+    spec = _section(body, "spec", "")
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        raise SpecError("metadata.name is required")
+    queue = spec.get("queue") or name
+    if not isinstance(queue, str) or queue.startswith("amq."):
+        raise SpecError("spec.queue must be a string not starting with 'amq.'")
+    store = _section(spec, "store", "spec")
+    database = store.get("database") or "taskq"
+    if not isinstance(database, str):
+        raise SpecError("spec.store.database must be a string")
+    worker = parse_worker(spec)
+    tasks = parse_tasks(spec)
+    if worker.termination_grace_s < tasks.timeout_s:
+        raise SpecError(
+            "spec.worker.terminationGracePeriodSeconds must be >= spec.tasks.timeoutSeconds"
+        )
+    return TaskQueueSpec(
+        name=name,
+        namespace=str(meta.get("namespace") or "default"),
+        uid=str(meta.get("uid") or ""),
+        generation=int(meta.get("generation") or 0),
+        queue=queue,
+        broker_secret=_secret_name(spec, "broker"),
+        store_secret=_secret_name(spec, "store"),
+        database=database,
+        worker=worker,
+        scaling=parse_scaling(spec),
+        tasks=tasks,
+    )
