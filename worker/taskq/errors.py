@@ -28,6 +28,10 @@ class TaskNotFound(TaskqError):
     """No task with that id."""
 
 
+class QueueNotFound(TaskqError):
+    """No such taskq queue on the broker."""
+
+
 class UnknownTask(TaskqError):
     """No task function registered under that name."""
 

@@ -102,6 +102,19 @@ class TaskStore:
                 return ids - {docs[err["index"]]["_id"] for err in errors}
         return ids
 
+    def requeue_dead(self, task_id: str, now: datetime) -> bool:
+        """Administrative reset of a `dead` task to `queued` before its message is republished.
+
+        The only way out of a final state, taken by `taskq requeue-dead` on an operator's request;
+        False when the task is not dead (it is then left as it is).
+        """
+        with self._translated("requeueing a dead task"):
+            result = self.tasks.update_one(
+                {"_id": task_id, "state": TaskState.DEAD.value},
+                {"$set": {"state": TaskState.QUEUED.value, "updated_at": now, f"timestamps.{TaskState.QUEUED.value}": now}},
+            )
+        return result.modified_count == 1
+
     # -- transitions --------------------------------------------------------------------------
 
     @staticmethod

@@ -1,0 +1,157 @@
+"""Broker-side administration of a taskq queue: depth and consumers, dead letters, requeue, purge.
+
+Depth comes from a passive `queue_declare` (exact and immediate, but ready messages only; see
+docs/architecture.md). Called by `taskq.Client` (and through it the CLI and the HTTP service) with a
+`BlockingConnection` it owns; pika errors become `taskq.errors` through `translated`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pika
+import pika.exceptions as pe
+from pika.adapters.blocking_connection import BlockingChannel
+
+from taskq.broker.connection import translated
+from taskq.core.message import MalformedMessage, TaskMessage, decode
+from taskq.core.topology import DEAD_REASON_HEADER, dead_queue
+
+NOT_FOUND = 404
+PERSISTENT = 2
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    """Ready messages and consumers of one RabbitMQ queue, as a passive declare reports them."""
+
+    messages: int
+    consumers: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One message in a dead-letter queue, decoded when it is a valid task."""
+
+    task_id: str | None
+    reason: str
+    body: bytes
+    message: TaskMessage | None
+
+
+@dataclass(frozen=True)
+class RequeueReport:
+    """What `requeue_dead` did: ids sent back to the work queue, and how many it left in place."""
+
+    requeued: list[str]
+    left: int
+
+
+def queue_depth(connection: pika.BlockingConnection, name: str) -> QueueDepth | None:
+    """Depth and consumers of queue `name`, or None when it does not exist."""
+    with translated(f"inspecting queue {name!r}", "the broker"):
+        channel = connection.channel()
+        try:
+            ok = channel.queue_declare(name, passive=True)
+        except pe.ChannelClosedByBroker as exc:
+            if exc.reply_code == NOT_FOUND:
+                return None
+            raise
+        channel.close()
+    return QueueDepth(messages=ok.method.message_count, consumers=ok.method.consumer_count)
+
+
+def _dead_letter(method_props: pika.BasicProperties, body: bytes) -> DeadLetter:
+    headers = method_props.headers or {}
+    reason = headers.get(DEAD_REASON_HEADER, "")
+    if isinstance(reason, bytes):
+        reason = reason.decode("utf-8", "replace")
+    try:
+        message: TaskMessage | None = decode(body)
+    except MalformedMessage:
+        message = None
+    task_id = message.id if message is not None else method_props.message_id
+    return DeadLetter(task_id=task_id, reason=str(reason), body=body, message=message)
+
+
+def _fetch(channel: BlockingChannel, queue: str, limit: int) -> list[tuple[int, DeadLetter]]:
+    """Up to `limit` messages of `queue`, unacked on `channel` (closing it puts them back)."""
+    fetched: list[tuple[int, DeadLetter]] = []
+    for _ in range(limit):
+        method, props, body = channel.basic_get(queue, auto_ack=False)
+        if method is None:
+            break
+        fetched.append((method.delivery_tag, _dead_letter(props, body)))
+    return fetched
+
+
+def peek_dead(connection: pika.BlockingConnection, queue: str, limit: int) -> list[DeadLetter]:
+    """Up to `limit` dead letters of `queue`, left in the dead-letter queue in their order."""
+    depth = queue_depth(connection, dead_queue(queue))
+    if depth is None or depth.messages == 0:
+        return []
+    with translated(f"reading dead letters of {queue!r}", "the broker"):
+        channel = connection.channel()
+        letters = [letter for _, letter in _fetch(channel, dead_queue(queue), min(limit, depth.messages))]
+        channel.close()
+    return letters
+
+
+def requeue_dead(
+    connection: pika.BlockingConnection,
+    queue: str,
+    limit: int,
+    prepare: Callable[[DeadLetter], bytes | None],
+) -> RequeueReport:
+    """Move up to `limit` dead letters back to the work queue.
+
+    `prepare` gets each letter and returns the body to publish, or None to leave the letter where it
+    is (e.g. a malformed message). Each letter is acked only after its republish is confirmed.
+    """
+    depth = queue_depth(connection, dead_queue(queue))
+    if depth is None or depth.messages == 0:
+        return RequeueReport(requeued=[], left=0)
+    requeued: list[str] = []
+    left = 0
+    with translated(f"requeueing dead letters of {queue!r}", "the broker"):
+        source = connection.channel()
+        target = connection.channel()
+        target.confirm_delivery()
+        for tag, letter in _fetch(source, dead_queue(queue), min(limit, depth.messages)):
+            body = prepare(letter) if letter.message is not None else None
+            if body is None or letter.message is None:
+                left += 1
+                continue
+            target.basic_publish(
+                exchange="",
+                routing_key=queue,
+                body=body,
+                properties=pika.BasicProperties(
+                    delivery_mode=PERSISTENT,
+                    content_type="application/json",
+                    message_id=letter.message.id,
+                    priority=letter.message.priority,
+                ),
+                mandatory=True,
+            )
+            source.basic_ack(tag)
+            requeued.append(letter.message.id)
+        target.close()
+        source.close()
+    return RequeueReport(requeued=requeued, left=left)
+
+
+def purge(connection: pika.BlockingConnection, queue: str, *, include_dead: bool) -> dict[str, int]:
+    """Drop the ready messages of `queue` (and of its dead-letter queue); how many per RabbitMQ queue."""
+    names = [queue, dead_queue(queue)] if include_dead else [queue]
+    dropped: dict[str, int] = {}
+    for name in names:
+        if queue_depth(connection, name) is None:
+            continue
+        with translated(f"purging queue {name!r}", "the broker"):
+            channel = connection.channel()
+            ok = channel.queue_purge(name)
+            channel.close()
+        dropped[name] = ok.method.message_count
+    return dropped

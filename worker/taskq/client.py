@@ -1,0 +1,333 @@
+"""`taskq.Client`: the producer API (submit, submit_many, status) and queue administration.
+
+Order of a submission: validate, write the `queued` documents, then publish with confirms; an id
+that already had a document (a caller-given `task_id` is an idempotency key) is not published again.
+`submit_many` overlaps the store insert of one batch with the confirms of the previous batches.
+Used directly by Python producers, and by the `taskq` CLI and the HTTP intake service.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, TypeVar
+
+import pika
+
+from taskq.broker import admin
+from taskq.broker.admin import DeadLetter, RequeueReport
+from taskq.broker.connection import connect
+from taskq.broker.publisher import DEFAULT_WINDOW, ConfirmingPublisher, Outgoing
+from taskq.broker.topology import declare_queue_topology
+from taskq.core.message import TaskMessage, utcnow
+from taskq.core.states import TaskState
+from taskq.core.topology import dead_queue
+from taskq.errors import BrokerRejected, BrokerUnavailable, InvalidTask, QueueNotFound, TaskNotFound
+from taskq.settings import Settings
+from taskq.store.mongo import TaskStore
+from taskq.submission import build_message, message_from_mapping
+
+T = TypeVar("T")
+DEFAULT_BATCH = 500
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class SubmitReceipt:
+    """The outcome of `submit_many`: every id in input order, and how many were new vs. already known."""
+
+    ids: list[str]
+    published: int
+    existing: int
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    """A queue as the CLI and the HTTP service show it."""
+
+    name: str
+    ready: int
+    consumers: int
+    dead: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PurgeReport:
+    """What `purge` removed."""
+
+    messages: dict[str, int]
+    documents: int
+
+
+def _public(document: dict[str, Any]) -> dict[str, Any]:
+    """A store document as callers see it: `id` instead of `_id`, no internal fields."""
+    doc = dict(document)
+    doc["id"] = doc.pop("_id")
+    doc.pop("write_token", None)
+    return doc
+
+
+def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+class Client:
+    """A producer and administrator of taskq queues; thread-safe, one per process is enough."""
+
+    def __init__(self, settings: Settings | None = None, *, window: int = DEFAULT_WINDOW, batch_size: int = DEFAULT_BATCH) -> None:
+        self.settings = settings or Settings()
+        self.batch_size = batch_size
+        self._store: TaskStore | None = None
+        self._publisher = ConfirmingPublisher(self.settings.amqp_url, name="taskq-producer", window=window)
+        self._admin: pika.BlockingConnection | None = None
+        self._admin_lock = threading.Lock()
+        self._store_lock = threading.Lock()
+        self._declared: set[str] = set()
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Client:
+        """A client configured from `TASKQ_*` environment variables (keyword arguments override them)."""
+        return cls(Settings(**overrides))
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the broker connections and the store client."""
+        self._publisher.close()
+        with self._admin_lock:
+            if self._admin is not None and self._admin.is_open:
+                try:
+                    self._admin.close()
+                except (pika.exceptions.AMQPError, OSError):
+                    pass
+            self._admin = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    @property
+    def store(self) -> TaskStore:
+        with self._store_lock:
+            if self._store is None:
+                self._store = TaskStore(self.settings.mongodb_uri, self.settings.database)
+            return self._store
+
+    def _with_admin(self, action: Callable[[pika.BlockingConnection], T]) -> T:
+        """Run `action` on the admin connection, reconnecting once if it was lost."""
+        with self._admin_lock:
+            for attempt in (1, 2):
+                if self._admin is None or not self._admin.is_open:
+                    self._admin = connect(self.settings.amqp_url, name="taskq-admin")
+                try:
+                    return action(self._admin)
+                except BrokerUnavailable:
+                    self._admin = None
+                    if attempt == 2:
+                        raise
+            raise AssertionError("unreachable")
+
+    def ping(self) -> None:
+        """Raise `StoreUnavailable` / `BrokerUnavailable` unless both answer (the HTTP readiness check)."""
+        self.store.ping()
+        self._with_admin(lambda conn: conn.process_data_events(time_limit=0))
+
+    def _ensure_queue(self, queue: str) -> None:
+        if queue in self._declared:
+            return
+        self._with_admin(
+            lambda conn: declare_queue_topology(
+                conn, queue, max_priority=self.settings.max_priority, task_timeout_s=self.settings.task_timeout
+            )
+        )
+        self._declared.add(queue)
+
+    # -- producing ----------------------------------------------------------------------------
+
+    def message(
+        self,
+        name: str,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        priority: int = 0,
+        task_id: str | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+    ) -> TaskMessage:
+        """Build and validate a task message with this client's defaults (raises `InvalidTask`)."""
+        return build_message(
+            name,
+            args=list(args) if not isinstance(args, (str, bytes, Mapping)) else args,
+            kwargs=kwargs,
+            queue=queue or self.settings.queue,
+            priority=priority,
+            task_id=task_id,
+            max_retries=self.settings.max_retries if max_retries is None else max_retries,
+            timeout=self.settings.task_timeout if timeout is None else timeout,
+            now=utcnow(),
+        )
+
+    def submit(
+        self,
+        name: str,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        priority: int = 0,
+        task_id: str | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        """Submit one task; returns its id. With a `task_id` that exists already, nothing is sent again."""
+        message = self.message(
+            name, args, kwargs, queue=queue, priority=priority, task_id=task_id, max_retries=max_retries, timeout=timeout
+        )
+        return self.submit_many([message]).ids[0]
+
+    def _as_message(self, task: Mapping[str, Any] | TaskMessage, queue: str | None) -> TaskMessage:
+        if isinstance(task, TaskMessage):
+            return task
+        return message_from_mapping(
+            task,
+            default_queue=queue or self.settings.queue,
+            default_max_retries=self.settings.max_retries,
+            default_timeout=self.settings.task_timeout,
+            now=utcnow(),
+        )
+
+    def submit_many(
+        self,
+        tasks: Iterable[Mapping[str, Any] | TaskMessage],
+        *,
+        queue: str | None = None,
+        progress: Progress | None = None,
+    ) -> SubmitReceipt:
+        """Submit many tasks (dicts with `name`, `args`, ... or `TaskMessage`s) with many confirms in flight.
+
+        `progress(n)` is called (from this or a helper thread) as `n` more tasks are settled: confirmed,
+        or already known. Tasks are validated batch by batch: an `InvalidTask` stops the submission,
+        and the batches before it stay submitted. A repeated id within one call is submitted once.
+        """
+        ids: list[str] = []
+        seen: set[str] = set()
+        existing = 0
+        stream = self._publisher.stream(on_confirmed=progress)
+
+        def record_and_publish(messages: list[TaskMessage]) -> int:
+            for name in {m.queue for m in messages}:
+                self._ensure_queue(name)
+            fresh = self.store.insert_queued(messages, utcnow())
+            known = len(messages) - len(fresh)
+            if known and progress is not None:
+                progress(known)
+            stream.add([Outgoing(m.queue, m.encode(), m.id, m.priority) for m in messages if m.id in fresh])
+            return known
+
+        # One helper thread records batch k (and hands it to the publisher) while this thread
+        # validates batch k+1: the store insert is the slow step, so the others hide behind it.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskq-submit") as recorder:
+            pending: deque[Future[int]] = deque()
+            try:
+                for chunk in _chunks(tasks, self.batch_size):
+                    messages: list[TaskMessage] = []
+                    for task in chunk:
+                        message = self._as_message(task, queue)
+                        ids.append(message.id)
+                        if message.id not in seen:
+                            seen.add(message.id)
+                            messages.append(message)
+                    while len(pending) >= 2:
+                        existing += pending.popleft().result()
+                    pending.append(recorder.submit(record_and_publish, messages))
+            finally:
+                while pending:
+                    existing += pending.popleft().result()
+        try:
+            stream.wait()
+        except BrokerRejected:
+            self._declared.clear()  # a queue may have been deleted: declare again next time
+            raise
+        return SubmitReceipt(ids=ids, published=stream.added, existing=existing)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def status(self, task_id: str) -> dict[str, Any]:
+        """The status document of one task (`id`, `state`, `attempts`, `result`, `error`, ...)."""
+        document = self.store.get(task_id)
+        if document is None:
+            raise TaskNotFound(f"no task with id {task_id!r}")
+        return _public(document)
+
+    def list(self, *, queue: str | None = None, state: TaskState | str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """The most recently updated tasks, optionally of one queue and/or state."""
+        try:
+            wanted = TaskState(state) if state is not None else None
+        except ValueError:
+            raise InvalidTask(f"unknown state {state!r}; one of {', '.join(s.value for s in TaskState)}") from None
+        return [_public(d) for d in self.store.list(queue=queue, state=wanted, limit=limit)]
+
+    def queue_info(self, name: str | None = None) -> QueueInfo:
+        """Ready messages, consumers, dead letters and task counts by state of one queue."""
+        name = name or self.settings.queue
+        depth = self._with_admin(lambda conn: admin.queue_depth(conn, name))
+        if depth is None:
+            raise QueueNotFound(f"no queue named {name!r}")
+        dead = self._with_admin(lambda conn: admin.queue_depth(conn, dead_queue(name)))
+        return QueueInfo(
+            name=name,
+            ready=depth.messages,
+            consumers=depth.consumers,
+            dead=dead.messages if dead is not None else 0,
+            counts=self.store.counts_by_state(name),
+        )
+
+    # -- administration -----------------------------------------------------------------------
+
+    def dead(self, queue: str | None = None, *, limit: int = 50) -> list[DeadLetter]:
+        """Up to `limit` dead letters of a queue, oldest first; they stay in the dead-letter queue."""
+        name = queue or self.settings.queue
+        return self._with_admin(lambda conn: admin.peek_dead(conn, name, limit))
+
+    def requeue_dead(self, queue: str | None = None, *, limit: int = 1000) -> RequeueReport:
+        """Send dead letters back to their work queue as fresh first attempts; malformed ones stay.
+
+        A task whose document is `dead` is reset to `queued` first (an explicit operator action, the
+        only way out of a final state); a task that meanwhile finished otherwise is left dead-lettered.
+        """
+        name = queue or self.settings.queue
+
+        def prepare(letter: DeadLetter) -> bytes | None:
+            assert letter.message is not None
+            task_id = letter.message.id
+            if not self.store.requeue_dead(task_id, utcnow()):
+                document = self.store.get(task_id)
+                if document is not None and document.get("state") != TaskState.QUEUED.value:
+                    return None
+            return letter.message.model_copy(update={"attempt": 1}).encode()
+
+        self._ensure_queue(name)
+        return self._with_admin(lambda conn: admin.requeue_dead(conn, name, limit, prepare))
+
+    def purge(self, queue: str | None = None, *, include_dead: bool = True, include_documents: bool = True) -> PurgeReport:
+        """Drop the ready messages of a queue (and its dead letters), and the documents of its tasks."""
+        name = queue or self.settings.queue
+        messages = self._with_admin(lambda conn: admin.purge(conn, name, include_dead=include_dead))
+        if not messages:
+            raise QueueNotFound(f"no queue named {name!r}")
+        documents = self.store.delete_queue_tasks(name) if include_documents else 0
+        return PurgeReport(messages=messages, documents=documents)
