@@ -1,0 +1,226 @@
+"""Reading queue depth from RabbitMQ, batched per broker: AMQP passive declares plus the management API.
+
+One `BrokerObserver` per broker (AMQP URL + management URL) serves every TaskQueue on it:
+- `ready_counts(queues)`: exact ready and consumer counts by passive `queue_declare` on one long-lived
+  channel (~0.2 ms each), reconnecting when the broker went away;
+- `management(vhost)`: unacked counts and rates for the whole vhost from ONE `GET /api/queues/<vhost>`
+  request, cached for the statistics interval (the figures only move that often).
+- `declare(queue, ...)`: the queue topology, through the runtime's `taskq.broker.topology`.
+
+Blocking (pika, httpx sync); the scaler calls these in worker threads. Errors become `taskq.errors`
+types whose messages never contain credentials.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from urllib.parse import quote, unquote, urlsplit
+
+import httpx
+import pika
+import pika.exceptions as pe
+
+from taskq.broker.connection import connect
+from taskq.broker.topology import declare_queue_topology
+from taskq.errors import BrokerRejected, BrokerUnavailable, redact_url
+
+NOT_FOUND = 404
+MANAGEMENT_COLUMNS = ",".join([
+    "name",
+    "messages_ready",
+    "messages_unacknowledged",
+    "consumers",
+    "message_stats.publish_details.rate",
+    "message_stats.deliver_get_details.rate",
+])
+
+
+@dataclass(frozen=True)
+class ReadyCount:
+    """What a passive declare tells: exact ready messages and consumers (None when the queue is missing)."""
+
+    ready: int
+    consumers: int
+
+
+@dataclass(frozen=True)
+class ManagementFigures:
+    """One queue's row from the management API (lagging by up to a statistics interval)."""
+
+    unacked: int
+    ready: int
+    consumers: int
+    publish_rate: float | None
+    deliver_rate: float | None
+
+
+def vhost_of(amqp_url: str) -> str:
+    """The vhost an AMQP URL points at (`/` when the path is empty)."""
+    path = urlsplit(amqp_url).path
+    return unquote(path[1:]) if len(path) > 1 else "/"
+
+
+def _rate(row: dict[str, object], key: str) -> float | None:
+    stats = row.get("message_stats")
+    if not isinstance(stats, dict):
+        return None
+    details = stats.get(key)
+    if not isinstance(details, dict):
+        return None
+    rate = details.get("rate")
+    return float(rate) if isinstance(rate, (int, float)) else None
+
+
+def parse_management_rows(rows: list[dict[str, object]]) -> dict[str, ManagementFigures]:
+    """Rows of `GET /api/queues/<vhost>` by queue name."""
+    figures: dict[str, ManagementFigures] = {}
+    for row in rows:
+        name = row.get("name")
+        if not isinstance(name, str):
+            continue
+        figures[name] = ManagementFigures(
+            unacked=int(row.get("messages_unacknowledged") or 0),  # type: ignore[call-overload]
+            ready=int(row.get("messages_ready") or 0),  # type: ignore[call-overload]
+            consumers=int(row.get("consumers") or 0),  # type: ignore[call-overload]
+            publish_rate=_rate(row, "publish_details"),
+            deliver_rate=_rate(row, "deliver_get_details"),
+        )
+    return figures
+
+
+class BrokerObserver:
+    """Reads for every TaskQueue on one broker; one AMQP connection and one HTTP client, reused."""
+
+    def __init__(
+        self,
+        amqp_url: str,
+        management_url: str | None,
+        *,
+        management_ttl_s: float = 5.0,
+        timeout_s: float = 3.0,
+    ) -> None:
+        self._amqp_url = amqp_url
+        self._where = redact_url(amqp_url)
+        self._management_url = management_url
+        self._management_ttl_s = management_ttl_s
+        self._timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: pika.adapters.blocking_connection.BlockingChannel | None = None
+        self._http: httpx.Client | None = None
+        self._management_cache: dict[str, tuple[float, dict[str, ManagementFigures]]] = {}
+        self.management_requests = 0
+
+    @property
+    def vhost(self) -> str:
+        return vhost_of(self._amqp_url)
+
+    @property
+    def has_management(self) -> bool:
+        return bool(self._management_url)
+
+    # -- AMQP ---------------------------------------------------------------------------------
+
+    def _open_channel(self) -> pika.adapters.blocking_connection.BlockingChannel:
+        if self._connection is None or not self._connection.is_open:
+            self._connection = connect(self._amqp_url, name="taskq-operator")
+            self._channel = None
+        if self._channel is None or not self._channel.is_open:
+            self._channel = self._connection.channel()
+        return self._channel
+
+    def _drop_connection(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None and connection.is_open:
+            try:
+                connection.close()
+            except (pe.AMQPError, OSError):
+                pass
+
+    def ready_counts(self, queues: list[str]) -> dict[str, ReadyCount | None]:
+        """Exact ready/consumer counts per queue (None for a queue that does not exist)."""
+        counts: dict[str, ReadyCount | None] = {}
+        with self._lock:
+            try:
+                for queue in queues:
+                    channel = self._open_channel()
+                    try:
+                        frame = channel.queue_declare(queue, passive=True)
+                    except pe.ChannelClosedByBroker as exc:
+                        self._channel = None
+                        if exc.reply_code != NOT_FOUND:
+                            raise BrokerRejected(
+                                f"broker at {self._where} refused reading {queue!r}: {exc.reply_code}"
+                            ) from None
+                        counts[queue] = None
+                        continue
+                    method = frame.method
+                    counts[queue] = ReadyCount(ready=method.message_count, consumers=method.consumer_count)
+            except BrokerUnavailable:
+                self._drop_connection()
+                raise
+            except (pe.AMQPError, OSError) as exc:
+                self._drop_connection()
+                raise BrokerUnavailable(f"broker at {self._where} lost while reading queues: "
+                                        f"{type(exc).__name__}") from None
+        return counts
+
+    def declare(self, queue: str, *, max_priority: int, task_timeout_s: float) -> None:
+        """Declare the queue and its dead-letter queue if missing (idempotent, never re-argues)."""
+        connection = connect(self._amqp_url, name="taskq-operator-declare")
+        try:
+            declare_queue_topology(connection, queue, max_priority=max_priority, task_timeout_s=task_timeout_s)
+        finally:
+            try:
+                connection.close()
+            except (pe.AMQPError, OSError):
+                pass
+
+    # -- management API -----------------------------------------------------------------------
+
+    def _client(self) -> tuple[httpx.Client, str]:
+        assert self._management_url is not None
+        parts = urlsplit(self._management_url)
+        base = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "") + parts.path.rstrip("/")
+        if self._http is None:
+            auth = None
+            if parts.username is not None:
+                auth = httpx.BasicAuth(unquote(parts.username), unquote(parts.password or ""))
+            self._http = httpx.Client(auth=auth, timeout=self._timeout_s)
+        return self._http, base
+
+    def management(self, vhost: str, *, now: float | None = None) -> dict[str, ManagementFigures]:
+        """Every queue of `vhost` from one request, reused for `management_ttl_s`."""
+        if not self._management_url:
+            return {}
+        moment = time.monotonic() if now is None else now
+        cached = self._management_cache.get(vhost)
+        if cached is not None and moment - cached[0] < self._management_ttl_s:
+            return cached[1]
+        client, base = self._client()
+        url = f"{base}/api/queues/{quote(vhost, safe='')}"
+        try:
+            response = client.get(url, params={"columns": MANAGEMENT_COLUMNS})
+            self.management_requests += 1
+            response.raise_for_status()
+            rows = response.json()
+        except httpx.HTTPStatusError as exc:
+            raise BrokerUnavailable(
+                f"management API at {redact_url(base)} answered {exc.response.status_code}"
+            ) from None
+        except (httpx.HTTPError, ValueError) as exc:
+            raise BrokerUnavailable(f"management API at {redact_url(base)} unreachable: {type(exc).__name__}") from None
+        if not isinstance(rows, list):
+            raise BrokerUnavailable(f"management API at {redact_url(base)} returned no queue list")
+        figures = parse_management_rows(rows)
+        self._management_cache[vhost] = (moment, figures)
+        return figures
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_connection()
+        if self._http is not None:
+            self._http.close()
+            self._http = None

@@ -1,0 +1,44 @@
+"""Prometheus metrics of the operator: backlog and replicas per TaskQueue, scaling decisions, tick cost.
+
+Updated by `taskq_operator.scaler`; served by `taskq-operator --metrics-port` (`start_metrics_server`).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+LABELS = ("namespace", "taskqueue")
+
+BACKLOG_READY = Gauge("taskq_operator_backlog_ready", "Ready messages in the TaskQueue's queue", LABELS)
+BACKLOG_UNACKED = Gauge("taskq_operator_backlog_unacked", "Delivered, not yet acknowledged messages", LABELS)
+DESIRED_REPLICAS = Gauge("taskq_operator_desired_replicas", "Replicas the policy asked for", LABELS)
+BROKER_REACHABLE = Gauge("taskq_operator_broker_reachable", "1 when the last broker read worked", LABELS)
+SCALINGS = Counter("taskq_operator_scalings_total", "Deployment replica changes, by reason", (*LABELS, "reason"))
+TICK_SECONDS = Histogram(
+    "taskq_operator_tick_seconds",
+    "Duration of one scaler pass over all due TaskQueues",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+ERRORS = Counter("taskq_operator_errors_total", "Failed reads or writes, by kind", ("kind",))
+
+
+def record_observation(namespace: str, name: str, ready: int | None, unacked: int | None, desired: int) -> None:
+    BROKER_REACHABLE.labels(namespace, name).set(0 if ready is None else 1)
+    if ready is not None and unacked is not None:
+        BACKLOG_READY.labels(namespace, name).set(ready)
+        BACKLOG_UNACKED.labels(namespace, name).set(unacked)
+    DESIRED_REPLICAS.labels(namespace, name).set(desired)
+
+
+def forget(namespace: str, name: str) -> None:
+    for gauge in (BACKLOG_READY, BACKLOG_UNACKED, DESIRED_REPLICAS, BROKER_REACHABLE):
+        try:
+            gauge.remove(namespace, name)
+        except KeyError:
+            pass
+
+
+def start_metrics_server(port: int, address: str = "0.0.0.0") -> None:
+    """Serve `/metrics` on `port` in a background thread (0 disables)."""
+    if port:
+        start_http_server(port, addr=address)

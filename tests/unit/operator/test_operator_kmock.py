@@ -1,0 +1,206 @@
+"""Handler behaviour against KMock (the kopf author's Kubernetes API emulator): reconcile and scaler ticks.
+
+The broker/store observation is replaced by fixed readings through the operator's own `Observers`
+seam (no RabbitMQ or MongoDB is imitated); everything Kubernetes-side goes over HTTP to KMock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+import pytest
+from kubernetes.client import ApiClient, Configuration
+
+from operator_manifests import taskqueue
+from taskq_operator.adapters.kube import Kube
+from taskq_operator.adapters.store import WorkerLoad
+from taskq_operator.cache import WatchCache
+from taskq_operator.core.policy import Observation
+from taskq_operator.core.spec import parse_taskqueue
+from taskq_operator.observe import Observers, Reading, Target
+from taskq_operator.reconcile import apply_deployment
+from taskq_operator.scaler import Scaler
+
+NS = "jobs"
+DEPLOYMENTS = "apps/v1/deployments"
+TASKQUEUES = "taskq.io/v1alpha1/taskqueues"
+
+
+class FixedReadings(Observers):
+    """The operator's observation seam returning readings set by the test."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.readings: dict[str, Reading] = {}
+        self.asked: list[list[str]] = []
+
+    def read(self, targets: Any) -> dict[Any, Reading]:
+        self.asked.append([t.queue for t in targets])
+        return {(t.broker_key, t.queue): self.readings[t.queue] for t in targets if t.queue in self.readings}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _secret(name: str, data: dict[str, str]) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": NS},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
+
+
+def _kube(kmock: Any) -> Kube:
+    return Kube(ApiClient(Configuration(host=str(kmock.url).rstrip("/"))))
+
+
+def _seed(kmock: Any, body: dict[str, Any]) -> None:
+    kmock.objects[TASKQUEUES, NS, "emails"] = body
+    kmock.objects["v1/secrets", NS, "rabbit"] = _secret("rabbit", {"amqp-url": "amqp://u:secretpw@127.0.0.1:1/%2F"})
+    kmock.objects["v1/secrets", NS, "mongo"] = _secret("mongo", {"mongodb-uri": "mongodb://127.0.0.1:1/"})
+
+
+def _requests(kmock: Any, method: str, fragment: str) -> list[Any]:
+    return [r for r in kmock if str(r.method).upper().endswith(method) and fragment in str(r.url)]
+
+
+def _scaler(kmock: Any, body: dict[str, Any], replicas: int) -> tuple[Scaler, FixedReadings, Clock]:
+    cache = WatchCache()
+    cache.upsert_taskqueue(body)
+    deployment = {"metadata": {"name": "emails-worker", "namespace": NS},
+                  "spec": {"replicas": replicas}, "status": {"replicas": replicas, "readyReplicas": replicas}}
+    kmock.objects[DEPLOYMENTS, NS, "emails-worker"] = deployment
+    cache.upsert_deployment(deployment)
+    readings, clock = FixedReadings(), Clock()
+    return Scaler(cache, _kube(kmock), readings, clock=clock), readings, clock
+
+
+def _observed(ready: int, unacked: int = 0, loads: dict[str, int] | None = None) -> Reading:
+    return Reading(Observation(ready, unacked, 1), "amqp+heartbeats", None, WorkerLoad(loads or {}))
+
+
+@pytest.mark.asyncio
+async def test_reconcile_creates_owned_deployment_then_keeps_replicas(kmock: Any) -> None:
+    body = taskqueue()
+    _seed(kmock, body)
+    spec = parse_taskqueue(body)
+    kube = _kube(kmock)
+    await asyncio.to_thread(apply_deployment, spec, kube)
+    created = kmock.objects[DEPLOYMENTS, NS, "emails-worker"]
+    assert created["metadata"]["ownerReferences"][0]["uid"] == "0000-1111"
+    assert created["spec"]["replicas"] == 0
+
+    await asyncio.to_thread(kube.scale_deployment, NS, "emails-worker", 5)
+    changed = parse_taskqueue(taskqueue(tasks={"timeoutSeconds": 120}))
+    await asyncio.to_thread(apply_deployment, changed, kube)
+    patch = _requests(kmock, "PATCH", "deployments/emails-worker")[-1].data
+    assert "replicas" not in patch["spec"]
+    env = {e["name"]: e.get("value") for e in patch["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["TASKQ_TASK_TIMEOUT"] == "120"
+
+
+@pytest.mark.asyncio
+async def test_backlog_scales_up_with_event_and_status_once(kmock: Any) -> None:
+    body = taskqueue()
+    _seed(kmock, body)
+    scaler, readings, clock = _scaler(kmock, body, replicas=0)
+    readings.readings["emails"] = _observed(ready=180)
+
+    await asyncio.to_thread(scaler.tick)
+    assert _requests(kmock, "PATCH", "deployments/emails-worker")[-1].data == {"spec": {"replicas": 4}}
+    events = [r.data for r in _requests(kmock, "POST", "/events")]
+    assert [(e["reason"], e["type"]) for e in events] == [("ScaleUp", "Normal")]
+    assert "backlog 180" in events[0]["message"]
+    status_patches = _requests(kmock, "PATCH", "/status")
+    assert status_patches[-1].data["status"]["desiredReplicas"] == 4
+    assert status_patches[-1].data["status"]["backlog"]["ready"] == 180
+    assert status_patches[-1].data["status"]["lastScaleReason"].startswith("ScaleUp")
+
+    clock.now += 2  # next poll slot, same backlog: steady, nothing to patch
+    await asyncio.to_thread(scaler.tick)
+    assert len(_requests(kmock, "PATCH", "/status")) == len(status_patches)
+    assert len(_requests(kmock, "PATCH", "deployments/emails-worker")) == 1
+
+
+@pytest.mark.asyncio
+async def test_ticks_follow_the_poll_interval(kmock: Any) -> None:
+    body = taskqueue(scaling={"pollIntervalSeconds": 5})
+    _seed(kmock, body)
+    scaler, readings, clock = _scaler(kmock, body, replicas=1)
+    readings.readings["emails"] = _observed(ready=10)
+    pause = await asyncio.to_thread(scaler.tick)
+    assert 0 < pause <= 5
+    clock.now += 1
+    await asyncio.to_thread(scaler.tick)
+    assert len(readings.asked) == 1
+    clock.now += 5
+    await asyncio.to_thread(scaler.tick)
+    assert len(readings.asked) == 2
+
+
+@pytest.mark.asyncio
+async def test_unreachable_broker_holds_replicas_and_says_so(kmock: Any) -> None:
+    body = taskqueue()
+    _seed(kmock, body)
+    scaler, readings, clock = _scaler(kmock, body, replicas=3)
+    readings.readings["emails"] = _observed(ready=150)
+    await asyncio.to_thread(scaler.tick)
+    readings.readings["emails"] = Reading(None, "none", "broker at amqp://u:***@127.0.0.1:1/ unreachable")
+    clock.now += 2
+    await asyncio.to_thread(scaler.tick)
+
+    assert _requests(kmock, "PATCH", "deployments/emails-worker") == []
+    status = _requests(kmock, "PATCH", "/status")[-1].data["status"]
+    reachable = next(c for c in status["conditions"] if c["type"] == "BrokerReachable")
+    assert reachable["status"] == "False" and "unreachable" in reachable["message"]
+    assert status["desiredReplicas"] == 3
+    events = [r.data for r in _requests(kmock, "POST", "/events")]
+    assert events[-1]["reason"] == "BrokerUnreachable" and events[-1]["type"] == "Warning"
+    assert all("secretpw" not in str(r.data) for r in kmock)
+
+
+@pytest.mark.asyncio
+async def test_scale_down_marks_busy_pods_expensive_first(kmock: Any) -> None:
+    body = taskqueue(scaling={"maxReplicas": 20, "tasksPerReplica": 50,
+                              "scaleDown": {"stabilizationWindowSeconds": 0}})
+    _seed(kmock, body)
+    scaler, readings, _ = _scaler(kmock, body, replicas=2)
+    for pod in ("emails-worker-a", "emails-worker-b"):
+        kmock.objects["v1/pods", NS, pod] = {"metadata": {"name": pod, "namespace": NS,
+                                                         "labels": {"app.kubernetes.io/instance": "emails"}}}
+    readings.readings["emails"] = _observed(ready=0, unacked=3, loads={"emails-worker-a": 3})
+    await asyncio.to_thread(scaler.tick)
+
+    annotations = {str(r.url).rsplit("/", 1)[-1]: r.data["metadata"]["annotations"]
+                   for r in _requests(kmock, "PATCH", "/pods/")}
+    assert annotations == {
+        "emails-worker-a": {"controller.kubernetes.io/pod-deletion-cost": "3"},
+        "emails-worker-b": {"controller.kubernetes.io/pod-deletion-cost": "0"},
+    }
+    order = [str(r.url) for r in kmock if str(r.method).upper().endswith("PATCH")]
+    assert order.index(next(u for u in order if "deployments" in u)) > max(
+        order.index(u) for u in order if "/pods/" in u)
+    assert _requests(kmock, "PATCH", "deployments/emails-worker")[-1].data == {"spec": {"replicas": 1}}
+
+
+@pytest.mark.asyncio
+async def test_missing_secret_key_is_reported_not_fatal(kmock: Any) -> None:
+    body = taskqueue()
+    _seed(kmock, body)
+    kmock.objects["v1/secrets", NS, "rabbit"] = _secret("rabbit", {"management-url": "http://x"})
+    scaler, readings, _ = _scaler(kmock, body, replicas=1)
+    await asyncio.to_thread(scaler.tick)
+    assert readings.asked == []
+    status = _requests(kmock, "PATCH", "/status")[-1].data["status"]
+    reachable = next(c for c in status["conditions"] if c["type"] == "BrokerReachable")
+    assert "Secret jobs/rabbit has no key amqp-url" in reachable["message"]
+
+
+def test_target_keys_are_per_broker_and_store() -> None:
+    a = Target("q1", "amqp://h/%2F", None, "mongodb://m/", "db")
+    b = Target("q2", "amqp://h/%2F", None, "mongodb://m/", "db")
+    assert a.broker_key == b.broker_key and a.store_key == b.store_key
