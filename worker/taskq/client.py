@@ -20,7 +20,7 @@ import pika
 
 from taskq.broker import admin
 from taskq.broker.admin import DeadLetter, RequeueReport
-from taskq.broker.connection import connect
+from taskq.broker.connection import connect, translated
 from taskq.broker.publisher import DEFAULT_WINDOW, ConfirmingPublisher, Outgoing
 from taskq.broker.topology import declare_queue_topology
 from taskq.core.message import TaskMessage, utcnow
@@ -142,7 +142,11 @@ class Client:
     def ping(self) -> None:
         """Raise `StoreUnavailable` / `BrokerUnavailable` unless both answer (the HTTP readiness check)."""
         self.store.ping()
-        self._with_admin(lambda conn: conn.process_data_events(time_limit=0))
+        def probe(conn: pika.BlockingConnection) -> None:
+            with translated("pinging", "the broker"):
+                conn.process_data_events(time_limit=0)
+
+        self._with_admin(probe)
 
     def _ensure_queue(self, queue: str) -> None:
         if queue in self._declared:
@@ -199,7 +203,8 @@ class Client:
         )
         return self.submit_many([message]).ids[0]
 
-    def _as_message(self, task: Mapping[str, Any] | TaskMessage, queue: str | None) -> TaskMessage:
+    def as_message(self, task: Mapping[str, Any] | TaskMessage, queue: str | None = None) -> TaskMessage:
+        """A validated message from a dict (keys as in `submit`, `id` or `task_id`), or the message itself."""
         if isinstance(task, TaskMessage):
             return task
         return message_from_mapping(
@@ -246,7 +251,7 @@ class Client:
                 for chunk in _chunks(tasks, self.batch_size):
                     messages: list[TaskMessage] = []
                     for task in chunk:
-                        message = self._as_message(task, queue)
+                        message = self.as_message(task, queue)
                         ids.append(message.id)
                         if message.id not in seen:
                             seen.add(message.id)

@@ -28,7 +28,10 @@ SUBMISSION_FIELDS = frozenset({"name", "args", "kwargs", "queue", "priority", "t
 def _check_value(value: Any, where: str, depth: int) -> None:
     if depth > MAX_NESTING:
         raise InvalidTask(f"{where}: nested deeper than {MAX_NESTING} levels")
-    if value is None or isinstance(value, (bool, str)):
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, str):
+        _check_text(value, where)
         return
     if isinstance(value, int):
         if not INT64_MIN <= value <= INT64_MAX:
@@ -50,9 +53,17 @@ def _check_value(value: Any, where: str, depth: int) -> None:
     raise InvalidTask(f"{where}: {type(value).__name__} is not JSON data")
 
 
+def _check_text(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidTask(f"{where}: string is not valid Unicode (lone surrogate)") from None
+
+
 def _check_key(key: Any, where: str) -> None:
     if not isinstance(key, str):
         raise InvalidTask(f"{where}: key {key!r} is not a string")
+    _check_text(key, where)
     if "\x00" in key or key.startswith("$") or "." in key:
         raise InvalidTask(f"{where}: key {key!r} may not contain NUL or '.', nor start with '$'")
 

@@ -277,10 +277,12 @@ class ConfirmingPublisher:
 
     def _close_in_loop(self) -> None:
         connection = self._connection
-        if connection is not None and (connection.is_open or connection.is_opening):
-            connection.close()
-        elif connection is not None:
+        if connection is None:
+            return
+        if connection.is_closed or connection.is_closing:
             connection.ioloop.stop()
+        else:
+            connection.close()
 
     def _accept(self, state: _StreamState, messages: list[Outgoing]) -> None:
         if self._channel is None or not self._channel.is_open:

@@ -1,0 +1,1 @@
+"""The HTTP intake service (`taskq-api`): FastAPI app over `taskq.Client`; see `taskq.http.app`."""

@@ -1,0 +1,211 @@
+"""The HTTP intake service: a FastAPI app that submits tasks and reads their status through `taskq.Client`.
+
+`create_app(settings)` builds it (called by `taskq.http.serve` and by tests). Every error answer is
+a `Problem` (`{"detail": ...}`): validation 422, unknown task or queue 404, body too large 413,
+broker or store down 503. Malformed input never yields a 5xx.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Path, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from taskq.client import Client
+from taskq.core.message import QUEUE_NAME_PATTERN, TASK_ID_PATTERN
+from taskq.errors import InvalidTask, QueueNotFound, TaskNotFound, TaskqError
+from taskq.http.models import (
+    BatchSubmission,
+    BatchSubmitted,
+    Health,
+    Problem,
+    QueueStatus,
+    Submitted,
+    TaskStatus,
+    TaskSubmission,
+)
+from taskq.settings import Settings
+
+MAX_BODY_BYTES = 1024 * 1024
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "The request body cannot be parsed."},
+    422: {"model": Problem, "description": "The request is not a valid task."},
+    413: {"model": Problem, "description": "The request body is too large."},
+    503: {"model": Problem, "description": "The broker or the store is unavailable."},
+}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "description": "No such task or queue."}}
+
+
+class BodyLimit:
+    """ASGI middleware: answer 413 to a request body over `limit` bytes, before the app sees it."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._too_large(send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await self._too_large(send)
+                return
+            chunks.append(chunk)
+            more = bool(message.get("more_body"))
+        body = b"".join(chunks)
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, send: Send) -> None:
+        response = JSONResponse({"detail": f"request body larger than {self.limit} bytes"}, status_code=413)
+        await response({"type": "http"}, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def _problem(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+def _validation_detail(exc: RequestValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error.get("loc", ()))
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def _status_model(document: dict[str, Any]) -> TaskStatus:
+    known = {k: v for k, v in document.items() if k in TaskStatus.model_fields and v is not None}
+    return TaskStatus.model_validate(known)
+
+
+def create_app(settings: Settings | None = None, *, client: Client | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The intake app; it owns a `Client` built from `settings` (or uses `client`) and closes it on shutdown."""
+    taskq = client or Client(settings or Settings())
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        taskq.close()
+
+    app = FastAPI(
+        title="taskq intake",
+        version="1",
+        description="Submit taskq tasks and read their status.",
+        lifespan=lifespan,
+    )
+    app.state.client = taskq
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _problem(422, _validation_detail(exc))
+
+    @app.exception_handler(InvalidTask)
+    async def on_invalid_task(_request: Request, exc: InvalidTask) -> JSONResponse:
+        return _problem(422, str(exc))
+
+    @app.exception_handler(TaskNotFound)
+    async def on_task_not_found(_request: Request, exc: TaskNotFound) -> JSONResponse:
+        return _problem(404, str(exc))
+
+    @app.exception_handler(QueueNotFound)
+    async def on_queue_not_found(_request: Request, exc: QueueNotFound) -> JSONResponse:
+        return _problem(404, str(exc))
+
+    @app.exception_handler(TaskqError)
+    async def on_unavailable(_request: Request, exc: TaskqError) -> JSONResponse:
+        return _problem(503, str(exc))
+
+    @app.post("/v1/tasks", status_code=202, response_model=Submitted, responses=_ERRORS)
+    def submit_task(body: TaskSubmission) -> Submitted:
+        """Submit one task; it is recorded as `queued` and published before the answer."""
+        message = taskq.message(
+            body.name,
+            body.args,
+            body.kwargs,
+            queue=body.queue,
+            priority=body.priority,
+            task_id=body.task_id,
+            max_retries=body.max_retries,
+            timeout=body.timeout,
+        )
+        receipt = taskq.submit_many([message])
+        return Submitted(id=message.id, queue=message.queue, created=receipt.existing == 0)
+
+    @app.post("/v1/tasks:batch", status_code=202, response_model=BatchSubmitted, responses=_ERRORS)
+    def submit_batch(body: BatchSubmission) -> BatchSubmitted:
+        """Submit many tasks with confirms pipelined; every task is validated before any is sent."""
+        messages = [
+            taskq.message(
+                t.name,
+                t.args,
+                t.kwargs,
+                queue=t.queue,
+                priority=t.priority,
+                task_id=t.task_id,
+                max_retries=t.max_retries,
+                timeout=t.timeout,
+            )
+            for t in body.tasks
+        ]
+        receipt = taskq.submit_many(messages)
+        return BatchSubmitted(ids=receipt.ids, published=receipt.published, existing=receipt.existing)
+
+    @app.get("/v1/tasks/{task_id}", response_model=TaskStatus, responses={**_ERRORS, **_NOT_FOUND})
+    def get_task(task_id: str = Path(pattern=TASK_ID_PATTERN)) -> TaskStatus:
+        """A task's state, attempts, timestamps, result or error."""
+        return _status_model(taskq.status(task_id))
+
+    @app.get("/v1/queues/{name}", response_model=QueueStatus, responses={**_ERRORS, **_NOT_FOUND})
+    def get_queue(name: str = Path(pattern=QUEUE_NAME_PATTERN)) -> QueueStatus:
+        """Ready messages, consumers, dead letters and task counts by state of a queue."""
+        info = taskq.queue_info(name)
+        return QueueStatus(name=info.name, ready=info.ready, consumers=info.consumers, dead=info.dead, counts=info.counts)
+
+    @app.get("/healthz", response_model=Health)
+    def healthz() -> Health:
+        """The process is up (no dependency is checked)."""
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Health, responses={503: _ERRORS[503]})
+    def readyz() -> Health:
+        """The broker and the store both answer."""
+        taskq.ping()
+        return Health(status="ready")
+
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
+    return app
