@@ -1,8 +1,9 @@
 """Reading queue depth from RabbitMQ, batched per broker: AMQP passive declares plus the management API.
 
 One `BrokerObserver` per broker (AMQP URL + management URL) serves every TaskQueue on it:
-- `ready_counts(queues)`: exact ready and consumer counts by passive `queue_declare` on one long-lived
-  channel (~0.2 ms each), reconnecting when the broker went away;
+- `ready_counts(queues)`: exact ready and consumer counts by passive `queue_declare`, pipelined over a
+  few long-lived channels of one connection (all requests sent before replies are awaited; ~0.1 ms of
+  CPU per queue), reconnecting when the broker went away;
 - `management(vhost)`: unacked counts and rates for the whole vhost from ONE `GET /api/queues/<vhost>`
   request, cached for the statistics interval (the figures only move that often).
 - `declare(queue, ...)`: the queue topology, through the runtime's `taskq.broker.topology`.
@@ -15,18 +16,22 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 import pika
 import pika.exceptions as pe
+from pika.adapters.blocking_connection import BlockingChannel
 
 from taskq.broker.connection import connect
 from taskq.broker.topology import declare_queue_topology
 from taskq.errors import BrokerRejected, BrokerUnavailable, redact_url
 
 NOT_FOUND = 404
+LANES = 8
 MANAGEMENT_COLUMNS = ",".join([
     "name",
     "messages_ready",
@@ -108,7 +113,7 @@ class BrokerObserver:
         self._timeout_s = timeout_s
         self._lock = threading.Lock()
         self._connection: pika.BlockingConnection | None = None
-        self._channel: pika.adapters.blocking_connection.BlockingChannel | None = None
+        self._lanes: list[BlockingChannel] = []
         self._http: httpx.Client | None = None
         self._management_cache: dict[str, tuple[float, dict[str, ManagementFigures]]] = {}
         self.management_requests = 0
@@ -123,41 +128,80 @@ class BrokerObserver:
 
     # -- AMQP ---------------------------------------------------------------------------------
 
-    def _open_channel(self) -> pika.adapters.blocking_connection.BlockingChannel:
+    def _open_lanes(self) -> list[BlockingChannel]:
         if self._connection is None or not self._connection.is_open:
             self._connection = connect(self._amqp_url, name="taskq-operator")
-            self._channel = None
-        if self._channel is None or not self._channel.is_open:
-            self._channel = self._connection.channel()
-        return self._channel
+            self._lanes = []
+        self._lanes = [lane for lane in self._lanes if lane.is_open]
+        while len(self._lanes) < LANES:
+            self._lanes.append(self._connection.channel())
+        return self._lanes
 
     def _drop_connection(self) -> None:
-        connection, self._connection, self._channel = self._connection, None, None
+        connection, self._connection, self._lanes = self._connection, None, []
         if connection is not None and connection.is_open:
             try:
                 connection.close()
             except (pe.AMQPError, OSError):
                 pass
 
+    def _pipelined(self, queues: list[str]) -> tuple[dict[str, ReadyCount | None], list[str]]:
+        """Passive declares spread over `LANES` channels, all sent before any reply is awaited.
+
+        Returns the counts read and the queues whose lane was closed by the broker (a missing queue
+        closes its channel), which the caller re-reads one by one.
+        """
+        lanes = self._open_lanes()
+        assert self._connection is not None
+        counts: dict[str, ReadyCount | None] = {}
+        assigned = [queues[i::len(lanes)] for i in range(len(lanes))]
+
+        def remember(queue: str) -> Callable[[Any], None]:
+            def on_reply(frame: Any) -> None:
+                counts[queue] = ReadyCount(ready=frame.method.message_count, consumers=frame.method.consumer_count)
+            return on_reply
+
+        for lane, lane_queues in zip(lanes, assigned):
+            for queue in lane_queues:
+                lane._impl.queue_declare(queue, passive=True, callback=remember(queue))
+        deadline = time.monotonic() + self._timeout_s
+        while time.monotonic() < deadline:
+            unfinished = [i for i, lane_queues in enumerate(assigned)
+                          if lanes[i].is_open and any(q not in counts for q in lane_queues)]
+            if not unfinished:
+                break
+            self._connection.process_data_events(time_limit=0.02)
+        else:
+            raise BrokerUnavailable(f"broker at {self._where} did not answer {len(queues)} queue reads in time")
+        leftovers = [q for i, lane_queues in enumerate(assigned) if not lanes[i].is_open
+                     for q in lane_queues if q not in counts]
+        return counts, leftovers
+
+    def _one_by_one(self, queues: list[str]) -> dict[str, ReadyCount | None]:
+        assert self._connection is not None
+        counts: dict[str, ReadyCount | None] = {}
+        for queue in queues:
+            channel = self._connection.channel()
+            try:
+                frame = channel.queue_declare(queue, passive=True)
+            except pe.ChannelClosedByBroker as exc:
+                if exc.reply_code != NOT_FOUND:
+                    raise BrokerRejected(
+                        f"broker at {self._where} refused reading {queue!r}: {exc.reply_code}"
+                    ) from None
+                counts[queue] = None
+                continue
+            counts[queue] = ReadyCount(ready=frame.method.message_count, consumers=frame.method.consumer_count)
+            channel.close()
+        return counts
+
     def ready_counts(self, queues: list[str]) -> dict[str, ReadyCount | None]:
         """Exact ready/consumer counts per queue (None for a queue that does not exist)."""
-        counts: dict[str, ReadyCount | None] = {}
         with self._lock:
             try:
-                for queue in queues:
-                    channel = self._open_channel()
-                    try:
-                        frame = channel.queue_declare(queue, passive=True)
-                    except pe.ChannelClosedByBroker as exc:
-                        self._channel = None
-                        if exc.reply_code != NOT_FOUND:
-                            raise BrokerRejected(
-                                f"broker at {self._where} refused reading {queue!r}: {exc.reply_code}"
-                            ) from None
-                        counts[queue] = None
-                        continue
-                    method = frame.method
-                    counts[queue] = ReadyCount(ready=method.message_count, consumers=method.consumer_count)
+                counts, leftovers = self._pipelined(queues)
+                if leftovers:
+                    counts.update(self._one_by_one(leftovers))
             except BrokerUnavailable:
                 self._drop_connection()
                 raise
