@@ -5,7 +5,7 @@
 #
 # BASE_IMAGE must provide python3 (>= 3.11) with the venv module. On machines that cannot pull,
 # `taskq-dev image build` passes a locally made Debian base and installs from a host-made
-# wheelhouse (PIP_NO_INDEX=1, PIP_FIND_LINKS=/src/build/wheelhouse); see docs/kind.md.
+# wheelhouse (PIP_NO_INDEX=1, PIP_FIND_LINKS=/deps/wheelhouse); see docs/kind.md.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
@@ -14,15 +14,21 @@ ARG PIP_NO_INDEX=
 ARG PIP_FIND_LINKS=
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
-WORKDIR /src
+# Dependencies first, in a layer that survives source edits: pyproject.toml plus, when the tooling
+# made one, the wheelhouse (`build*` matches nothing on a plain checkout, which is fine).
+COPY pyproject.toml build* /deps/
+RUN python3 -m venv /opt/taskq \
+ && python3 -c "import tomllib; print(*tomllib.load(open('/deps/pyproject.toml', 'rb'))['project']['dependencies'], sep=chr(10))" \
+      > /deps/requirements.txt \
+ && /opt/taskq/bin/pip install --upgrade "setuptools>=69" wheel \
+ && /opt/taskq/bin/pip install --requirement /deps/requirements.txt
+# Then the taskq wheel itself, installed into the same venv; the build tools leave with pip.
 COPY . /src
-RUN python3 -m venv /opt/build-env \
- && /opt/build-env/bin/pip install --upgrade "setuptools>=69" wheel \
- && /opt/build-env/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /dist /src \
- && python3 -m venv /opt/taskq \
- && /opt/taskq/bin/pip install /dist/taskq-*.whl \
- && /opt/taskq/bin/pip uninstall --yes pip setuptools \
- && /opt/taskq/bin/python -c "import taskq, taskq_operator"
+RUN /opt/taskq/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /dist /src \
+ && /opt/taskq/bin/pip install --no-deps /dist/taskq-*.whl \
+ && /opt/taskq/bin/pip check \
+ && /opt/taskq/bin/pip uninstall --yes pip setuptools wheel \
+ && /opt/taskq/bin/python -c "import taskq.worker.main, taskq_operator.main"
 
 FROM ${BASE_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="taskq" \

@@ -271,7 +271,7 @@ def build_image(
             "--build-arg",
             "PIP_NO_INDEX=1",
             "--build-arg",
-            f"PIP_FIND_LINKS=/src/{WHEELHOUSE.as_posix()}",
+            f"PIP_FIND_LINKS=/deps/{WHEELHOUSE.name}",  # the Dockerfile copies build/* to /deps/
         ]
     args.append(str(context))
     started = time.monotonic()
