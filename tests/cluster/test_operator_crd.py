@@ -1,0 +1,142 @@
+"""The TaskQueue CRD on a real API server: defaults, subresources, and invalid objects rejected with
+messages that name the field (schema ranges and patterns, CEL rules, immutability)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.cluster
+
+CRD = Path(__file__).resolve().parents[2] / "crds" / "taskqueue.yaml"
+
+VALID: dict[str, Any] = {
+    "apiVersion": "taskq.io/v1alpha1",
+    "kind": "TaskQueue",
+    "metadata": {"name": "emails"},
+    "spec": {
+        "broker": {"secretRef": {"name": "rabbit"}},
+        "store": {"secretRef": {"name": "mongo"}},
+        "worker": {"image": "taskq:dev"},
+    },
+}
+
+
+def _with(path: str, value: Any) -> dict[str, Any]:
+    body = copy.deepcopy(VALID)
+    node = body
+    keys = path.split(".")
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+    return body
+
+
+def _without(path: str) -> dict[str, Any]:
+    body = copy.deepcopy(VALID)
+    node = body
+    keys = path.split(".")
+    for key in keys[:-1]:
+        node = node[key]
+    del node[keys[-1]]
+    return body
+
+
+INVALID = [
+    ("min above max", _with("spec.scaling", {"minReplicas": 5, "maxReplicas": 2}),
+     "spec.scaling.minReplicas must be <= spec.scaling.maxReplicas"),
+    ("tasksPerReplica zero", _with("spec.scaling", {"tasksPerReplica": 0}), "spec.scaling.tasksPerReplica"),
+    ("maxReplicas zero", _with("spec.scaling", {"maxReplicas": 0}), "spec.scaling.maxReplicas"),
+    ("negative minReplicas", _with("spec.scaling", {"minReplicas": -1}), "spec.scaling.minReplicas"),
+    ("poll interval zero", _with("spec.scaling", {"pollIntervalSeconds": 0}), "spec.scaling.pollIntervalSeconds"),
+    ("fallback above max", _with("spec.scaling", {"maxReplicas": 3, "fallbackReplicas": 4}),
+     "spec.scaling.fallbackReplicas must be <= spec.scaling.maxReplicas"),
+    ("paused not boolean", _with("spec.scaling", {"paused": "yes"}), "spec.scaling.paused"),
+    ("grace below task timeout", _with("spec.tasks", {"timeoutSeconds": 600}),
+     "terminationGracePeriodSeconds must be >= spec.tasks.timeoutSeconds"),
+    ("bad broker secret name", _with("spec.broker.secretRef.name", "Bad_Name"), "must be a valid Secret name"),
+    ("store secret missing", _without("spec.store"), "spec.store"),
+    ("image missing", _without("spec.worker.image"), "spec.worker.image"),
+    ("reserved queue name", _with("spec.queue", "amq.orders"), "must not start with 'amq.'"),
+    ("queue name with spaces", _with("spec.queue", "my queue"), "spec.queue"),
+    ("prefetch zero", _with("spec.worker.prefetch", 0), "spec.worker.prefetch"),
+    ("priority above 255", _with("spec.tasks", {"maxPriority": 300}), "spec.tasks.maxPriority"),
+    ("backoff initial above max", _with("spec.tasks", {"retryBackoff": {"initialSeconds": 60, "maxSeconds": 10}}),
+     "initialSeconds must be <= maxSeconds"),
+    ("backoff factor below 1", _with("spec.tasks", {"retryBackoff": {"factor": 0.5}}),
+     "spec.tasks.retryBackoff.factor"),
+    ("env overrides credentials", _with("spec.worker.env", [{"name": "TASKQ_AMQP_URL", "value": "amqp://x"}]),
+     "must not set TASKQ_AMQP_URL"),
+    ("bad task module", _with("spec.worker.taskModules", ["1bad-module"]), "spec.worker.taskModules"),
+    ("negative retries", _with("spec.tasks", {"maxRetries": -1}), "spec.tasks.maxRetries"),
+    ("misspelt field", _with("spec.scaling", {"maxReplica": 3}), "unknown field"),
+]
+
+
+@pytest.fixture(scope="module")
+def namespace(cluster: Any) -> Iterator[str]:
+    cluster.kubectl("apply", "-f", str(CRD))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/taskqueues.taskq.io")
+    name = f"tq-crd-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def _apply(cluster: Any, namespace: str, body: dict[str, Any], *extra: str) -> Any:
+    return cluster.kubectl("apply", "-n", namespace, "-f", "-", *extra, input=json.dumps(body), check=False)
+
+
+@pytest.mark.parametrize(("body", "message"), [case[1:] for case in INVALID], ids=[case[0] for case in INVALID])
+def test_invalid_taskqueue_is_rejected_naming_the_field(cluster: Any, namespace: str, body: dict[str, Any],
+                                                        message: str) -> None:
+    result = _apply(cluster, namespace, body, "--dry-run=server")
+    assert result.returncode != 0, f"accepted: {json.dumps(body)}"
+    assert message in result.stderr, result.stderr
+
+
+def test_at_least_fifteen_invalid_cases() -> None:
+    assert len(INVALID) >= 15
+
+
+def test_defaults_are_filled_by_the_api_server(cluster: Any, namespace: str) -> None:
+    result = cluster.kubectl("create", "-n", namespace, "--dry-run=server", "-o", "json", "-f", "-",
+                             input=json.dumps(VALID))
+    spec = json.loads(result.stdout)["spec"]
+    assert spec["scaling"]["minReplicas"] == 0 and spec["scaling"]["maxReplicas"] == 10
+    assert spec["scaling"]["pollIntervalSeconds"] == 2
+    assert spec["scaling"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+    assert spec["tasks"]["timeoutSeconds"] == 300 and spec["tasks"]["retryBackoff"]["factor"] == 2
+    assert spec["worker"]["terminationGracePeriodSeconds"] == 330
+    assert spec["store"]["database"] == "taskq"
+
+
+def test_queue_is_immutable(cluster: Any, namespace: str) -> None:
+    body = _with("metadata.name", "immutable")
+    assert _apply(cluster, namespace, body).returncode == 0
+    changed = _with("metadata.name", "immutable")
+    changed["spec"]["queue"] = "elsewhere"
+    result = _apply(cluster, namespace, changed)
+    assert result.returncode != 0 and "spec.queue is immutable" in result.stderr, result.stderr
+    cluster.kubectl("delete", "-n", namespace, "taskqueue", "immutable")
+
+
+def test_crd_serves_short_name_status_and_scale(cluster: Any, namespace: str) -> None:
+    body = _with("metadata.name", "scalable")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body))
+    cluster.kubectl("scale", "-n", namespace, "tq/scalable", "--replicas=3")
+    got = json.loads(cluster.kubectl("get", "-n", namespace, "tq", "scalable", "-o", "json").stdout)
+    assert got["spec"]["replicas"] == 3
+    crd = yaml.safe_load(CRD.read_text())
+    columns = [c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]]
+    assert columns == ["Queue", "Backlog", "Unacked", "Replicas", "Desired", "Min", "Max", "Ready", "Age"]
+    header = cluster.kubectl("get", "-n", namespace, "tq").stdout.splitlines()[0].split()
+    assert header == [c.upper() for c in ["Name", *columns]]
+    cluster.kubectl("delete", "-n", namespace, "tq", "scalable")
