@@ -19,3 +19,20 @@ test: install lint ## everything: lint, unit, services, cluster and docker tests
 
 unit: ## fast tests that need no servers
 	$(PYTHON) -m pytest tests/unit $(PYTEST_ARGS)
+
+# --- image, chart, kind (packaging) ---
+KIND_CLUSTER ?= taskq-e2e
+
+.PHONY: image chart-schema chart-crd kind-e2e
+
+image: ## build the taskq image taskq:dev (starts dockerd, makes a local base image and wheelhouse; cached)
+	$(PYTHON) -m taskq_dev.cli image build
+
+chart-schema: chart-crd ## regenerate charts/taskq/values.schema.json from the annotated values.yaml
+	$(PYTHON) -m taskq_dev.chart_schema
+
+chart-crd: ## copy crds/taskqueue.yaml (the source of truth) into the chart
+	cp crds/taskqueue.yaml charts/taskq/crds/taskqueue.yaml
+
+kind-e2e: ## kind cluster + image + helm install + the cluster e2e suite, then delete the cluster (needs kind, helm, docker that can pull)
+	KIND_CLUSTER=$(KIND_CLUSTER) PYTHON=$(PYTHON) dev/kind-e2e.sh
