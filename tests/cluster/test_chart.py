@@ -1,0 +1,172 @@
+"""The Helm chart on the harness cluster: server-side validation of what it renders, `helm install
+--wait`, the operator working with the chart's RBAC (and nothing more), schema errors, and an
+uninstall that leaves nothing behind but the CRD (the chart's documented choice).
+
+The harness runs a real `taskq-operator` process for the operator pod, with a token of the chart's
+ServiceAccount, so the RBAC below is exercised for real.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from taskq_dev import versions
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "taskq"
+EXAMPLE_TASKQUEUE = REPO / "examples" / "taskqueue.yaml"
+DEV_VALUES = REPO / "examples" / "values-dev.yaml"
+RELEASE = f"taskq-{uuid.uuid4().hex[:6]}"  # unique: the chart's ClusterRoles are cluster-wide names
+IMAGE_VALUES = ["--set", "image.repository=taskq", "--set", "image.tag=dev", "--set", "image.pullPolicy=Never"]
+WAIT_S = 90.0
+
+
+def _wait_for(predicate: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def namespace(cluster: Any) -> Iterator[str]:
+    name = f"taskq-chart-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def release(cluster: Any, namespace: str) -> Iterator[str]:
+    """The chart installed with `--wait` (CRD from the chart's crds/ folder when not there yet)."""
+    started = time.monotonic()
+    cluster.helm("install", RELEASE, str(CHART), "--namespace", namespace, "--wait", "--timeout", "120s", *IMAGE_VALUES)
+    print(f"\nhelm install --wait: {time.monotonic() - started:.1f} s")
+    yield RELEASE
+    cluster.helm("uninstall", RELEASE, "--namespace", namespace, "--wait", check=False)
+
+
+def _server_dry_run(cluster: Any, namespace: str, *helm_args: str) -> subprocess.CompletedProcess[str]:
+    rendered = cluster.helm(
+        "template", RELEASE, str(CHART), "--namespace", namespace, "--kube-version", versions.KUBERNETES, *helm_args
+    ).stdout
+    return cluster.kubectl(
+        "apply", "--dry-run=server", "--validate=strict", "-n", namespace, "-f", "-", input=rendered, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    "helm_args",
+    [
+        [],
+        ["--values", str(DEV_VALUES)],
+        ["--set", "operator.watchNamespaces={default}", "--set", "connection.create=true",
+         "--set", "connection.amqpUrl=amqp://u:p@mq:5672/%2F", "--set", "connection.mongodbUri=mongodb://u:p@db/"],
+    ],
+    ids=["defaults", "dev-bundle", "namespaced-with-secret"],
+)
+def test_rendered_manifests_pass_the_api_servers_own_validation(
+    cluster: Any, namespace: str, helm_args: list[str]
+) -> None:
+    result = _server_dry_run(cluster, namespace, *helm_args)
+    assert result.returncode == 0, result.stderr
+    assert "(server dry run)" in result.stdout
+
+
+def test_helm_install_wait_brings_the_operator_up(cluster: Any, namespace: str, release: str) -> None:
+    status = json.loads(cluster.helm("status", release, "--namespace", namespace, "-o", "json").stdout)
+    assert status["info"]["status"] == "deployed"
+    deployment = json.loads(cluster.kubectl("get", "-n", namespace, "deployment", f"{release}-operator", "-o", "json").stdout)
+    assert deployment["status"].get("readyReplicas") == 1
+    cluster.kubectl("get", "crd", "taskqueues.taskq.io")
+
+
+@pytest.mark.parametrize(
+    ("verb", "resource", "allowed"),
+    [
+        ("get", "secrets", True), ("list", "secrets", False), ("delete", "secrets", False),
+        ("patch", "taskqueues.taskq.io", True), ("delete", "taskqueues.taskq.io", False),
+        ("create", "deployments.apps", True), ("delete", "deployments.apps", False),
+        ("patch", "pods", True), ("delete", "pods", False), ("create", "pods", False),
+        ("create", "events", True), ("list", "configmaps", False), ("create", "clusterroles", False),
+    ],
+)
+def test_operator_service_account_has_least_privilege(
+    cluster: Any, namespace: str, release: str, verb: str, resource: str, allowed: bool
+) -> None:
+    account = f"system:serviceaccount:{namespace}:{release}-operator"
+    result = cluster.kubectl("auth", "can-i", verb, resource, "-n", "default", "--as", account, check=False)
+    assert result.stdout.strip() == ("yes" if allowed else "no"), result.stdout + result.stderr
+
+
+def test_operator_runs_the_example_taskqueue_with_the_chart_rbac(
+    cluster: Any, namespace: str, release: str, amqp_url: str, mongodb_uri: str
+) -> None:
+    cluster.kubectl(
+        "create", "secret", "generic", "taskq-connection", "-n", namespace,
+        f"--from-literal=amqp-url={amqp_url}", f"--from-literal=mongodb-uri={mongodb_uri}",
+    )
+    example = yaml.safe_load(EXAMPLE_TASKQUEUE.read_text())
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(example))
+    try:
+        def worker_deployment() -> bool:
+            listing = json.loads(cluster.kubectl(
+                "get", "deployments", "-n", namespace, "-o", "json",
+                "-l", "app.kubernetes.io/managed-by=taskq-operator,app.kubernetes.io/instance=demo",
+            ).stdout)
+            return bool(listing["items"])
+
+        _wait_for(worker_deployment, "the operator (chart ServiceAccount) to create the worker Deployment")
+
+        def status_written() -> bool:
+            body = json.loads(cluster.kubectl("get", "tq", "demo", "-n", namespace, "-o", "json").stdout)
+            return bool(body.get("status", {}).get("conditions"))
+
+        _wait_for(status_written, "the operator to write the TaskQueue status")
+    finally:
+        cluster.kubectl("delete", "tq", "demo", "-n", namespace, "--wait=true", "--timeout=60s", check=False)
+        cluster.kubectl("delete", "secret", "taskq-connection", "-n", namespace, check=False)
+
+
+def test_mistyped_value_fails_install_with_a_schema_error(cluster: Any, namespace: str, tmp_path: Path) -> None:
+    bad = tmp_path / "bad-values.yaml"
+    bad.write_text("operator:\n  replicas: one\n")
+    result = cluster.helm(
+        "install", "taskq-bad", str(CHART), "--namespace", namespace, "--values", str(bad), *IMAGE_VALUES, check=False
+    )
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr
+    assert "/operator/replicas" in result.stderr and "got string, want integer" in result.stderr
+    listed = json.loads(cluster.helm("list", "--namespace", namespace, "--all", "-o", "json").stdout)
+    assert "taskq-bad" not in [item["name"] for item in listed]
+
+
+def test_uninstall_leaves_nothing_but_the_crd(cluster: Any, namespace: str, release: str) -> None:
+    cluster.helm("uninstall", release, "--namespace", namespace, "--wait", "--timeout", "60s")
+    leftovers_query = ["get", "all,configmaps,secrets,serviceaccounts,roles,rolebindings,persistentvolumeclaims",
+                       "-n", namespace, "-o", "name"]
+    expected = {"configmap/kube-root-ca.crt", "serviceaccount/default"}
+
+    def namespace_is_clean() -> bool:
+        return set(cluster.kubectl(*leftovers_query).stdout.split()) <= expected
+
+    _wait_for(namespace_is_clean, f"namespace {namespace} to hold nothing of the release")
+    cluster_scoped = cluster.kubectl(
+        "get", "clusterroles,clusterrolebindings", "-l", f"app.kubernetes.io/instance={release}", "-o", "name"
+    ).stdout.split()
+    assert cluster_scoped == []
+    cluster.kubectl("get", "crd", "taskqueues.taskq.io")  # kept on purpose: deleting it would delete every TaskQueue
