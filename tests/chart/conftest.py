@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from taskq_dev import gobuild, paths, versions
+from taskq_dev import tools, versions
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "taskq"
@@ -36,9 +36,8 @@ class Rendered:
 
 @pytest.fixture(scope="session")
 def helm_bin() -> str:
-    """The pinned helm, from the harness cache (built from its Go module on the first run only)."""
-    tool = gobuild.GoTool("helm.sh/helm/v3", versions.HELM, ["helm.sh/helm/v3/cmd/helm"])
-    return str(gobuild.build(tool, paths.tool_dir("helm", versions.HELM), ["helm"])["helm"])
+    """helm from the harness (a recent one on PATH, or the pinned build in the cache)."""
+    return str(tools.helm_binary())
 
 
 @pytest.fixture(scope="session")
