@@ -35,4 +35,4 @@ chart-crd: ## copy crds/taskqueue.yaml (the source of truth) into the chart
 	cp crds/taskqueue.yaml charts/taskq/crds/taskqueue.yaml
 
 kind-e2e: ## kind cluster + image + helm install + the cluster e2e suite, then delete the cluster (needs kind, helm, docker that can pull)
-	KIND_CLUSTER=$(KIND_CLUSTER) PYTHON=$(PYTHON) dev/kind-e2e.sh
+	KIND_CLUSTER=$(KIND_CLUSTER) PYTHON=$(PYTHON) PYTEST_ARGS="$(PYTEST_ARGS)" dev/kind-e2e.sh

@@ -9,6 +9,7 @@ ServiceAccount, so the RBAC below is exercised for real.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 import uuid
@@ -116,9 +117,12 @@ def test_operator_service_account_has_least_privilege(
 def test_operator_runs_the_example_taskqueue_with_the_chart_rbac(
     cluster: Any, namespace: str, release: str, amqp_url: str, mongodb_uri: str
 ) -> None:
+    # On kind (dev/kind-e2e.sh) pods reach the services by their in-cluster names, not our loopback.
+    pod_amqp_url = os.environ.get("TASKQ_E2E_CLUSTER_AMQP_URL", amqp_url)
+    pod_mongodb_uri = os.environ.get("TASKQ_E2E_CLUSTER_MONGODB_URI", mongodb_uri)
     cluster.kubectl(
         "create", "secret", "generic", "taskq-connection", "-n", namespace,
-        f"--from-literal=amqp-url={amqp_url}", f"--from-literal=mongodb-uri={mongodb_uri}",
+        f"--from-literal=amqp-url={pod_amqp_url}", f"--from-literal=mongodb-uri={pod_mongodb_uri}",
     )
     example = yaml.safe_load(EXAMPLE_TASKQUEUE.read_text())
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(example))
