@@ -1,0 +1,370 @@
+"""The operator on the real control plane: a TaskQueue gets its Deployment, the backlog scales it up,
+bridged workers drain it, it scales back down after the window, events explain each step, deleting the
+TaskQueue removes the Deployment, a vanished broker holds replicas, and a lost node loses no task.
+
+The operator runs as a `taskq-operator` subprocess; RabbitMQ and the store are the test services on
+127.0.0.1, reached through the URLs in the Secrets (the bridged workers run on this host too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from taskq.client import Client
+from taskq.settings import Settings
+from taskq.store.mongo import TaskStore
+
+pytestmark = [pytest.mark.cluster, pytest.mark.services, pytest.mark.slow]
+
+CRD = Path(__file__).resolve().parents[2] / "crds" / "taskqueue.yaml"
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.5) -> T:
+    """Poll `check` until it returns something truthy; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+class TcpRelay:
+    """Forward a loopback port to another; `close()` makes the target vanish for whoever used the relay."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self._target = (target_host, target_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._listener, selectors.EVENT_READ)
+        self._peers: dict[socket.socket, socket.socket] = {}
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._closed.is_set():
+            for key, _ in self._selector.select(timeout=0.2):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                if sock is self._listener:
+                    client, _ = self._listener.accept()
+                    try:
+                        upstream = socket.create_connection(self._target, timeout=2)
+                    except OSError:
+                        client.close()
+                        continue
+                    for a, b in ((client, upstream), (upstream, client)):
+                        self._peers[a] = b
+                        self._selector.register(a, selectors.EVENT_READ)
+                    continue
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    data = b""
+                if data:
+                    try:
+                        self._peers[sock].sendall(data)
+                        continue
+                    except OSError:
+                        pass
+                self._drop(sock)
+        for sock in list(self._peers):
+            self._drop(sock)
+
+    def _drop(self, sock: socket.socket) -> None:
+        other = self._peers.pop(sock, None)
+        for s in (sock, other):
+            if s is None:
+                continue
+            self._peers.pop(s, None)
+            try:
+                self._selector.unregister(s)
+            except (KeyError, ValueError):
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(timeout=5)
+        self._selector.unregister(self._listener)
+        self._listener.close()
+
+
+def _relayed(url: str, relay: TcpRelay) -> str:
+    parts = urlsplit(url)
+    auth = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    return urlunsplit((parts.scheme, f"{auth}127.0.0.1:{relay.port}", parts.path, parts.query, parts.fragment))
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def namespace(cluster: Any) -> Iterator[str]:
+    cluster.kubectl("apply", "-f", str(CRD))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/taskqueues.taskq.io")
+    name = f"tq-op-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: Any, namespace: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """`taskq-operator --namespace <ns>` as a subprocess; yields its log file."""
+    log_path = tmp_path_factory.mktemp("operator") / "operator.log"
+    env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig), PYTHONWARNINGS="ignore")
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "taskq_operator.main", "--namespace", namespace,
+             "--metrics-port", "0", "--health-port", "0"],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: b"taskq operator started" in log_path.read_bytes(), 30, "the operator to start")
+        yield log_path
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+        sys.stderr.write(log_path.read_text(errors="replace")[-4000:])
+
+
+def _secrets(cluster: Any, namespace: str, suffix: str, amqp_url: str, management_url: str,
+             mongodb_uri: str) -> tuple[str, str]:
+    broker, store = f"rabbit-{suffix}", f"mongo-{suffix}"
+    for name, data in ((broker, {"amqp-url": amqp_url, "management-url": management_url}),
+                       (store, {"mongodb-uri": mongodb_uri})):
+        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
+                  "stringData": data}
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(secret))
+    return broker, store
+
+
+def _taskqueue(name: str, namespace: str, queue: str, broker: str, store: str, database: str,
+               scaling: dict[str, Any], worker: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "taskq.io/v1alpha1",
+        "kind": "TaskQueue",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "queue": queue,
+            "broker": {"secretRef": {"name": broker}},
+            "store": {"secretRef": {"name": store}, "database": database},
+            "worker": {"image": "taskq:dev", "taskModules": ["taskq.examples"], "prefetch": 4,
+                       "concurrency": 2, **(worker or {})},
+            "tasks": {"timeoutSeconds": 30},
+            "scaling": {"pollIntervalSeconds": 1, **scaling},
+        },
+    }
+
+
+def _get(cluster: Any, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
+    result = cluster.kubectl("get", "-n", namespace, kind, name, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def _replicas(cluster: Any, namespace: str, deployment: str) -> int | None:
+    body = _get(cluster, namespace, "deployment", deployment)
+    return None if body is None else int(body["spec"].get("replicas") or 0)
+
+
+def _condition(cluster: Any, namespace: str, name: str, type_: str) -> dict[str, Any] | None:
+    body = _get(cluster, namespace, "taskqueue", name) or {}
+    for condition in (body.get("status") or {}).get("conditions") or []:
+        if condition["type"] == type_:
+            return condition
+    return None
+
+
+def _events(cluster: Any, namespace: str, name: str) -> list[dict[str, Any]]:
+    listing = json.loads(cluster.kubectl(
+        "get", "events", "-n", namespace, "-o", "json",
+        f"--field-selector=involvedObject.kind=TaskQueue,involvedObject.name={name}").stdout)
+    return sorted(listing["items"], key=lambda e: e["metadata"]["name"])
+
+
+# -- tests ------------------------------------------------------------------------------------
+
+
+def test_taskqueue_gets_a_hardened_owned_deployment_and_spec_changes_roll_it(
+        cluster: Any, namespace: str, operator: Path, amqp_url: str, rabbitmq: Any, mongodb_uri: str,
+        database_name: str, queue_name: str) -> None:
+    broker, store = _secrets(cluster, namespace, "a", amqp_url, rabbitmq.management_url, mongodb_uri)
+    body = _taskqueue("shape", namespace, queue_name, broker, store, database_name, {"minReplicas": 1})
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+    deployment = wait_for(lambda: _get(cluster, namespace, "deployment", "shape-worker"), 30, "the Deployment")
+    owner = deployment["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["controller"]) == ("TaskQueue", "shape", True)
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["TASKQ_AMQP_URL"]["valueFrom"]["secretKeyRef"] == {"name": broker, "key": "amqp-url"}
+    assert env["TASKQ_QUEUE"]["value"] == queue_name
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert {t["key"]: t["tolerationSeconds"] for t in pod["tolerations"]}["node.kubernetes.io/unreachable"] <= 30
+    assert wait_for(lambda: _replicas(cluster, namespace, "shape-worker") == 1, 20, "minReplicas 1")
+
+    generation = deployment["metadata"]["generation"]
+    cluster.kubectl("patch", "-n", namespace, "tq", "shape", "--type=merge",
+                    "-p", json.dumps({"spec": {"worker": {"concurrency": 3}}}))
+
+    def rolled() -> dict[str, Any] | None:
+        current = _get(cluster, namespace, "deployment", "shape-worker") or {}
+        if current.get("metadata", {}).get("generation", 0) > generation:
+            return current
+        return None
+
+    rolled_out = wait_for(rolled, 30, "the Deployment template to change")
+    env = {e["name"]: e.get("value") for e in rolled_out["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["TASKQ_CONCURRENCY"] == "3"
+    assert rolled_out["spec"]["replicas"] == 1
+
+    cluster.kubectl("delete", "-n", namespace, "tq", "shape")
+    wait_for(lambda: _get(cluster, namespace, "deployment", "shape-worker") is None, 60,
+             "garbage collection of the Deployment")
+    secrets = cluster.kubectl("get", "-n", namespace, "events", "-o", "json").stdout
+    assert "guest:guest" not in secrets and "mongodb://" not in secrets
+
+
+def test_backlog_scales_up_workers_drain_and_it_scales_back_down(
+        cluster: Any, bridge: Any, namespace: str, operator: Path, amqp_url: str, rabbitmq: Any,
+        mongodb_uri: str, database_name: str, queue_name: str) -> None:
+    broker, store = _secrets(cluster, namespace, "b", amqp_url, rabbitmq.management_url, mongodb_uri)
+    scaling = {"minReplicas": 0, "maxReplicas": 10, "tasksPerReplica": 100,
+               "scaleDown": {"stabilizationWindowSeconds": 10}}
+    body = _taskqueue("burst", namespace, queue_name, broker, store, database_name, scaling)
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+    wait_for(lambda: _get(cluster, namespace, "deployment", "burst-worker"), 30, "the Deployment")
+    assert _replicas(cluster, namespace, "burst-worker") == 0
+
+    settings = Settings(amqp_url=amqp_url, mongodb_uri=mongodb_uri, database=database_name, queue=queue_name)
+    with Client(settings) as client:
+        client.submit_many([{"name": "sleep", "kwargs": {"seconds": 0.2}} for _ in range(1000)])
+
+    seen: list[int] = []
+
+    def at_ten() -> bool:
+        replicas = _replicas(cluster, namespace, "burst-worker") or 0
+        seen.append(replicas)
+        return replicas == 10
+
+    wait_for(at_ten, 30, "10 replicas for 1000 tasks at 100 per replica", interval=0.25)
+    assert seen == sorted(seen), f"replicas went down while the backlog was high: {seen}"
+
+    table = cluster.kubectl("get", "-n", namespace, "tq", "burst").stdout.splitlines()
+    assert table[0].split() == ["NAME", "QUEUE", "BACKLOG", "UNACKED", "REPLICAS", "DESIRED", "MIN", "MAX",
+                                "READY", "AGE"]
+    assert table[1].split()[1] == queue_name
+
+    task_store = TaskStore(mongodb_uri, database_name)
+    try:
+        wait_for(lambda: task_store.counts_by_state(queue_name).get("succeeded") == 1000, 180,
+                 "the bridged workers to finish all 1000 tasks", interval=1)
+    finally:
+        task_store.close()
+    wait_for(lambda: _replicas(cluster, namespace, "burst-worker") == 0, 60,
+             "scale-down to minReplicas after the 10 s window")
+
+    events = _events(cluster, namespace, "burst")
+    reasons = [e["reason"] for e in events]
+    assert "ScaleUp" in reasons and reasons[-1] == "ScaleDown", reasons
+    assert all("backlog" in e["message"] for e in events if e["reason"] in ("ScaleUp", "ScaleDown"))
+    status = (_get(cluster, namespace, "tq", "burst") or {})["status"]
+    assert status["tasks"]["succeeded"] == 1000
+    assert status["lastScaleReason"].startswith("ScaleDown")
+
+
+def test_vanished_broker_sets_condition_and_holds_replicas(
+        cluster: Any, namespace: str, operator: Path, amqp_url: str, rabbitmq: Any, mongodb_uri: str,
+        database_name: str, queue_name: str) -> None:
+    amqp, management = urlsplit(amqp_url), urlsplit(rabbitmq.management_url)
+    amqp_relay = TcpRelay(amqp.hostname or "127.0.0.1", amqp.port or 5672)
+    management_relay = TcpRelay(management.hostname or "127.0.0.1", management.port or 15672)
+    try:
+        broker, store = _secrets(cluster, namespace, "c", _relayed(amqp_url, amqp_relay),
+                                 _relayed(rabbitmq.management_url, management_relay), mongodb_uri)
+        body = _taskqueue("fragile", namespace, queue_name, broker, store, database_name,
+                          {"minReplicas": 2, "maxReplicas": 5, "scaleDown": {"stabilizationWindowSeconds": 0}})
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+        wait_for(lambda: _replicas(cluster, namespace, "fragile-worker") == 2, 30, "2 replicas")
+        wait_for(lambda: (_condition(cluster, namespace, "fragile", "BrokerReachable") or {}).get("status") == "True",
+                 20, "BrokerReachable=True")
+    finally:
+        amqp_relay.close()
+        management_relay.close()
+    unreachable = wait_for(
+        lambda: (c := _condition(cluster, namespace, "fragile", "BrokerReachable")) and c["status"] == "False" and c,
+        20, "BrokerReachable=False")
+    assert "unreachable" in unreachable["message"] or "lost" in unreachable["message"]
+    assert "guest:guest" not in unreachable["message"]
+    time.sleep(3)
+    assert _replicas(cluster, namespace, "fragile-worker") == 2
+    assert any(e["reason"] == "BrokerUnreachable" and e["type"] == "Warning"
+               for e in _events(cluster, namespace, "fragile"))
+    cluster.kubectl("delete", "-n", namespace, "tq", "fragile")
+
+
+def test_node_loss_with_work_in_flight_loses_no_task(
+        cluster: Any, bridge: Any, namespace: str, operator: Path, amqp_url: str, rabbitmq: Any,
+        mongodb_uri: str, database_name: str, queue_name: str) -> None:
+    broker, store = _secrets(cluster, namespace, "d", amqp_url, rabbitmq.management_url, mongodb_uri)
+    scaling = {"minReplicas": 3, "maxReplicas": 3, "scaleDown": {"stabilizationWindowSeconds": 0}}
+    body = _taskqueue("sturdy", namespace, queue_name, broker, store, database_name, scaling)
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+    selector = "app.kubernetes.io/instance=sturdy"
+
+    def running_pods() -> dict[str, str] | None:
+        pods = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-l", selector, "-o", "json").stdout)
+        placed = {p["metadata"]["name"]: p["spec"].get("nodeName", "") for p in pods["items"]
+                  if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")}
+        return placed if len(placed) == 3 else None
+
+    placement = wait_for(running_pods, 60, "3 running worker pods")
+    total = 120
+    settings = Settings(amqp_url=amqp_url, mongodb_uri=mongodb_uri, database=database_name, queue=queue_name)
+    task_store = TaskStore(mongodb_uri, database_name)
+    try:
+        with Client(settings) as client:
+            client.submit_many([{"name": "sleep", "kwargs": {"seconds": 0.5}} for _ in range(total)])
+        wait_for(lambda: task_store.counts_by_state(queue_name).get("running", 0) >= 3, 60, "tasks in flight")
+        victim = sorted(placement.values())[0]
+        lost_pods = {pod for pod, node in placement.items() if node == victim}
+        cluster.lose_node(victim)
+
+        def rescheduled() -> dict[str, str] | None:
+            now = running_pods()
+            if now and not set(now) & lost_pods and victim not in now.values():
+                return now
+            return None
+
+        wait_for(rescheduled, 90, f"the pods of lost node {victim} to run elsewhere", interval=1)
+        wait_for(lambda: task_store.counts_by_state(queue_name).get("succeeded") == total, 180,
+                 "every task to succeed after the node loss", interval=1)
+        counts = task_store.counts_by_state(queue_name)
+        assert counts["succeeded"] == total and sum(counts.values()) == total, counts
+    finally:
+        task_store.close()
