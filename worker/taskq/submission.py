@@ -3,7 +3,8 @@
 Called by `taskq.Client` for every submission, so the CLI, the HTTP service and Python callers get
 the same checks and the same `InvalidTask` reasons. Beyond the message schema it checks that the
 arguments survive the trip through JSON and the store: finite numbers, 64-bit integers, string keys
-the store accepts, bounded nesting and size.
+the store accepts, no array directly inside an array (FerretDB cannot store those), bounded nesting
+and size.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ def _check_value(value: Any, where: str, depth: int) -> None:
         return
     if isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
+            if isinstance(item, (list, tuple)):
+                # FerretDB (one of the two stores taskq supports) refuses arrays directly inside arrays.
+                raise InvalidTask(f"{where}[{index}]: an array directly inside an array cannot be stored; wrap it in an object")
             _check_value(item, f"{where}[{index}]", depth + 1)
         return
     if isinstance(value, Mapping):
