@@ -1,0 +1,171 @@
+"""The MongoDB-protocol store for tests, benchmarks and the demo.
+
+In order of preference: the server named by `MONGODB_URI`; a private `mongod` if one is on PATH; a
+private FerretDB (pinned version, SQLite backend) built by `taskq_dev.tools.ferretdb_binary()`.
+A private server listens on a free loopback port and keeps its data in one folder, so `stop()` then
+`start()` brings the same data back on the same port. Called by `taskq_dev.services`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pymongo
+import pymongo.errors
+
+from taskq.errors import redact_url
+from taskq_dev import ports, tools
+from taskq_dev.processes import BackgroundProcess
+from taskq_dev.service_base import ServiceError
+
+STARTUP_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+
+
+def ping(uri: str, timeout: float = 2.0) -> bool:
+    """Whether the server at `uri` answers a `ping` now."""
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        uri, serverSelectionTimeoutMS=int(timeout * 1000), connectTimeoutMS=int(timeout * 1000)
+    )
+    try:
+        client.admin.command("ping")
+    except pymongo.errors.PyMongoError:
+        return False
+    finally:
+        client.close()
+    return True
+
+
+class ExternalMongo:
+    """A store named by the environment; the harness never stops or deletes it."""
+
+    kind = "external"
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    @property
+    def external(self) -> bool:
+        return True
+
+    def start(self) -> float:
+        raise ServiceError(f"cannot start the external store {redact_url(self.uri)}")
+
+    def stop(self) -> None:
+        raise ServiceError(f"cannot stop the external store {redact_url(self.uri)}")
+
+    def close(self) -> None:
+        """Nothing to do: the store belongs to whoever set `MONGODB_URI`."""
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """Which server, where its data lives and its port (saved by `taskq-dev services`)."""
+
+    kind: str  # "mongod" or "ferretdb"
+    binary: Path
+    base_dir: Path
+    port: int
+
+    def argv(self) -> list[str]:
+        data = self.base_dir / "data"
+        listen = f"{ports.LOOPBACK}:{self.port}"
+        if self.kind == "mongod":
+            return [
+                str(self.binary),
+                f"--dbpath={data}",
+                f"--bind_ip={ports.LOOPBACK}",
+                f"--port={self.port}",
+                "--nounixsocket",
+                "--quiet",
+            ]
+        return [
+            str(self.binary),
+            "--handler=sqlite",
+            f"--sqlite-url=file:{data}/",
+            f"--listen-addr={listen}",
+            f"--state-dir={self.base_dir}",
+            "--debug-addr=-",  # no debug HTTP listener (it would take port 8088)
+            "--telemetry=disable",
+            "--log-level=warn",
+        ]
+
+    def to_record(self) -> dict[str, Any]:
+        return {"kind": self.kind, "binary": str(self.binary), "base_dir": str(self.base_dir), "port": self.port}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> StoreLayout:
+        return cls(
+            kind=str(record["kind"]),
+            binary=Path(record["binary"]),
+            base_dir=Path(record["base_dir"]),
+            port=int(record["port"]),
+        )
+
+
+def choose_layout(base_dir: Path) -> StoreLayout:
+    """`mongod` from PATH if there is one, else FerretDB (built on first use), on a free port."""
+    mongod = shutil.which("mongod")
+    if mongod is not None:
+        return StoreLayout(kind="mongod", binary=Path(mongod), base_dir=base_dir, port=ports.free_port())
+    return StoreLayout(
+        kind="ferretdb", binary=tools.ferretdb_binary(), base_dir=base_dir, port=ports.free_port()
+    )
+
+
+class PrivateMongo:
+    """A `mongod` or FerretDB the harness runs itself; `stop`/`start` keep its data and port."""
+
+    def __init__(self, layout: StoreLayout) -> None:
+        self.layout = layout
+        self.kind = layout.kind
+        self.uri = f"mongodb://{ports.LOOPBACK}:{layout.port}/"
+        self.process = BackgroundProcess(
+            argv=layout.argv(),
+            log_path=layout.base_dir / f"{layout.kind}.log",
+            cwd=layout.base_dir,
+        )
+
+    @property
+    def external(self) -> bool:
+        return False
+
+    def _exited(self) -> str | None:
+        if self.process.alive():
+            return None
+        return f"{self.kind} exited; log tail:\n{self.process.log_tail()}"
+
+    def start(self) -> float:
+        """Start the server and wait until it answers `ping`; return seconds taken."""
+        if self.process.alive():
+            return 0.0
+        if not ports.port_is_free(self.layout.port):
+            raise ServiceError(f"port {self.layout.port} of the private {self.kind} is taken")
+        (self.layout.base_dir / "data").mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        self.process.start()
+        try:
+            ports.wait_until(
+                lambda: ping(self.uri, timeout=1.0),
+                timeout=STARTUP_TIMEOUT,
+                what=f"{self.kind} on port {self.layout.port} to answer ping",
+                interval=0.1,
+                give_up=self._exited,
+            )
+        except ports.WaitTimeout as exc:
+            self.stop()
+            raise ServiceError(str(exc)) from exc
+        return time.monotonic() - started
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after a bounded wait); its data stays."""
+        self.process.terminate(STOP_TIMEOUT)
+
+    def close(self) -> None:
+        """Stop the server and delete its folder."""
+        self.stop()
+        shutil.rmtree(self.layout.base_dir, ignore_errors=True)
