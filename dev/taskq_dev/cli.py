@@ -1,6 +1,7 @@
 """`taskq-dev`: the developer harness on the command line (one typer app, one sub-app per area).
 
-Sub-apps: `image` (Docker engine, base image, taskq image). Used by the Makefile, `.ci/run` and
+Sub-apps: `image` (Docker engine, base image, taskq image), `services` (RabbitMQ and the store
+in the background, `taskq_dev.services_cli`). Used by the Makefile, `.ci/run` and
 developers; the tests call the underlying modules directly.
 """
 
@@ -11,11 +12,13 @@ from typing import Annotated, Optional
 import typer
 
 from taskq_dev import docker
+from taskq_dev.services_cli import services_app
 
 app = typer.Typer(no_args_is_help=True, help="taskq developer harness: services, cluster, image.")
 
 image_app = typer.Typer(no_args_is_help=True, help="The taskq container image (Docker).")
 app.add_typer(image_app, name="image")
+app.add_typer(services_app, name="services")
 
 
 @image_app.command("daemon")
