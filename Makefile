@@ -36,3 +36,9 @@ chart-crd: ## copy crds/taskqueue.yaml (the source of truth) into the chart
 
 kind-e2e: ## kind cluster + image + helm install + the cluster e2e suite, then delete the cluster (needs kind, helm, docker that can pull)
 	KIND_CLUSTER=$(KIND_CLUSTER) PYTHON=$(PYTHON) PYTEST_ARGS="$(PYTEST_ARGS)" dev/kind-e2e.sh
+
+# --- operator benchmark ---
+.PHONY: bench-scaling
+
+bench-scaling: ## operator scale reaction (p50/p95 vs KEDA defaults), CPU/RSS with 500 TaskQueues, burst plot -> bench/results/scaling.json (needs KUBECONFIG from `taskq-dev cluster up`)
+	$(PYTHON) bench/scaling.py
