@@ -42,3 +42,9 @@ kind-e2e: ## kind cluster + image + helm install + the cluster e2e suite, then d
 
 bench-scaling: ## operator scale reaction (p50/p95 vs KEDA defaults), CPU/RSS with 500 TaskQueues, burst plot -> bench/results/scaling.json (needs KUBECONFIG from `taskq-dev cluster up`)
 	$(PYTHON) bench/scaling.py
+
+# --- local demo (no Kubernetes) ---
+.PHONY: demo-local
+
+demo-local: ## services up, 3 taskq-worker processes, 2000 example tasks with a progress bar, live counts and a summary
+	$(PYTHON) -m taskq_dev.demo_local
