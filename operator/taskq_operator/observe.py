@@ -123,7 +123,7 @@ class Observers:
         queues = sorted({t.queue for t in targets})
         try:
             ready = broker.ready_counts(queues)
-            management = broker.management(broker.vhost) if broker.has_management else {}
+            management = broker.management_recent(broker.vhost) if broker.has_management else {}
         except TaskqError as exc:
             return {q: Reading(None, "none", str(exc), loads.get(q, WorkerLoad()),
                                counts.get(q) if counts else None) for q in queues}

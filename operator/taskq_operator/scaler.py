@@ -109,12 +109,21 @@ class Scaler:
             due.append((key, spec, target, error, body))
         targets = [item[2] for item in due if item[2] is not None]
         readings = self.observers.read(targets) if targets else {}
-        for key, spec, target, error, body in due:
+        acted: list[tuple[Key, Tick, int, Reading, dict[str, Any]]] = []
+        for key, spec, target, error, body in due:  # scale every due TaskQueue first: it is what waits
             reading = readings.get((target.broker_key, spec.queue)) if target else None
             if reading is None:
                 reading = Reading(None, "none", error or "broker not read")
             try:
-                self._scale_one(key, spec, reading, body, now)
+                tick, before = self._decide_and_act(key, spec, reading, now)
+            except TaskqError as exc:
+                metrics.ERRORS.labels("kubernetes").inc()
+                log.warning("TaskQueue %s/%s: %s", key[0], key[1], exc)
+                continue
+            acted.append((key, tick, before, reading, body))
+        for key, tick, before, reading, body in acted:  # then events and status
+            try:
+                self._report(key, tick, before, reading, body)
             except TaskqError as exc:
                 metrics.ERRORS.labels("kubernetes").inc()
                 log.warning("TaskQueue %s/%s: %s", key[0], key[1], exc)
@@ -133,7 +142,8 @@ class Scaler:
 
     # -- one TaskQueue ------------------------------------------------------------------------
 
-    def _scale_one(self, key: Key, spec: TaskQueueSpec, reading: Reading, body: dict[str, Any], now: float) -> None:
+    def _decide_and_act(self, key: Key, spec: TaskQueueSpec, reading: Reading, now: float) -> tuple[Tick, int]:
+        """Decide and, when the count changes, patch the Deployment; returns the tick and the old count."""
         state = self.states[key]
         name = deployment_name(spec)
         view = self.cache.deployments.get((spec.namespace, name))
@@ -145,7 +155,6 @@ class Scaler:
         observation = reading.observation
         metrics.record_observation(spec.namespace, spec.name, observation.ready if observation else None,
                                    observation.unacked if observation else None, decision.replicas)
-
         scaled = False
         if view is not None and decision.replicas != current:
             if decision.replicas < current:
@@ -156,10 +165,6 @@ class Scaler:
             log.info("TaskQueue %s/%s: %s %d -> %d: %s", spec.namespace, spec.name, decision.reason, current,
                      decision.replicas, decision.message)
             metrics.SCALINGS.labels(spec.namespace, spec.name, decision.reason).inc()
-            self._event(spec, "Warning" if decision.reason == "Fallback" else "Normal", decision.reason,
-                        f"{current} -> {decision.replicas} replicas: {decision.message}")
-        self._report_reachability(spec, state, reading)
-
         tick = Tick(
             spec=spec,
             observation=observation,
@@ -172,6 +177,16 @@ class Scaler:
             task_counts=reading.task_counts,
             selector=selector_string(spec),
         )
+        return tick, current
+
+    def _report(self, key: Key, tick: Tick, before: int, reading: Reading, body: dict[str, Any]) -> None:
+        """Events for what changed, and the status patch when the status differs from the last one."""
+        state = self.states[key]
+        spec, decision = tick.spec, tick.decision
+        if tick.scaled:
+            self._event(spec, "Warning" if decision.reason == "Fallback" else "Normal", decision.reason,
+                        f"{before} -> {decision.replicas} replicas: {decision.message}")
+        self._report_reachability(spec, state, reading)
         previous = state.last_status if state.last_status is not None else dict(body.get("status") or {})
         status = build_status(tick, previous, now_iso())
         if status != state.last_status:

@@ -5,7 +5,8 @@ One `BrokerObserver` per broker (AMQP URL + management URL) serves every TaskQue
   few long-lived channels of one connection (all requests sent before replies are awaited; ~0.1 ms of
   CPU per queue), reconnecting when the broker went away;
 - `management(vhost)`: unacked counts and rates for the whole vhost from ONE `GET /api/queues/<vhost>`
-  request, cached for the statistics interval (the figures only move that often).
+  request, cached for the statistics interval (the figures only move that often);
+  `management_recent(vhost)` serves the cache and refreshes it in the background.
 - `declare(queue, ...)`: the queue topology, through the runtime's `taskq.broker.topology`.
 
 Blocking (pika, httpx sync); the scaler calls these in worker threads. Errors become `taskq.errors`
@@ -116,6 +117,9 @@ class BrokerObserver:
         self._lanes: list[BlockingChannel] = []
         self._http: httpx.Client | None = None
         self._management_cache: dict[str, tuple[float, dict[str, ManagementFigures]]] = {}
+        self._management_lock = threading.Lock()
+        self._management_errors: dict[str, str] = {}
+        self._refreshing: set[str] = set()
         self.management_requests = 0
 
     @property
@@ -261,6 +265,36 @@ class BrokerObserver:
         figures = parse_management_rows(rows)
         self._management_cache[vhost] = (moment, figures)
         return figures
+
+    def management_recent(self, vhost: str) -> dict[str, ManagementFigures]:
+        """The cached figures of `vhost`, refreshed in a background thread once older than the TTL.
+
+        Keeps the HTTP request (tens to hundreds of ms with many queues) off the scaling path; only the
+        very first call waits for it. A failed background refresh is raised by the next call.
+        """
+        if not self._management_url:
+            return {}
+        cached = self._management_cache.get(vhost)
+        if cached is None:
+            with self._management_lock:
+                return self.management(vhost)
+        if time.monotonic() - cached[0] >= self._management_ttl_s and vhost not in self._refreshing:
+            self._refreshing.add(vhost)
+            threading.Thread(target=self._refresh, args=(vhost,), name="taskq-management", daemon=True).start()
+        error = self._management_errors.get(vhost)
+        if error is not None:
+            raise BrokerUnavailable(error)
+        return cached[1]
+
+    def _refresh(self, vhost: str) -> None:
+        try:
+            with self._management_lock:
+                self.management(vhost)
+            self._management_errors.pop(vhost, None)
+        except BrokerUnavailable as exc:
+            self._management_errors[vhost] = str(exc)
+        finally:
+            self._refreshing.discard(vhost)
 
     def close(self) -> None:
         with self._lock:
