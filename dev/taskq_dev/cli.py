@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from taskq_dev import docker
+from taskq_dev.cluster_cli import bridge_app, cluster_app, tools_app
 from taskq_dev.services_cli import services_app
 
 app = typer.Typer(no_args_is_help=True, help="taskq developer harness: services, cluster, image.")
@@ -19,6 +20,9 @@ app = typer.Typer(no_args_is_help=True, help="taskq developer harness: services,
 image_app = typer.Typer(no_args_is_help=True, help="The taskq container image (Docker).")
 app.add_typer(image_app, name="image")
 app.add_typer(services_app, name="services")
+app.add_typer(cluster_app, name="cluster")
+app.add_typer(bridge_app, name="bridge")
+app.add_typer(tools_app, name="tools")
 
 
 @image_app.command("daemon")

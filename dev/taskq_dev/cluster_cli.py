@@ -1,0 +1,146 @@
+"""`taskq-dev cluster up|down|status|lose-node|restore-node` and `taskq-dev bridge run`.
+
+`cluster up` starts the local control plane detached (pids in `state.json` under
+`taskq_dev.cluster.default_root()`) and prints the `export KUBECONFIG=...` line; `down` stops it and
+deletes its folder. `bridge run` runs the worker bridge in the foreground until interrupted. Mounted on
+the `taskq-dev` app by `taskq_dev.cli`; used by `make cluster-up` / `make cluster-down` and the demo.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Annotated, NoReturn, Optional
+
+import typer
+
+from taskq_dev import gobuild, tools
+from taskq_dev.bridge import WorkerBridge
+from taskq_dev.cluster import DEFAULT_NODES, ClusterError, LocalCluster, default_root
+from taskq_dev.kubeaccess import ClusterAccess
+
+cluster_app = typer.Typer(no_args_is_help=True, help="A local Kubernetes control plane with kwok nodes.")
+bridge_app = typer.Typer(no_args_is_help=True, help="Real local processes for taskq pods on kwok nodes.")
+tools_app = typer.Typer(no_args_is_help=True, help="The pinned external tools the harness runs.")
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"taskq-dev: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def _running() -> LocalCluster | None:
+    found = LocalCluster.load(default_root())
+    if found is None or not found.status() or not all(found.status().values()):
+        return None
+    return found
+
+
+@cluster_app.command("up")
+def cluster_up(
+    nodes: Annotated[int, typer.Option(help="Number of simulated (kwok) nodes.")] = DEFAULT_NODES,
+) -> None:
+    """Start etcd, kube-apiserver, controller-manager, scheduler and kwok nodes in the background."""
+    running = _running()
+    if running is not None:
+        typer.echo(f"cluster already up ({len(running.node_names())} nodes)")
+    else:
+        stale = LocalCluster.load(default_root())
+        if stale is not None:
+            stale.down()
+        cluster = LocalCluster(default_root(), nodes=nodes)
+        try:
+            seconds = cluster.up()
+        except (ClusterError, gobuild.GoBuildError) as exc:
+            _fail(str(exc))
+        typer.echo(
+            f"cluster up in {seconds:.1f} s: {cluster.server}, {nodes} kwok nodes, "
+            f"{cluster.resident_bytes() / 2**20:.0f} MiB resident"
+        )
+    typer.echo(f"export KUBECONFIG={default_root() / 'admin.kubeconfig'}")
+
+
+@cluster_app.command("down")
+def cluster_down() -> None:
+    """Stop every process of the local cluster and delete its state."""
+    found = LocalCluster.load(default_root())
+    if found is None:
+        typer.echo("no local cluster recorded")
+        return
+    found.down()
+    typer.echo("cluster down")
+
+
+@cluster_app.command("status")
+def cluster_status() -> None:
+    """Each component's liveness, the resident memory, and the nodes as the API sees them."""
+    found = LocalCluster.load(default_root())
+    if found is None:
+        _fail("no local cluster recorded; run `taskq-dev cluster up`")
+    for name, alive in found.status().items():
+        typer.echo(f"{name:34} {'running' if alive else 'STOPPED'}")
+    typer.echo(f"resident memory: {found.resident_bytes() / 2**20:.0f} MiB")
+    typer.echo(f"kubeconfig: {found.kubeconfig}")
+    listed = ClusterAccess(found.kubeconfig).kubectl("get", "nodes", check=False, timeout=15)
+    typer.echo(listed.stdout or listed.stderr)
+
+
+@cluster_app.command("lose-node")
+def cluster_lose_node(name: str) -> None:
+    """Kill a node's kwok (its kubelet): it turns NotReady and its pods are evicted."""
+    found = _running_or_fail()
+    found.lose_node(name)
+    typer.echo(f"{name} lost: NotReady after the grace period, then its pods are evicted")
+
+
+@cluster_app.command("restore-node")
+def cluster_restore_node(name: str) -> None:
+    """Start a lost node's kwok again."""
+    found = LocalCluster.load(default_root())
+    if found is None:
+        _fail("no local cluster recorded")
+    access = ClusterAccess(found.kubeconfig, local=found)
+    access.restore_node(name)
+    typer.echo(f"{name} Ready")
+
+
+def _running_or_fail() -> LocalCluster:
+    found = LocalCluster.load(default_root())
+    if found is None:
+        _fail("no local cluster recorded; run `taskq-dev cluster up`")
+    return found
+
+
+@bridge_app.command("run")
+def bridge_run(
+    kubeconfig: Annotated[
+        Optional[Path], typer.Option(help="Cluster to watch (default: the local cluster's admin kubeconfig).")
+    ] = None,
+) -> None:
+    """Run the worker bridge in the foreground until Ctrl-C; process logs go under the cluster state."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    config = kubeconfig or default_root() / "admin.kubeconfig"
+    if not config.exists():
+        _fail(f"{config} does not exist; run `taskq-dev cluster up`")
+    bridge = WorkerBridge(config, default_root() / "bridge").start()
+    try:
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        bridge.stop()
+
+
+@tools_app.command("build")
+def tools_build() -> None:
+    """Resolve or build every cluster tool (kube binaries, etcd, kwok, helm) and print their paths."""
+    started = time.monotonic()
+    try:
+        resolved = tools.all_cluster_tools()
+    except gobuild.GoBuildError as exc:
+        _fail(str(exc))
+    for name, path in resolved.items():
+        typer.echo(f"{name:24} {path}")
+    typer.echo(f"ready in {time.monotonic() - started:.0f} s")
