@@ -48,3 +48,15 @@ bench-scaling: ## operator scale reaction (p50/p95 vs KEDA defaults), CPU/RSS wi
 
 demo-local: ## services up, 3 taskq-worker processes, 2000 example tasks with a progress bar, live counts and a summary
 	$(PYTHON) -m taskq_dev.demo_local
+
+# --- local Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok) ---
+.PHONY: tools cluster-up cluster-down
+
+tools: ## build (once, into ~/.cache/taskq/tools) or find kube binaries, etcd, kwok and helm at their pinned versions
+	$(PYTHON) -m taskq_dev.cli tools build
+
+cluster-up: ## start the local control plane with 3 kwok nodes in the background; prints `export KUBECONFIG=...`
+	$(PYTHON) -m taskq_dev.cli cluster up
+
+cluster-down: ## stop the local control plane and delete its state
+	$(PYTHON) -m taskq_dev.cli cluster down
