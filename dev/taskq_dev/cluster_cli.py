@@ -135,10 +135,11 @@ def bridge_run(
 
 @tools_app.command("build")
 def tools_build() -> None:
-    """Resolve or build every cluster tool (kube binaries, etcd, kwok, helm) and print their paths."""
+    """Resolve or build every harness tool (kube binaries, etcd, kwok, helm, FerretDB); print their paths."""
     started = time.monotonic()
     try:
         resolved = tools.all_cluster_tools()
+        resolved["ferretdb"] = tools.ferretdb_binary()
     except gobuild.GoBuildError as exc:
         _fail(str(exc))
     for name, path in resolved.items():
