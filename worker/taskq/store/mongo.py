@@ -33,6 +33,10 @@ from taskq.errors import StoreUnavailable, TaskqError, redact_url
 
 T = TypeVar("T")
 DUPLICATE_KEY = 11000
+# FerretDB 1.x keeps one pooled SQLite/PostgreSQL connection per update of a bulk command until the
+# command ends, and its pool holds 100 per database: a bulk of ~100 updates (or a few concurrent big
+# ones) deadlocks it for good. Bulk writes are therefore sent in chunks this small.
+MAX_OPS_PER_BULK = 16
 _UNAVAILABLE = (AutoReconnect, ConnectionFailure, NetworkTimeout, ServerSelectionTimeoutError, ExecutionTimeout, WTimeoutError)
 
 
@@ -53,6 +57,7 @@ class TaskStore:
         db = self._client[database]
         self.tasks = db["tasks"]
         self.workers = db["workers"]
+        self._ferretdb: bool | None = None
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -72,6 +77,19 @@ class TaskStore:
     def ping(self) -> None:
         """Raise `StoreUnavailable` unless the store answers."""
         self._call("pinging", lambda: self._client.admin.command("ping"))
+
+    def is_ferretdb(self) -> bool:
+        """Whether the server is FerretDB (its `buildInfo` says so); asked once, then remembered.
+
+        FerretDB 1.x runs a filter other than `{_id: <string>}` as a scan of the whole collection in
+        Go, per operation: guarded writes and `$in` reads then cost time proportional to the number
+        of documents. On FerretDB this adapter reads and writes by `_id` alone instead (see
+        `apply_many`).
+        """
+        if self._ferretdb is None:
+            info = self._call("asking the server version", lambda: self._client.admin.command("buildInfo"))
+            self._ferretdb = "ferretdbVersion" in info or "ferretdb" in str(info.get("version", "")).lower()
+        return self._ferretdb
 
     def ensure_indexes(self) -> None:
         """Create the indexes the CLI, HTTP service and operator queries use (idempotent)."""
@@ -137,25 +155,68 @@ class TaskStore:
 
         Each write carries a fresh token, so when the bulk result does not account for every
         operation, one read tells exactly which were refused.
+
+        On FerretDB the guard is checked by reading each document's state by `_id`, and the
+        writes filter on `_id` alone (see `is_ferretdb`): atomic per document only against writers
+        that are not racing on the same task (FerretDB has no transactions either). A task is only
+        written by two workers at once after a broker connection loss made its message redelivered
+        while the first worker still ran it; the final states still win through the edges allowed.
         """
         if not transitions:
             return []
+        if self.is_ferretdb():
+            return self._apply_many_by_id(transitions)
         tokens = [uuid.uuid4().hex for _ in transitions]
         ops = [self._operation(t, tok) for t, tok in zip(transitions, tokens)]
+        done = 0
         with self._translated("recording task states"):
-            try:
-                result = self.tasks.bulk_write(ops, ordered=False)
-                done = result.matched_count + result.upserted_count
-            except BulkWriteError as exc:
-                errors = exc.details.get("writeErrors", [])
-                if any(err.get("code") != DUPLICATE_KEY for err in errors):
-                    raise TaskqError(f"store refused a task state write: {errors[0].get('errmsg')}") from None
-                done = -1
+            for first in range(0, len(ops), MAX_OPS_PER_BULK):
+                try:
+                    result = self.tasks.bulk_write(ops[first : first + MAX_OPS_PER_BULK], ordered=False)
+                    done += result.matched_count + result.upserted_count
+                except BulkWriteError as exc:
+                    errors = exc.details.get("writeErrors", [])
+                    if any(err.get("code") != DUPLICATE_KEY for err in errors):
+                        raise TaskqError(f"store refused a task state write: {errors[0].get('errmsg')}") from None
+                    done = -len(ops)
             if done == len(ops):
                 return [True] * len(ops)
             ids = [t.task_id for t in transitions]
             found = {d["_id"]: d.get("write_token") for d in self.tasks.find({"_id": {"$in": ids}}, {"write_token": 1})}
         return [found.get(t.task_id) == tok for t, tok in zip(transitions, tokens)]
+
+    def _apply_many_by_id(self, transitions: Sequence[Transition]) -> list[bool]:
+        current = self.states_of({t.task_id for t in transitions})
+        applied: list[bool] = []
+        ops: list[UpdateOne] = []
+        for transition in transitions:
+            state = current.get(transition.task_id)
+            if state is None:
+                ok = transition.insert is not None
+                if ok:  # rare: a message published without the producer API; guarded upsert
+                    ops.append(self._operation(transition, uuid.uuid4().hex))
+            else:
+                ok = state in transition.sources
+                if ok:
+                    ops.append(UpdateOne({"_id": transition.task_id}, {"$set": transition.fields}))
+            if ok:
+                current[transition.task_id] = transition.target
+            applied.append(ok)
+        with self._translated("recording task states"):
+            for first in range(0, len(ops), MAX_OPS_PER_BULK):
+                try:
+                    self.tasks.bulk_write(ops[first : first + MAX_OPS_PER_BULK], ordered=False)
+                except BulkWriteError as exc:
+                    errors = exc.details.get("writeErrors", [])
+                    if any(err.get("code") != DUPLICATE_KEY for err in errors):
+                        raise TaskqError(f"store refused a task state write: {errors[0].get('errmsg')}") from None
+                    # A duplicate key here: the document appeared meanwhile; re-read what stands.
+                    return self._refresh_flags(transitions, applied)
+        return applied
+
+    def _refresh_flags(self, transitions: Sequence[Transition], applied: list[bool]) -> list[bool]:
+        states = self.states_of({t.task_id for t in transitions})
+        return [ok and states.get(t.task_id) == t.target for t, ok in zip(transitions, applied)]
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -166,7 +227,12 @@ class TaskStore:
     def states_of(self, task_ids: Iterable[str]) -> dict[str, TaskState]:
         """The current state of each of `task_ids` that has a document."""
         ids = list(task_ids)
+        if not ids:
+            return {}
         with self._translated("reading task states"):
+            if self.is_ferretdb():
+                found = (self.tasks.find_one({"_id": task_id}, {"state": 1}) for task_id in ids)
+                return {d["_id"]: TaskState(d["state"]) for d in found if d is not None}
             return {d["_id"]: TaskState(d["state"]) for d in self.tasks.find({"_id": {"$in": ids}}, {"state": 1})}
 
     def list(self, *, queue: str | None = None, state: TaskState | None = None, limit: int = 50) -> list[dict[str, Any]]:
