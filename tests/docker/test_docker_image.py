@@ -128,6 +128,7 @@ def test_worker_container_runs_tasks_and_drains_on_sigterm(
     stop_started = time.monotonic()
     subprocess.run([docker.docker_binary(), "stop", "--time", "30", worker], check=True, capture_output=True, timeout=60)
     stop_seconds = time.monotonic() - stop_started
+    print(f"\ndocker stop (SIGTERM) mid-task: container exited after {stop_seconds:.1f} s")
 
     state = _container_state(worker)
     assert state == {"running": False, "exit_code": 0}, _logs(worker)[-3000:]
