@@ -7,6 +7,9 @@ PYTEST_ARGS ?=
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
+demo: install ## the main job, live: local control plane + RabbitMQ + store, helm install, a TaskQueue, 2000 tasks, autoscaling on screen
+	$(PYTHON) -m taskq_dev.demo
+
 install: ## install taskq and its test/bench extras (editable)
 	$(PYTHON) -m pip install -q -e '.[test,bench]'
 

@@ -16,6 +16,7 @@ from typing import Annotated, NoReturn, Optional
 import typer
 
 from taskq_dev import gobuild, tools
+from taskq_dev import bridge_daemon
 from taskq_dev.bridge import WorkerBridge
 from taskq_dev.cluster import DEFAULT_NODES, ClusterError, LocalCluster, default_root
 from taskq_dev.kubeaccess import ClusterAccess
@@ -63,7 +64,9 @@ def cluster_up(
 
 @cluster_app.command("down")
 def cluster_down() -> None:
-    """Stop every process of the local cluster and delete its state."""
+    """Stop every process of the local cluster (and a detached bridge) and delete its state."""
+    if bridge_daemon.stop():
+        typer.echo("bridge stopped")
     found = LocalCluster.load(default_root())
     if found is None:
         typer.echo("no local cluster recorded")
