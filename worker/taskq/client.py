@@ -8,6 +8,7 @@ Used directly by Python producers, and by the `taskq` CLI and the HTTP intake se
 
 from __future__ import annotations
 
+import builtins
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -303,7 +304,7 @@ class Client:
 
     # -- administration -----------------------------------------------------------------------
 
-    def dead(self, queue: str | None = None, *, limit: int = 50) -> list[DeadLetter]:
+    def dead(self, queue: str | None = None, *, limit: int = 50) -> builtins.list[DeadLetter]:
         """Up to `limit` dead letters of a queue, oldest first; they stay in the dead-letter queue."""
         name = queue or self.settings.queue
         return self._with_admin(lambda conn: admin.peek_dead(conn, name, limit))
