@@ -105,7 +105,7 @@ class BrokerObserver:
         management_url: str | None,
         *,
         management_ttl_s: float = 5.0,
-        timeout_s: float = 3.0,
+        timeout_s: float = 5.0,
     ) -> None:
         self._amqp_url = amqp_url
         self._where = redact_url(amqp_url)
@@ -134,7 +134,10 @@ class BrokerObserver:
 
     def _open_lanes(self) -> list[BlockingChannel]:
         if self._connection is None or not self._connection.is_open:
-            self._connection = connect(self._amqp_url, name="taskq-operator")
+            # No AMQP heartbeats: this connection is only driven during ticks, and a long tick (hundreds of
+            # status patches on start-up) must not make the broker drop it; every tick's reads detect a
+            # dead connection within `timeout_s` anyway.
+            self._connection = connect(self._amqp_url, name="taskq-operator", heartbeat_s=0)
             self._lanes = []
         self._lanes = [lane for lane in self._lanes if lane.is_open]
         while len(self._lanes) < LANES:
@@ -203,9 +206,11 @@ class BrokerObserver:
         """Exact ready/consumer counts per queue (None for a queue that does not exist)."""
         with self._lock:
             try:
-                counts, leftovers = self._pipelined(queues)
-                if leftovers:
-                    counts.update(self._one_by_one(leftovers))
+                return self._read_all(queues)
+            except (BrokerUnavailable, pe.AMQPError, OSError):
+                self._drop_connection()  # a connection found dead is replaced once before giving up
+            try:
+                return self._read_all(queues)
             except BrokerUnavailable:
                 self._drop_connection()
                 raise
@@ -213,6 +218,11 @@ class BrokerObserver:
                 self._drop_connection()
                 raise BrokerUnavailable(f"broker at {self._where} lost while reading queues: "
                                         f"{type(exc).__name__}") from None
+
+    def _read_all(self, queues: list[str]) -> dict[str, ReadyCount | None]:
+        counts, leftovers = self._pipelined(queues)
+        if leftovers:
+            counts.update(self._one_by_one(leftovers))
         return counts
 
     def declare(self, queue: str, *, max_priority: int, task_timeout_s: float) -> None:
