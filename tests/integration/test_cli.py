@@ -1,5 +1,6 @@
-"""The `taskq` command as a shell user runs it (a real subprocess, real servers): output, `--json`,
-exit codes 0/1/2/3, one-line errors without tracebacks or passwords."""
+"""The `taskq` command on real servers: output, `--json`, exit codes 0/1/2/3, one-line errors without
+tracebacks or passwords. Most cases run the CLI in-process (click's runner, separate stderr) to keep
+the suite fast; one test runs the installed console script as a shell user would."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from taskq.cli import app
 from taskq.client import Client
 from taskq.errors import QueueNotFound
 from taskq.settings import Settings
@@ -36,15 +38,11 @@ def environment(amqp_url: str, mongodb_uri: str, database_name: str, queue_name:
 
 @pytest.fixture
 def taskq(environment: dict[str, str]) -> Run:
+    runner = CliRunner()
+
     def run(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "taskq.cli", *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            env={**environment, **(env or {})},
-            timeout=60,
-        )
+        result = runner.invoke(app, list(args), input=stdin, env={**environment, **(env or {})}, catch_exceptions=False)
+        return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
 
     return run
 
@@ -53,6 +51,18 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_console_script_submits_and_reads_status(environment: dict[str, str]) -> None:
+    def shell(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["taskq", *args], capture_output=True, text=True, env=environment, timeout=60)
+
+    submitted = shell("submit", "echo", "--args", "[7]")
+    assert submitted.returncode == 0, submitted.stderr
+    status = shell("status", submitted.stdout.strip(), "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["args"] == [7]
+    missing = shell("status", "no-such-task")
+    assert missing.returncode == 1 and missing.stderr == "taskq: no task with id 'no-such-task'\n"
 
 
 def test_submit_then_status_and_queue(taskq: Run, queue_name: str) -> None:
