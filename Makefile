@@ -63,3 +63,9 @@ cluster-up: ## start the local control plane with 3 kwok nodes in the background
 
 cluster-down: ## stop the local control plane and delete its state
 	$(PYTHON) -m taskq_dev.cli cluster down
+
+# --- worker benchmark ---
+.PHONY: bench-worker
+
+bench-worker: ## one taskq-worker vs Celery (prefork, acks_late, multiplier 1/4) and Dramatiq on 20k no-op tasks, submit_many vs raw pika, idle latency -> bench/results/worker.json
+	$(PYTHON) bench/worker.py
