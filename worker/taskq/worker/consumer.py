@@ -212,6 +212,8 @@ class Consumer:
         for tag in singles:
             channel.basic_ack(tag)
         self.acked += len(settled)
+        if self._log.enabled("debug"):
+            self._log.event("acks.sent", "debug", settled=len(settled), multiple_up_to=top, singles=len(singles), of=len(done))
 
     # -- shutdown ---------------------------------------------------------------------------------
 
