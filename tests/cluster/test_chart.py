@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from taskq_dev import versions
+from taskq_dev import ports, versions
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -53,12 +53,25 @@ def namespace(cluster: Any) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def release(cluster: Any, namespace: str) -> Iterator[str]:
-    """The chart installed with `--wait` (CRD from the chart's crds/ folder when not there yet)."""
+    """The chart installed with `--wait` (CRD from the chart's crds/ folder when not there yet).
+
+    The operator's ports are free ones: on the harness its pod runs as a process on this machine.
+    """
+    operator_ports = ["--set", f"operator.metricsPort={ports.free_port()}", "--set", f"operator.healthPort={ports.free_port()}"]
     started = time.monotonic()
-    cluster.helm("install", RELEASE, str(CHART), "--namespace", namespace, "--wait", "--timeout", "120s", *IMAGE_VALUES)
+    cluster.helm("install", RELEASE, str(CHART), "--namespace", namespace, "--wait", "--timeout", "120s",
+                 *IMAGE_VALUES, *operator_ports)
     print(f"\nhelm install --wait: {time.monotonic() - started:.1f} s")
     yield RELEASE
     cluster.helm("uninstall", RELEASE, "--namespace", namespace, "--wait", check=False)
+
+
+@pytest.fixture()
+def operator_pod_runs(cluster: Any, request: pytest.FixtureRequest) -> None:
+    """On the harness, the worker bridge runs the operator pod as a process (token of the chart's
+    ServiceAccount); on a real cluster (kind) the pod runs by itself."""
+    if cluster.simulated:
+        request.getfixturevalue("bridge")
 
 
 def _server_dry_run(cluster: Any, namespace: str, *helm_args: str) -> subprocess.CompletedProcess[str]:
@@ -66,7 +79,7 @@ def _server_dry_run(cluster: Any, namespace: str, *helm_args: str) -> subprocess
         "template", RELEASE, str(CHART), "--namespace", namespace, "--kube-version", versions.KUBERNETES, *helm_args
     ).stdout
     return cluster.kubectl(
-        "apply", "--dry-run=server", "--validate=strict", "-n", namespace, "-f", "-", input=rendered, check=False
+        "apply", "--dry-run=server", "--validate=strict", "-f", "-", input=rendered, check=False  # objects name their namespaces
     )
 
 
@@ -115,7 +128,7 @@ def test_operator_service_account_has_least_privilege(
 
 
 def test_operator_runs_the_example_taskqueue_with_the_chart_rbac(
-    cluster: Any, namespace: str, release: str, amqp_url: str, mongodb_uri: str
+    cluster: Any, namespace: str, release: str, operator_pod_runs: None, amqp_url: str, mongodb_uri: str
 ) -> None:
     # On kind (dev/kind-e2e.sh) pods reach the services by their in-cluster names, not our loopback.
     pod_amqp_url = os.environ.get("TASKQ_E2E_CLUSTER_AMQP_URL", amqp_url)
