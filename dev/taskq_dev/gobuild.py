@@ -11,6 +11,7 @@ Called by `taskq_dev.tools`; a build runs under a file lock so parallel test ses
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -37,6 +38,26 @@ class GoTool:
     packages: Sequence[str]
     replaces: dict[str, str] = field(default_factory=dict)
     go_directive: str = "1.24.0"
+    ldflags: tuple[str, ...] = ()
+    """Extra linker flags, e.g. `-X pkg.var=value` to stamp the version the binary reports."""
+
+    def stamp(self) -> str:
+        """What identifies a build of this tool (replaces follow from the version, so they are left out)."""
+        key = json.dumps([self.module, self.version, list(self.packages), list(self.ldflags), self.go_directive])
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+STAMP_FILE = ".build-stamp"
+
+
+def is_current(tool: GoTool, out_dir: Path, binaries: Sequence[str]) -> bool:
+    """Whether `out_dir` holds every binary, built from exactly this tool description."""
+    stamp = out_dir / STAMP_FILE
+    return (
+        all((out_dir / name).exists() for name in binaries)
+        and stamp.exists()
+        and stamp.read_text().strip() == tool.stamp()
+    )
 
 
 def go_binary() -> str:
@@ -100,10 +121,10 @@ def build(tool: GoTool, out_dir: Path, binaries: Sequence[str]) -> dict[str, Pat
     Returns the path of each binary. Prints progress to stderr, since a cold build takes minutes.
     """
     wanted = {name: out_dir / name for name in binaries}
-    if all(path.exists() for path in wanted.values()):
+    if is_current(tool, out_dir, binaries):
         return wanted
     with _locked(out_dir / ".build.lock"):
-        if all(path.exists() for path in wanted.values()):
+        if is_current(tool, out_dir, binaries):
             return wanted
         src = out_dir / "src"
         src.mkdir(parents=True, exist_ok=True)
@@ -117,7 +138,8 @@ def build(tool: GoTool, out_dir: Path, binaries: Sequence[str]) -> dict[str, Pat
             flush=True,
         )
         result = subprocess.run(
-            [go_binary(), "build", "-trimpath", "-ldflags=-s -w", "-o", str(out_dir) + "/", *tool.packages],
+            [go_binary(), "build", "-trimpath", "-ldflags=" + " ".join(["-s", "-w", *tool.ldflags]),
+             "-o", str(out_dir) + "/", *tool.packages],
             cwd=src,
             env=env,
             capture_output=True,
@@ -129,6 +151,7 @@ def build(tool: GoTool, out_dir: Path, binaries: Sequence[str]) -> dict[str, Pat
         missing = [name for name, path in wanted.items() if not path.exists()]
         if missing:
             raise GoBuildError(f"build of {tool.module} produced no {', '.join(missing)}")
+        (out_dir / STAMP_FILE).write_text(tool.stamp() + "\n")
         print(
             f"taskq-dev: built {', '.join(binaries)} in {time.monotonic() - started:.0f} s",
             file=sys.stderr,

@@ -7,6 +7,8 @@ local control plane (kube tools).
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import re
@@ -146,15 +148,26 @@ def _from_environment(
 def _kubernetes_build() -> dict[str, Path]:
     """All four kube binaries from the pinned k8s.io/kubernetes (staging modules pinned to v0.X.Y)."""
     out_dir = paths.tool_dir("kubernetes", versions.KUBERNETES)
-    cached = {name: out_dir / name for name in KUBE_BINARIES}
-    if all(path.exists() for path in cached.values()):
-        return cached
+    major, minor = versions.KUBERNETES.split(".")[:2]
     tool = gobuild.GoTool(
         module=KUBERNETES_MODULE,
         version=versions.KUBERNETES,
         packages=[f"{KUBERNETES_MODULE}/cmd/{name}" for name in KUBE_BINARIES],
-        replaces=gobuild.staging_replaces(versions.KUBERNETES),
+        # Without these the binaries report v0.0.0-master, and kubeVersion checks (Helm charts) fail.
+        ldflags=tuple(
+            f"-X {pkg}.{var}={value}"
+            for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
+            for var, value in (
+                ("gitVersion", f"v{versions.KUBERNETES}"),
+                ("gitMajor", major),
+                ("gitMinor", minor),
+                ("gitTreeState", "clean"),
+            )
+        ),
     )
+    if gobuild.is_current(tool, out_dir, KUBE_BINARIES):
+        return {name: out_dir / name for name in KUBE_BINARIES}
+    tool = dataclasses.replace(tool, replaces=gobuild.staging_replaces(versions.KUBERNETES))
     return gobuild.build(tool, out_dir, KUBE_BINARIES)
 
 
