@@ -1,9 +1,11 @@
 """Observe many TaskQueues at once: one batch of reads per broker and per store, shared by all.
 
-Per broker: passive declares for every due queue on one channel (exact ready counts and consumers),
+Per broker: passive declares for every due queue, pipelined (exact ready counts and consumers),
 plus one management-API request per vhost (cached for the statistics interval). Per store: one
 heartbeat query (fresh in-flight counts) and, less often, one task-count aggregation. The unacked figure
-comes from worker heartbeats when the queue has live workers, else from the management API.
+comes from worker heartbeats when the queue has live workers, else from the management API (served
+from a cache refreshed in the background, so a slow management API never delays a tick; without
+heartbeats or recent management figures a queue with consumers is not acted on).
 
 Called by `taskq_operator.scaler` once per tick, in a worker thread (everything here blocks).
 """
@@ -123,29 +125,35 @@ class Observers:
         queues = sorted({t.queue for t in targets})
         try:
             ready = broker.ready_counts(queues)
-            management = broker.management_recent(broker.vhost) if broker.has_management else {}
         except TaskqError as exc:
             return {q: Reading(None, "none", str(exc), loads.get(q, WorkerLoad()),
                                counts.get(q) if counts else None) for q in queues}
+        management, management_error = broker.management_recent(broker.vhost)
         readings: dict[str, Reading] = {}
         for queue in queues:
             count = ready.get(queue)
             load = loads.get(queue, WorkerLoad())
             figures = management.get(queue)
+            task_counts = counts.get(queue) if counts else None
+            consumers = count.consumers if count else 0
             if load.inflight_by_worker:
                 unacked, source = load.inflight, "amqp+heartbeats"
             elif figures is not None:
                 unacked, source = figures.unacked, "amqp+management"
-            else:
-                unacked, source = 0, "amqp"
+            elif consumers == 0 or not broker.has_management:
+                unacked, source = 0, "amqp"  # no consumer holds deliveries (or no other source exists)
+            else:  # consumers may hold work we cannot count: do not act on a partial picture
+                readings[queue] = Reading(None, "none", management_error or "waiting for the management API",
+                                          load, task_counts)
+                continue
             observation = Observation(
                 ready=count.ready if count else 0,
                 unacked=unacked,
-                consumers=count.consumers if count else 0,
+                consumers=consumers,
                 publish_rate=figures.publish_rate if figures else None,
                 deliver_rate=figures.deliver_rate if figures else None,
             )
-            readings[queue] = Reading(observation, source, None, load, counts.get(queue) if counts else None)
+            readings[queue] = Reading(observation, source, None, load, task_counts)
         return readings
 
     def read(self, targets: Sequence[Target]) -> dict[tuple[tuple[str, str | None], str], Reading]:

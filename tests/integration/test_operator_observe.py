@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -61,6 +62,24 @@ def test_one_management_request_serves_every_queue(amqp_url: str, rabbitmq: Any,
         first = observer.management(observer.vhost)
         second = observer.management(observer.vhost)
         assert queue_name in first and first is second
+        assert observer.management_requests == 1
+    finally:
+        observer.close()
+        _delete(amqp_url, queue_name, f"{queue_name}.dead")
+
+
+def test_recent_management_figures_never_wait(amqp_url: str, rabbitmq: Any, queue_name: str) -> None:
+    observer = BrokerObserver(amqp_url, rabbitmq.management_url, management_ttl_s=60)
+    try:
+        observer.declare(queue_name, max_priority=10, task_timeout_s=60)
+        started = time.monotonic()
+        figures, error = observer.management_recent(observer.vhost)
+        assert (figures, error) == ({}, None) and time.monotonic() - started < 0.1
+        deadline = time.monotonic() + 10
+        while queue_name not in figures and time.monotonic() < deadline:
+            time.sleep(0.05)
+            figures, error = observer.management_recent(observer.vhost)
+        assert queue_name in figures and error is None
         assert observer.management_requests == 1
     finally:
         observer.close()

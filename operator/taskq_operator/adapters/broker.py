@@ -6,7 +6,7 @@ One `BrokerObserver` per broker (AMQP URL + management URL) serves every TaskQue
   CPU per queue), reconnecting when the broker went away;
 - `management(vhost)`: unacked counts and rates for the whole vhost from ONE `GET /api/queues/<vhost>`
   request, cached for the statistics interval (the figures only move that often);
-  `management_recent(vhost)` serves the cache and refreshes it in the background.
+  `management_recent(vhost)` serves the cache at once and refreshes it in the background.
 - `declare(queue, ...)`: the queue topology, through the runtime's `taskq.broker.topology`.
 
 Blocking (pika, httpx sync); the scaler calls these in worker threads. Errors become `taskq.errors`
@@ -276,25 +276,21 @@ class BrokerObserver:
         self._management_cache[vhost] = (moment, figures)
         return figures
 
-    def management_recent(self, vhost: str) -> dict[str, ManagementFigures]:
-        """The cached figures of `vhost`, refreshed in a background thread once older than the TTL.
+    def management_recent(self, vhost: str, max_age_s: float = 60.0) -> tuple[dict[str, ManagementFigures], str | None]:
+        """(figures, error) for `vhost` without waiting: the cache, refreshed in a background thread.
 
-        Keeps the HTTP request (tens to hundreds of ms with many queues) off the scaling path; only the
-        very first call waits for it. A failed background refresh is raised by the next call.
+        Keeps the HTTP request (tens of ms to seconds with many queues on a busy broker) off the scaling
+        path. Figures older than `max_age_s` are not returned; `error` is the last refresh's failure.
         """
         if not self._management_url:
-            return {}
+            return {}, None
         cached = self._management_cache.get(vhost)
-        if cached is None:
-            with self._management_lock:
-                return self.management(vhost)
-        if time.monotonic() - cached[0] >= self._management_ttl_s and vhost not in self._refreshing:
+        now = time.monotonic()
+        if (cached is None or now - cached[0] >= self._management_ttl_s) and vhost not in self._refreshing:
             self._refreshing.add(vhost)
             threading.Thread(target=self._refresh, args=(vhost,), name="taskq-management", daemon=True).start()
-        error = self._management_errors.get(vhost)
-        if error is not None:
-            raise BrokerUnavailable(error)
-        return cached[1]
+        figures = cached[1] if cached is not None and now - cached[0] < max_age_s else {}
+        return figures, self._management_errors.get(vhost)
 
     def _refresh(self, vhost: str) -> None:
         try:
