@@ -14,7 +14,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
 from typing import Any, TypeVar
 
 import pika
@@ -234,7 +234,7 @@ class Client:
         existing = 0
         stream = self._publisher.stream(on_confirmed=progress)
 
-        def record_and_publish(messages: list[TaskMessage]) -> int:
+        def record_and_publish(messages: builtins.list[TaskMessage]) -> int:
             for name in {m.queue for m in messages}:
                 self._ensure_queue(name)
             fresh = self.store.insert_queued(messages, utcnow())
@@ -244,25 +244,35 @@ class Client:
             stream.add([Outgoing(m.queue, m.encode(), m.id, m.priority) for m in messages if m.id in fresh])
             return known
 
-        # One helper thread records batch k (and hands it to the publisher) while this thread
-        # validates batch k+1: the store insert is the slow step, so the others hide behind it.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskq-submit") as recorder:
-            pending: deque[Future[int]] = deque()
-            try:
-                for chunk in _chunks(tasks, self.batch_size):
-                    messages: list[TaskMessage] = []
-                    for task in chunk:
-                        message = self.as_message(task, queue)
-                        ids.append(message.id)
-                        if message.id not in seen:
-                            seen.add(message.id)
-                            messages.append(message)
-                    while len(pending) >= 2:
+        def validated(chunk: builtins.list[Mapping[str, Any] | TaskMessage]) -> builtins.list[TaskMessage]:
+            messages: builtins.list[TaskMessage] = []
+            for task in chunk:
+                message = self.as_message(task, queue)
+                ids.append(message.id)
+                if message.id not in seen:
+                    seen.add(message.id)
+                    messages.append(message)
+            return messages
+
+        chunks = _chunks(tasks, self.batch_size)
+        first = next(chunks, [])
+        second = next(chunks, None)
+        if second is None:  # one batch (a single submit, an HTTP request): no helper thread
+            existing += record_and_publish(validated(first))
+        else:
+            # One helper thread records batch k (and hands it to the publisher) while this thread
+            # validates batch k+1: the store insert is the slow step, so the others hide behind it.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskq-submit") as recorder:
+                pending: deque[Future[int]] = deque()
+                try:
+                    for chunk in chain([first, second], chunks):
+                        messages = validated(chunk)
+                        while len(pending) >= 2:
+                            existing += pending.popleft().result()
+                        pending.append(recorder.submit(record_and_publish, messages))
+                finally:
+                    while pending:
                         existing += pending.popleft().result()
-                    pending.append(recorder.submit(record_and_publish, messages))
-            finally:
-                while pending:
-                    existing += pending.popleft().result()
         try:
             stream.wait()
         except BrokerRejected:
