@@ -134,3 +134,31 @@ def test_state_file_round_trip_and_orphan_detection(tmp_path: Path) -> None:
     assert not me.orphaned() and not ServiceSet(base_dir=tmp_path / "cli").orphaned()
     loaded.close()  # nothing runs: closing only deletes the folder
     assert not (tmp_path / "set").exists()
+
+
+def test_sweep_stops_what_a_dead_session_left_and_spares_live_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TASKQ_CACHE_DIR", str(tmp_path))
+    from taskq_dev.services import session_services, sweep_orphans
+
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait(timeout=10)
+    dead = ServiceSet(
+        base_dir=tmp_path / "state" / "services" / "session-dead",
+        owner={"pid": finished.pid, "start_ticks": 1},
+    )
+    dead.mongo = PrivateMongo(StoreLayout("ferretdb", Path(sys.executable), dead.base_dir / "store", 40021))
+    dead.mongo.process = BackgroundProcess(
+        argv=[sys.executable, "-c", "import time; time.sleep(60)"], log_path=dead.base_dir / "log"
+    )
+    leftover = dead.mongo.process
+    leftover.start()
+    dead.save()
+    live = session_services()  # sweeps first, then makes this process's own set
+    try:
+        assert not dead.base_dir.exists() and leftover.wait_exit(5)
+        assert live.base_dir.exists() and sweep_orphans() == []
+    finally:
+        leftover.terminate(timeout=5)
+        live.close()
