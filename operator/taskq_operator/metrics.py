@@ -5,6 +5,8 @@ Updated by `taskq_operator.scaler`; served by `taskq-operator --metrics-port` (`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 LABELS = ("namespace", "taskqueue")
@@ -22,12 +24,30 @@ TICK_SECONDS = Histogram(
 ERRORS = Counter("taskq_operator_errors_total", "Failed reads or writes, by kind", ("kind",))
 
 
-def record_observation(namespace: str, name: str, ready: int | None, unacked: int | None, desired: int) -> None:
-    BROKER_REACHABLE.labels(namespace, name).set(0 if ready is None else 1)
-    if ready is not None and unacked is not None:
-        BACKLOG_READY.labels(namespace, name).set(ready)
-        BACKLOG_UNACKED.labels(namespace, name).set(unacked)
-    DESIRED_REPLICAS.labels(namespace, name).set(desired)
+@dataclass(frozen=True)
+class QueueGauges:
+    """The per-TaskQueue gauge children, looked up once (label lookups are the costly part)."""
+
+    ready: Gauge
+    unacked: Gauge
+    desired: Gauge
+    reachable: Gauge
+
+    @classmethod
+    def of(cls, namespace: str, name: str) -> QueueGauges:
+        return cls(
+            BACKLOG_READY.labels(namespace, name),
+            BACKLOG_UNACKED.labels(namespace, name),
+            DESIRED_REPLICAS.labels(namespace, name),
+            BROKER_REACHABLE.labels(namespace, name),
+        )
+
+    def record(self, ready: int | None, unacked: int | None, desired: int) -> None:
+        self.reachable.set(0 if ready is None else 1)
+        if ready is not None and unacked is not None:
+            self.ready.set(ready)
+            self.unacked.set(unacked)
+        self.desired.set(desired)
 
 
 def forget(namespace: str, name: str) -> None:

@@ -41,6 +41,7 @@ class QueueState:
     last_status: dict[str, Any] | None = None
     reachable: bool | None = None
     parsed: tuple[str, TaskQueueSpec] | None = None
+    gauges: metrics.QueueGauges | None = None
 
 
 class Scaler:
@@ -76,7 +77,7 @@ class Scaler:
                 waiter.cancel()
 
     def _spec(self, state: QueueState, body: dict[str, Any]) -> TaskQueueSpec | None:
-        version = str((body.get("metadata") or {}).get("resourceVersion")) + str(body.get("spec"))
+        version = f"{id(body)}/{(body.get('metadata') or {}).get('resourceVersion')}"  # a new event = a new dict
         if state.parsed is not None and state.parsed[0] == version:
             return state.parsed[1]
         try:
@@ -153,8 +154,10 @@ class Scaler:
         keep = max(spec.scaling.scale_up.stabilization_window_s, spec.scaling.scale_down.stabilization_window_s)
         state.history = remember(history, now, decision.recommendation, keep)
         observation = reading.observation
-        metrics.record_observation(spec.namespace, spec.name, observation.ready if observation else None,
-                                   observation.unacked if observation else None, decision.replicas)
+        if state.gauges is None:
+            state.gauges = metrics.QueueGauges.of(spec.namespace, spec.name)
+        state.gauges.record(observation.ready if observation else None,
+                            observation.unacked if observation else None, decision.replicas)
         scaled = False
         if view is not None and decision.replicas != current:
             if decision.replicas < current:
