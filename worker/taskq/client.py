@@ -27,7 +27,7 @@ from taskq.broker.topology import declare_queue_topology
 from taskq.core.message import TaskMessage, utcnow
 from taskq.core.states import TaskState
 from taskq.core.topology import dead_queue
-from taskq.errors import BrokerRejected, BrokerUnavailable, InvalidTask, QueueNotFound, TaskNotFound
+from taskq.errors import BrokerRejected, BrokerUnavailable, InvalidTask, QueueNotFound, TaskNotFound, TaskqError
 from taskq.settings import Settings
 from taskq.store.mongo import TaskStore
 from taskq.submission import build_message, message_from_mapping
@@ -254,31 +254,41 @@ class Client:
                     messages.append(message)
             return messages
 
-        chunks = _chunks(tasks, self.batch_size)
-        first = next(chunks, [])
-        second = next(chunks, None)
-        if second is None:  # one batch (a single submit, an HTTP request): no helper thread
-            existing += record_and_publish(validated(first))
-        else:
-            # One helper thread records batch k (and hands it to the publisher) while this thread
-            # validates batch k+1: the store insert is the slow step, so the others hide behind it.
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskq-submit") as recorder:
-                pending: deque[Future[int]] = deque()
-                try:
-                    for chunk in chain([first, second], chunks):
-                        messages = validated(chunk)
-                        while len(pending) >= 2:
-                            existing += pending.popleft().result()
-                        pending.append(recorder.submit(record_and_publish, messages))
-                finally:
-                    while pending:
-                        existing += pending.popleft().result()
         try:
+            chunks = _chunks(tasks, self.batch_size)
+            first = next(chunks, [])
+            second = next(chunks, None)
+            if second is None:  # one batch (a single submit, an HTTP request): no helper thread
+                existing += record_and_publish(validated(first))
+            else:
+                # One helper thread records batch k (and hands it to the publisher) while this thread
+                # validates batch k+1: the store insert is the slow step, so the others hide behind it.
+                with ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskq-submit") as recorder:
+                    pending: deque[Future[int]] = deque()
+                    try:
+                        for chunk in chain([first, second], chunks):
+                            messages = validated(chunk)
+                            while len(pending) >= 2:
+                                existing += pending.popleft().result()
+                            pending.append(recorder.submit(record_and_publish, messages))
+                    finally:
+                        while pending:
+                            existing += pending.popleft().result()
             stream.wait()
-        except BrokerRejected:
-            self._declared.clear()  # a queue may have been deleted: declare again next time
+        except (BrokerUnavailable, BrokerRejected) as failure:
+            if isinstance(failure, BrokerRejected):
+                self._declared.clear()  # a queue may have been deleted: declare again next time
+            self._forget_unpublished(stream.unconfirmed())
             raise
         return SubmitReceipt(ids=ids, published=stream.added, existing=existing)
+
+    def _forget_unpublished(self, task_ids: set[str]) -> None:
+        """After a failed publish, drop the `queued` documents of what the broker did not confirm, so
+        that submitting the same ids again publishes them (best effort: the store may be down too)."""
+        try:
+            self.store.forget_unpublished(task_ids)
+        except TaskqError:
+            pass
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import pika
 import pika.exceptions as pe
@@ -34,7 +35,7 @@ BURST = 128
 PERSISTENT = 2
 
 
-class _CoalescingConnection(SelectConnection):
+class _CoalescingConnection(SelectConnection):  # type: ignore[misc]  # pika ships no type hints
     """A `SelectConnection` that can send the frames of a burst of publishes in one socket write.
 
     Stock pika writes each frame (method, header, body: three per message) with its own `send`,
@@ -87,7 +88,7 @@ class Outgoing:
 class _StreamState:
     """What the I/O thread knows about one stream (touched only from the I/O thread)."""
 
-    events: queue.SimpleQueue[tuple[str, int | str]]
+    events: queue.SimpleQueue[tuple[str, Any]]
     pending: collections.deque[Outgoing] = field(default_factory=collections.deque)
 
 
@@ -100,6 +101,7 @@ class PublishStream:
         self._state = _StreamState(events=queue.SimpleQueue())
         self.added = 0
         self.confirmed = 0
+        self._unsettled: set[str] = set()
         self._problems: list[str] = []
         self._lost: str | None = None
 
@@ -107,6 +109,7 @@ class PublishStream:
         """Queue `messages` for publishing; blocks while too many of this stream's are unconfirmed."""
         if not messages:
             return
+        self._unsettled.update(m.message_id for m in messages)
         self._check()
         limit = self._publisher.window * 4
         deadline = time.monotonic() + STALL_TIMEOUT_S
@@ -130,6 +133,10 @@ class PublishStream:
                 raise BrokerUnavailable(f"broker at {self._publisher.where} stopped confirming publishes")
         self._check()
 
+    def unconfirmed(self) -> set[str]:
+        """Ids of added messages the broker has not confirmed (all of them after a failure: may or may not be queued)."""
+        return set(self._unsettled)
+
     def _check(self) -> None:
         if self._lost is not None:
             raise BrokerUnavailable(self._lost)
@@ -146,12 +153,12 @@ class PublishStream:
             return False
         while True:
             if kind == "ack":
-                assert isinstance(value, int)
-                self.confirmed += value
+                self.confirmed += len(value)
+                self._unsettled.difference_update(value)
                 if self._on_confirmed is not None:
-                    self._on_confirmed(value)
+                    self._on_confirmed(len(value))
             elif kind == "problem":
-                self._problems.append(str(value))
+                self._problems.append(value[1])
             else:
                 self._lost = str(value)
             try:
@@ -372,20 +379,19 @@ class ConfirmingPublisher:
         else:
             tags = [tag] if tag in self._unconfirmed else []
         acked = isinstance(method, Basic.Ack)
-        counts: dict[int, tuple[_StreamState, int]] = {}
+        acks: dict[int, tuple[_StreamState, list[str]]] = {}
         for t in tags:
             state, message_id = self._unconfirmed.pop(t)
             returned = self._returned.pop(message_id, None) if self._returned else None
             if not acked:
-                state.events.put(("problem", f"the broker nacked message {message_id}"))
+                state.events.put(("problem", (message_id, f"the broker nacked message {message_id}")))
             elif returned is not None:
                 # An unroutable message is returned first and acked after: it is not delivered.
-                state.events.put(("problem", f"message {message_id} returned: {returned}"))
+                state.events.put(("problem", (message_id, f"message {message_id} returned: {returned}")))
             else:
-                entry = counts.get(id(state))
-                counts[id(state)] = (state, (entry[1] if entry else 0) + 1)
-        for state, n in counts.values():
-            state.events.put(("ack", n))
+                acks.setdefault(id(state), (state, []))[1].append(message_id)
+        for state, message_ids in acks.values():
+            state.events.put(("ack", message_ids))
         self._pump()
 
     def _fail_all(self, reason: str) -> None:
