@@ -7,6 +7,8 @@ support: no transactions, no change streams. pymongo errors become `taskq.errors
 
 from __future__ import annotations
 
+import builtins
+
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -274,7 +276,7 @@ class TaskStore:
     def counts_by_queue_and_state(self, queues: Sequence[str]) -> dict[str, dict[str, int]]:
         """`counts_by_state` for many queues in one aggregation (used by the operator's tick)."""
         result = {q: {state.value: 0 for state in TaskState} for q in queues}
-        pipeline = [
+        pipeline: list[dict[str, Any]] = [
             {"$match": {"queue": {"$in": list(queues)}}},
             {"$group": {"_id": {"q": "$queue", "s": "$state"}, "n": {"$sum": 1}}},
         ]
@@ -305,7 +307,7 @@ class TaskStore:
         with self._translated("removing a worker"):
             self.workers.delete_one({"_id": worker_id})
 
-    def live_workers(self, queues: Sequence[str], since: datetime) -> list[dict[str, Any]]:
+    def live_workers(self, queues: Sequence[str], since: datetime) -> builtins.list[dict[str, Any]]:
         """Heartbeats newer than `since` of workers consuming `queues`."""
         with self._translated("reading heartbeats"):
             return list(self.workers.find({"queue": {"$in": list(queues)}, "heartbeat_at": {"$gte": since}}))
