@@ -49,6 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "worker.json"
 LOGS = REPO / "bench" / "results"
 sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO))  # `bench.peers` (a namespace package) for the peers
 
 from submit import measure_raw_pika, measure_submit_many  # noqa: E402  (bench/ is not a package)
 
@@ -164,9 +165,11 @@ def bench_dramatiq(broker: Broker, env: dict[str, str], n: int) -> float:
 
     from bench.peers import dramatiq_app
 
-    dramatiq_app.broker.declare_queue(queue)
-    messages = [dramatiq.Message(queue_name=queue, actor_name="noop", args=(i,), kwargs={}, options={}).encode() for i in range(n)]
-    broker.publish_bodies(queue, messages, pika.BasicProperties(delivery_mode=2, priority=0))
+    messages = [dramatiq.Message(queue_name=queue, actor_name="noop", args=(i,), kwargs={}, options={}) for i in range(n)]
+    # Dramatiq's own enqueue declares the queue (and its delay and dead-letter queues); the rest go
+    # out through pika with batched confirms, as Dramatiq confirms one message at a time.
+    dramatiq_app.broker.enqueue(messages[0])
+    broker.publish_bodies(queue, [m.encode() for m in messages[1:]], pika.BasicProperties(delivery_mode=2, priority=0))
     dramatiq_app.broker.close()
     worker = _start([sys.executable, "-m", "dramatiq", "bench.peers.dramatiq_app", "--processes", "1"], peer_env, "dramatiq.log")
     try:
