@@ -42,6 +42,7 @@ class QueueState:
     reachable: bool | None = None
     parsed: tuple[str, TaskQueueSpec] | None = None
     gauges: metrics.QueueGauges | None = None
+    fingerprint: tuple[Any, ...] | None = None
 
 
 class Scaler:
@@ -190,11 +191,18 @@ class Scaler:
             self._event(spec, "Warning" if decision.reason == "Fallback" else "Normal", decision.reason,
                         f"{before} -> {decision.replicas} replicas: {decision.message}")
         self._report_reachability(spec, state, reading)
+        counts = tuple(sorted(tick.task_counts.items())) if tick.task_counts is not None else None
+        fingerprint = (tick.observation, tick.observation_source, tick.broker_error, decision.replicas,
+                       decision.reason, decision.limited, tick.replicas, tick.ready_replicas, counts,
+                       spec.generation, spec.scaling.paused)
+        if not tick.scaled and fingerprint == state.fingerprint:
+            return  # same inputs as last tick: same status, nothing to build or send
         previous = state.last_status if state.last_status is not None else dict(body.get("status") or {})
         status = build_status(tick, previous, now_iso())
         if status != state.last_status:
             self.kube.patch_taskqueue_status(spec.namespace, spec.name, status)
             state.last_status = status
+        state.fingerprint = fingerprint
 
     def _report_reachability(self, spec: TaskQueueSpec, state: QueueState, reading: Reading) -> None:
         reachable = reading.observation is not None

@@ -52,9 +52,15 @@ class Decision:
 
 
 def remember(history: History, now: float, recommendation: int | None, keep_s: float) -> History:
-    """History after recording `recommendation` at `now`, keeping only the last `keep_s` seconds."""
+    """History after recording `recommendation` at `now`, keeping only the last `keep_s` seconds.
+
+    A run of equal recommendations is stored once, with the time it was last seen: "was r recommended
+    within the window" only needs that time, and the history stays as short as the number of changes.
+    """
     kept = tuple((t, r) for t, r in history.recommendations if now - t <= keep_s)
     if recommendation is not None:
+        if kept and kept[-1][1] == recommendation:
+            kept = kept[:-1]
         kept = kept + ((now, recommendation),)
     return History(current_replicas=history.current_replicas, recommendations=kept)
 

@@ -102,6 +102,18 @@ def test_remember_prunes_old_entries() -> None:
     assert remember(history, NOW, None, keep_s=5).recommendations == ()
 
 
+def test_remember_stores_a_run_once_with_its_latest_time() -> None:
+    history = History(2)
+    for t, rec in [(0, 5), (10, 5), (20, 5), (30, 3)]:
+        history = remember(history, NOW + t, rec, keep_s=60)
+    assert history.recommendations == ((NOW + 20, 5), (NOW + 30, 3))
+    # 5 was last recommended 40 s before NOW + 60: still inside a 45 s down window, outside a 35 s one
+    slow = policy(scale_down=StepRules(45, 4, 100))
+    fast = policy(scale_down=StepRules(35, 4, 100))
+    assert decide(slow, obs(0), History(5, history.recommendations), NOW + 60).replicas == 5
+    assert decide(fast, obs(0), History(5, history.recommendations), NOW + 60).replicas == 3
+
+
 def test_burst_then_drain_sequence() -> None:
     """A burst of 1000 tasks scales 0 -> 4 -> 8 -> 10, then holds through the window and drains."""
     rules = policy(scale_down=StepRules(20, 10, 100))
