@@ -307,6 +307,14 @@ class Client:
             raise InvalidTask(f"unknown state {state!r}; one of {', '.join(s.value for s in TaskState)}") from None
         return [_public(d) for d in self.store.list(queue=queue, state=wanted, limit=limit)]
 
+    def queue_depth(self, name: str | None = None) -> int:
+        """Ready messages of a queue: one passive declare, no store query (cheap enough to poll)."""
+        name = name or self.settings.queue
+        depth = self._with_admin(lambda conn: admin.queue_depth(conn, name))
+        if depth is None:
+            raise QueueNotFound(f"no queue named {name!r}")
+        return depth.messages
+
     def queue_info(self, name: str | None = None) -> QueueInfo:
         """Ready messages, consumers, dead letters and task counts by state of one queue."""
         name = name or self.settings.queue
