@@ -78,8 +78,8 @@ class TaskStatus(BaseModel):
     """A task's status document."""
 
     id: str
-    name: str
-    queue: str
+    name: str = ""
+    queue: str = ""
     state: TaskState
     attempts: int = 0
     worker: Optional[str] = None
