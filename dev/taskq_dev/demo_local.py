@@ -38,7 +38,7 @@ QUEUE = "demo"
 DATABASE = "taskq_demo"
 WORKERS = 3
 TASKS = 2000
-SETTLE_TIMEOUT_S = 300.0
+SETTLE_TIMEOUT_S = 600.0
 STORE_POLL_S = 3.0
 STOP_TIMEOUT_S = 40.0
 console = Console()
@@ -120,7 +120,7 @@ class LiveFigures:
 
 def live_table(figures: LiveFigures, elapsed: float, total: int) -> Table:
     table = Table(title=f"queue {QUEUE!r}: {elapsed:5.1f} s")
-    for column in ("ready (broker)", "in flight (workers)", "processed (workers)"):
+    for column in ("ready", "in flight", "processed"):
         table.add_column(column, justify="right")
     counts = figures.counts or {}
     for state in TaskState:
@@ -129,7 +129,10 @@ def live_table(figures: LiveFigures, elapsed: float, total: int) -> Table:
         str(figures.ready), str(figures.inflight), str(figures.processed), *(str(counts.get(s.value, 0)) for s in TaskState)
     )
     final = sum(counts.get(state.value, 0) for state in FINAL_STATES)
-    table.caption = f"{final}/{total} final (task states from the store every {STORE_POLL_S:.0f} s)"
+    table.caption = (
+        f"{final}/{total} final. ready: broker; in flight, processed: worker heartbeats; "
+        f"states: the store, every {STORE_POLL_S:.0f} s"
+    )
     return table
 
 
