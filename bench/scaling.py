@@ -1,7 +1,7 @@
 """Scaling benchmark of taskq-operator (`make bench-scaling`), written to bench/results/scaling.json.
 
-Measures, against a real API server (KUBECONFIG, e.g. from `taskq-dev cluster up`) and RabbitMQ/store
-on loopback (AMQP_URL / MONGODB_URI, or private ones started here):
+Measures, against a real API server (KUBECONFIG, e.g. from `taskq-dev cluster up`; `KUBECTL` may name
+the kubectl to use) and RabbitMQ/store on loopback (AMQP_URL / MONGODB_URI, or private ones started here):
 1. reaction time: a backlog appears on an idle TaskQueue (minReplicas 0, default 2 s poll) -> the
    Deployment's spec.replicas is patched; >= 20 trials at random phases; p50/p95;
 2. the KEDA-like baseline from its defaults (30 s polling drives 0 -> 1; the HPA syncs every 15 s),
@@ -96,7 +96,7 @@ class Kubectl:
     def __init__(self) -> None:
         if not os.environ.get("KUBECONFIG"):
             raise SystemExit("bench-scaling needs a control plane: run `taskq-dev cluster up` and export KUBECONFIG")
-        self.binary = str(kube_binary("kubectl"))
+        self.binary = os.environ.get("KUBECTL") or str(kube_binary("kubectl"))
 
     def __call__(self, *args: str, input: str | None = None, check: bool = True) -> str:
         result = subprocess.run([self.binary, *args], input=input, capture_output=True, text=True, timeout=120)

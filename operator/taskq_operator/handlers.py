@@ -61,7 +61,10 @@ async def start(settings: kopf.OperatorSettings, logger: logging.Logger, **_: An
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 8
-    api = await asyncio.to_thread(load_api_client)
+    try:
+        api = await asyncio.to_thread(load_api_client)
+    except ClusterError as exc:
+        raise kopf.PermanentError(str(exc)) from None
     scaler = Scaler(CACHE, Kube(api))
     stopped = asyncio.Event()
     task = asyncio.create_task(scaler.run(stopped), name="taskq-scaler")

@@ -38,7 +38,10 @@ def load_api_client() -> ApiClient:
     try:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
+        try:
+            kubernetes.config.load_kube_config()
+        except (kubernetes.config.ConfigException, OSError) as exc:
+            raise ClusterError(f"no Kubernetes credentials (not in a pod, and KUBECONFIG unusable: {exc})") from None
     return ApiClient()
 
 
