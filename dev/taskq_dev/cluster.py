@@ -43,6 +43,21 @@ def default_root() -> Path:
     return paths.state_dir("cluster")
 
 
+def sweep_orphaned_sessions(parent: Path) -> list[Path]:
+    """Stop and delete the clusters under `parent/<pid>` whose owning process (a test session killed
+    before its teardown) is gone; return their folders."""
+    swept = []
+    for folder in parent.iterdir() if parent.exists() else []:
+        if not folder.name.isdigit() or Path(f"/proc/{folder.name}").exists():
+            continue
+        orphan = LocalCluster.load(folder)
+        if orphan is not None:
+            orphan.down()
+        shutil.rmtree(folder, ignore_errors=True)
+        swept.append(folder)
+    return swept
+
+
 @dataclass
 class ClusterLayout:
     """Ports and node names of one cluster; saved in `state.json` with the pids."""
@@ -194,16 +209,13 @@ class LocalCluster:
         """Start the kwok process of node `name` again; the node turns Ready on its next heartbeat."""
         if name not in self._layout().nodes:
             raise ClusterError(f"no simulated node named {name}")
-        process = self._process_for(f"kwok-{name}")
-        if not process.alive():
-            process.start()
-        self._save_state()
+        if not self._process_for(f"kwok-{name}").alive():
+            self._launch(f"kwok-{name}")
 
     # --- internals ---------------------------------------------------------------------------
 
     def _write_pki(self) -> None:
         ca = pki.CertificateAuthority(self.pki_dir)
-        self._ca = ca.pair
         ca.issue(
             "apiserver",
             "kube-apiserver",
@@ -287,10 +299,19 @@ class LocalCluster:
         raise ClusterError(f"unknown component {name}")
 
     def _process_for(self, name: str) -> BackgroundProcess:
+        """The handle of component `name` (its command line is resolved only when it is started, so
+        `status` and `down` never need the binaries)."""
         process = self._processes.get(name)
         if process is None:
-            process = BackgroundProcess(argv=self._argv(name), log_path=self.log_dir / f"{name}.log", cwd=self.root)
+            process = BackgroundProcess(argv=(), log_path=self.log_dir / f"{name}.log", cwd=self.root)
             self._processes[name] = process
+        return process
+
+    def _launch(self, name: str) -> BackgroundProcess:
+        process = self._process_for(name)
+        process.argv = self._argv(name)
+        process.start()
+        self._save_state()
         return process
 
     def _save_state(self) -> None:
@@ -299,9 +320,7 @@ class LocalCluster:
         self.state_file.write_text(json.dumps(asdict(layout), indent=2))
 
     def _start(self, name: str, deadline: float, ready: Any) -> None:
-        process = self._process_for(name)
-        process.start()
-        self._save_state()
+        process = self._launch(name)
         if ready is None:
             return
 

@@ -17,7 +17,7 @@ import pytest
 
 from taskq_dev import paths
 from taskq_dev.bridge import WorkerBridge
-from taskq_dev.cluster import LocalCluster
+from taskq_dev.cluster import LocalCluster, sweep_orphaned_sessions
 from taskq_dev.kubeaccess import ClusterAccess
 
 HERE = Path(__file__).parent
@@ -34,7 +34,9 @@ def cluster() -> Iterator[ClusterAccess]:
     if os.environ.get("TASKQ_USE_EXISTING_CLUSTER") == "1":
         yield ClusterAccess.existing()
         return
-    local = LocalCluster(paths.state_dir("pytest-cluster") / str(os.getpid()))
+    sessions = paths.state_dir("pytest-cluster")
+    sweep_orphaned_sessions(sessions)
+    local = LocalCluster(sessions / str(os.getpid()))
     local.up()
     try:
         yield ClusterAccess(kubeconfig=local.kubeconfig, local=local)

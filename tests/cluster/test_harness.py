@@ -262,5 +262,5 @@ def test_service_account_tokens_authenticate_and_rbac_authorizes(
                     f"--serviceaccount={namespace}:default", "-n", namespace)
     wait_for(lambda: account.kubectl("get", "secrets", "-n", namespace, check=False).returncode == 0, 15,
              "the new RoleBinding to take effect")
-    namespaces = k8s.CoreV1Api(cluster.api_client()).list_namespace().items
-    assert {"default", "kube-system", namespace} <= {item.metadata.name for item in namespaces}
+    listed = k8s.CoreV1Api(cluster.api_client()).list_namespace().items
+    assert {"default", "kube-system", namespace} <= {item.metadata.name for item in listed if item.metadata}
