@@ -280,8 +280,8 @@ def load_cost(kubectl: Kubectl, namespace: str, count: int, process: subprocess.
                                                        "items": items[start:start + 100]}))
     wait_for(lambda: len(kubectl("get", "deployments", "-n", namespace, "-o", "name").split()) >= count + 2,
              600, f"{count} worker Deployments", 2)
-    log(f"{count} TaskQueues reconciled; settling")
-    time.sleep(20)
+    log(f"{count} TaskQueues reconciled; settling (first statuses, Deployment events)")
+    time.sleep(60)
     before_cpu, before = cpu_seconds(process.pid), time.monotonic()
     time.sleep(window_s)
     share = (cpu_seconds(process.pid) - before_cpu) / (time.monotonic() - before) * 100
