@@ -31,6 +31,8 @@ DEV_VALUES = REPO / "examples" / "values-dev.yaml"
 RELEASE = f"taskq-{uuid.uuid4().hex[:6]}"  # unique: the chart's ClusterRoles are cluster-wide names
 IMAGE_VALUES = ["--set", "image.repository=taskq", "--set", "image.tag=dev", "--set", "image.pullPolicy=Never"]
 WAIT_S = 90.0
+INSTALL_OUTPUT: dict[str, str] = {}
+"""What `helm install` printed (NOTES.txt included), by release."""
 
 
 def _wait_for(predicate: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
@@ -59,9 +61,10 @@ def release(cluster: Any, namespace: str) -> Iterator[str]:
     """
     operator_ports = ["--set", f"operator.metricsPort={ports.free_port()}", "--set", f"operator.healthPort={ports.free_port()}"]
     started = time.monotonic()
-    cluster.helm("install", RELEASE, str(CHART), "--namespace", namespace, "--wait", "--timeout", "120s",
-                 *IMAGE_VALUES, *operator_ports)
+    installed = cluster.helm("install", RELEASE, str(CHART), "--namespace", namespace, "--wait", "--timeout", "120s",
+                             *IMAGE_VALUES, *operator_ports)
     print(f"\nhelm install --wait: {time.monotonic() - started:.1f} s")
+    INSTALL_OUTPUT[RELEASE] = installed.stdout
     yield RELEASE
     cluster.helm("uninstall", RELEASE, "--namespace", namespace, "--wait", check=False)
 
@@ -107,6 +110,14 @@ def test_helm_install_wait_brings_the_operator_up(cluster: Any, namespace: str, 
     deployment = json.loads(cluster.kubectl("get", "-n", namespace, "deployment", f"{release}-operator", "-o", "json").stdout)
     assert deployment["status"].get("readyReplicas") == 1
     cluster.kubectl("get", "crd", "taskqueues.taskq.io")
+
+
+def test_install_notes_tell_the_user_what_to_do_next(namespace: str, release: str) -> None:
+    notes = INSTALL_OUTPUT[release].split("NOTES:", 1)[1]
+    assert f"kubectl -n {namespace} get pods -l app.kubernetes.io/name=taskq-operator,app.kubernetes.io/instance={release}" in notes
+    assert "kubectl -n <namespace> create secret generic taskq-connection" in notes
+    assert "kind: TaskQueue" in notes and "image: taskq:dev" in notes
+    assert "kubectl delete crd taskqueues.taskq.io" in notes
 
 
 @pytest.mark.parametrize(
