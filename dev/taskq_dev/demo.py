@@ -31,6 +31,7 @@ from rich.table import Table
 
 from taskq.client import Client
 from taskq.core.states import TaskState
+from taskq.errors import QueueNotFound, StoreUnavailable
 from taskq.settings import Settings
 from taskq_dev import bridge_daemon, paths, tools
 from taskq_dev.cluster import default_root
@@ -92,6 +93,18 @@ def demo_tasks(count: int, seed: int = 11) -> Iterator[dict[str, Any]]:
             yield {"name": "echo", "args": [i]}
 
 
+def reset_previous_run(kubectl: Path, kubeconfig: Path, client: Client) -> None:
+    """A rerun starts clean: remove the old TaskQueue (its workers go with it), then its queue and tasks."""
+    run(kubectl, "--kubeconfig", kubeconfig, "delete", "-n", NAMESPACE, "taskqueue", TASKQUEUE,
+        "--ignore-not-found", "--wait=true", "--timeout=90s")
+    run(kubectl, "--kubeconfig", kubeconfig, "wait", "-n", NAMESPACE, "pods", "--for=delete",
+        "-l", f"app.kubernetes.io/instance={TASKQUEUE}", "--timeout=90s")
+    try:
+        client.purge(TASKQUEUE)
+    except QueueNotFound:
+        client.store.delete_queue_tasks(TASKQUEUE)
+
+
 def read_taskqueue(api: k8s.CustomObjectsApi) -> dict[str, Any]:
     try:
         return api.get_namespaced_custom_object("taskq.io", "v1alpha1", NAMESPACE, "taskqueues", TASKQUEUE)  # type: ignore[no-any-return]
@@ -128,12 +141,16 @@ def view(s: Sample, counts: dict[str, int], reason: str, total: int) -> Table:
 def watch(client: Client, api: k8s.CustomObjectsApi, total: int, started: float) -> list[Sample]:
     """Refresh the live view each tick until every task is final and workers are back at minReplicas."""
     samples: list[Sample] = []
+    counts: dict[str, int] = {}
     drained_at: float | None = None
     with Live(console=console, refresh_per_second=4) as live:
         while True:
             now = time.monotonic() - started
             tq = read_taskqueue(api)
-            counts = client.store.counts_by_state(TASKQUEUE)
+            try:
+                counts = client.store.counts_by_state(TASKQUEUE)
+            except StoreUnavailable:
+                pass  # the store is busy with the workers' writes: keep the last counts this tick
             s = sample(now, tq, counts)
             samples.append(s)
             live.update(view(s, counts, (tq.get("status") or {}).get("lastScaleReason", ""), total))
@@ -180,15 +197,15 @@ def main(argv: list[str] | None = None) -> None:
     bridge_daemon.start(kubeconfig)
     step("helm install charts/taskq (operator, RBAC, CRD, connection Secret)")
     install_chart(kubeconfig, rabbitmq.amqp_url, rabbitmq.management_url, mongo.uri)
-    step("kubectl apply -f examples/taskqueue.yaml")
-    run(tools.kube_binary("kubectl"), "--kubeconfig", kubeconfig, "apply", "-n", NAMESPACE, "-f", REPO / "examples" / "taskqueue.yaml")
-
+    kubectl = tools.kube_binary("kubectl")
     k8s_config.load_kube_config(config_file=str(kubeconfig))
     api = k8s.CustomObjectsApi()
     settings = Settings(amqp_url=rabbitmq.amqp_url, mongodb_uri=mongo.uri, database=DATABASE, queue=TASKQUEUE)
     with Client(settings) as client:
         client.store.ensure_indexes()
-        client.store.delete_queue_tasks(TASKQUEUE)
+        reset_previous_run(kubectl, kubeconfig, client)
+        step("kubectl apply -f examples/taskqueue.yaml")
+        run(kubectl, "--kubeconfig", kubeconfig, "apply", "-n", NAMESPACE, "-f", REPO / "examples" / "taskqueue.yaml")
         step(f"submitting {args.tasks} tasks of varying length")
         began = datetime.now(timezone.utc)
         started = time.monotonic()
