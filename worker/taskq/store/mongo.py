@@ -36,9 +36,12 @@ from taskq.errors import StoreUnavailable, TaskqError, redact_url
 T = TypeVar("T")
 DUPLICATE_KEY = 11000
 # FerretDB 1.x keeps one pooled SQLite/PostgreSQL connection per update of a bulk command until the
-# command ends, and its pool holds 100 per database: a bulk of ~100 updates (or a few concurrent big
-# ones) deadlocks it for good. Bulk writes are therefore sent in chunks this small.
-MAX_OPS_PER_BULK = 16
+# command ends, and its pool holds 100 per database: the statements of all commands in flight, from
+# every worker together, must stay under 100 or it deadlocks for good (seen with 10 workers sending
+# 16-update bulks). Each FerretDB update costs milliseconds anyway (it scans the collection), so
+# tiny chunks cost nothing there; MongoDB takes large ones.
+FERRETDB_OPS_PER_BULK = 4
+MONGODB_OPS_PER_BULK = 1000
 _UNAVAILABLE = (AutoReconnect, ConnectionFailure, NetworkTimeout, ServerSelectionTimeoutError, ExecutionTimeout, WTimeoutError)
 
 
@@ -184,9 +187,9 @@ class TaskStore:
         ops = [self._operation(t, tok) for t, tok in zip(transitions, tokens)]
         done = 0
         with self._translated("recording task states"):
-            for first in range(0, len(ops), MAX_OPS_PER_BULK):
+            for first in range(0, len(ops), MONGODB_OPS_PER_BULK):
                 try:
-                    result = self.tasks.bulk_write(ops[first : first + MAX_OPS_PER_BULK], ordered=False)
+                    result = self.tasks.bulk_write(ops[first : first + MONGODB_OPS_PER_BULK], ordered=False)
                     done += result.matched_count + result.upserted_count
                 except BulkWriteError as exc:
                     errors = exc.details.get("writeErrors", [])
@@ -217,9 +220,9 @@ class TaskStore:
                 current[transition.task_id] = transition.target
             applied.append(ok)
         with self._translated("recording task states"):
-            for first in range(0, len(ops), MAX_OPS_PER_BULK):
+            for first in range(0, len(ops), FERRETDB_OPS_PER_BULK):
                 try:
-                    self.tasks.bulk_write(ops[first : first + MAX_OPS_PER_BULK], ordered=False)
+                    self.tasks.bulk_write(ops[first : first + FERRETDB_OPS_PER_BULK], ordered=False)
                 except BulkWriteError as exc:
                     errors = exc.details.get("writeErrors", [])
                     if any(err.get("code") != DUPLICATE_KEY for err in errors):
