@@ -24,10 +24,11 @@ from typing import Any
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from taskq.client import Client
 from taskq.core.states import TaskState
@@ -100,9 +101,12 @@ def reset_previous_run(kubectl: Path, kubeconfig: Path, client: Client) -> None:
     run(kubectl, "--kubeconfig", kubeconfig, "wait", "-n", NAMESPACE, "pods", "--for=delete",
         "-l", f"app.kubernetes.io/instance={TASKQUEUE}", "--timeout=90s")
     try:
-        client.purge(TASKQUEUE)
+        client.purge(TASKQUEUE, include_documents=False)
     except QueueNotFound:
-        client.store.delete_queue_tasks(TASKQUEUE)
+        pass
+    # Dropping is instant, while deleting documents one by one is slow on FerretDB.
+    client.store.tasks.drop()
+    client.store.ensure_indexes()
 
 
 def read_taskqueue(api: k8s.CustomObjectsApi) -> dict[str, Any]:
@@ -126,16 +130,16 @@ def sample(t: float, tq: dict[str, Any], counts: dict[str, int]) -> Sample:
     )
 
 
-def view(s: Sample, counts: dict[str, int], reason: str, total: int) -> Table:
-    table = Table(title=f"TaskQueue {NAMESPACE}/{TASKQUEUE}  t={s.t:5.1f}s", title_justify="left")
-    for column in ("ready", "unacked", "desired", "replicas", "ready pods", *[st.value for st in TaskState]):
-        table.add_column(column, justify="right")
-    table.add_row(
-        str(s.ready), str(s.unacked), str(s.desired), str(s.replicas), str(s.ready_replicas),
-        *[str(counts.get(st.value, 0)) for st in TaskState],
-    )
-    table.caption = f"{s.final}/{total} final   last scaling: {reason or '-'}"
-    return table
+def view(s: Sample, counts: dict[str, int], reason: str, total: int) -> Group:
+    scaling = Table(title=f"TaskQueue {NAMESPACE}/{TASKQUEUE}  t={s.t:5.1f}s", title_justify="left")
+    for column in ("ready", "unacked", "desired", "replicas", "ready pods"):
+        scaling.add_column(column, justify="right")
+    scaling.add_row(str(s.ready), str(s.unacked), str(s.desired), str(s.replicas), str(s.ready_replicas))
+    tasks = Table(title=f"tasks: {s.final}/{total} final", title_justify="left")
+    for state in TaskState:
+        tasks.add_column(state.value, justify="right")
+    tasks.add_row(*[str(counts.get(state.value, 0)) for state in TaskState])
+    return Group(scaling, tasks, Text(f"last scaling: {reason or '-'}", overflow="fold"))
 
 
 def watch(client: Client, api: k8s.CustomObjectsApi, total: int, started: float) -> list[Sample]:
@@ -202,7 +206,6 @@ def main(argv: list[str] | None = None) -> None:
     api = k8s.CustomObjectsApi()
     settings = Settings(amqp_url=rabbitmq.amqp_url, mongodb_uri=mongo.uri, database=DATABASE, queue=TASKQUEUE)
     with Client(settings) as client:
-        client.store.ensure_indexes()
         reset_previous_run(kubectl, kubeconfig, client)
         step("kubectl apply -f examples/taskqueue.yaml")
         run(kubectl, "--kubeconfig", kubeconfig, "apply", "-n", NAMESPACE, "-f", REPO / "examples" / "taskqueue.yaml")
