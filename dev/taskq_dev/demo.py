@@ -37,7 +37,7 @@ from taskq.settings import Settings
 from taskq_dev import bridge_daemon, paths, tools
 from taskq_dev.cluster import default_root
 from taskq_dev.demo_report import Sample, Summary, plot, summarize
-from taskq_dev.services import cli_services
+from taskq_dev.services import MongoService, cli_services
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "default"
@@ -94,7 +94,7 @@ def demo_tasks(count: int, seed: int = 11) -> Iterator[dict[str, Any]]:
             yield {"name": "echo", "args": [i]}
 
 
-def reset_previous_run(kubectl: Path, kubeconfig: Path, client: Client) -> None:
+def reset_previous_run(kubectl: Path, kubeconfig: Path, client: Client, mongo: MongoService) -> None:
     """A rerun starts clean: remove the old TaskQueue (its workers go with it), then its queue and tasks."""
     run(kubectl, "--kubeconfig", kubeconfig, "delete", "-n", NAMESPACE, "taskqueue", TASKQUEUE,
         "--ignore-not-found", "--wait=true", "--timeout=90s")
@@ -107,6 +107,7 @@ def reset_previous_run(kubectl: Path, kubeconfig: Path, client: Client) -> None:
     # Dropping is instant, while deleting documents one by one is slow on FerretDB.
     client.store.tasks.drop()
     client.store.ensure_indexes()
+    mongo.index_writes(DATABASE)  # FerretDB's writes by _id scan without it (see taskq_dev.mongo)
 
 
 def read_taskqueue(api: k8s.CustomObjectsApi) -> dict[str, Any]:
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     api = k8s.CustomObjectsApi()
     settings = Settings(amqp_url=rabbitmq.amqp_url, mongodb_uri=mongo.uri, database=DATABASE, queue=TASKQUEUE)
     with Client(settings) as client:
-        reset_previous_run(kubectl, kubeconfig, client)
+        reset_previous_run(kubectl, kubeconfig, client, mongo)
         step("kubectl apply -f examples/taskqueue.yaml")
         run(kubectl, "--kubeconfig", kubeconfig, "apply", "-n", NAMESPACE, "-f", REPO / "examples" / "taskqueue.yaml")
         step(f"submitting {args.tasks} tasks of varying length")
