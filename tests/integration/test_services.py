@@ -178,3 +178,22 @@ def test_environment_overrides_are_honoured(
     client = pymongo.MongoClient(mongo.uri)
     assert client[database_name].x.count_documents({}) == 1
     client.close()
+
+
+def test_index_writes_keeps_documents_and_writes_correct(
+    mongo: MongoService, store: pymongo.database.Database[dict[str, Any]], database_name: str
+) -> None:
+    store.tasks.insert_many([{"_id": f"t{n}", "state": "queued"} for n in range(50)])
+    store.workers.insert_one({"_id": "w1", "inflight": 0})
+    indexed = mongo.index_writes(database_name)
+    if mongo.kind == "ferretdb":
+        assert indexed == 2  # one table per collection
+        assert mongo.index_writes(database_name) == 2  # idempotent
+    else:
+        assert indexed == 0  # mongod's _id index serves writes; an external store is left alone
+    updated = store.tasks.update_one({"_id": "t7"}, {"$set": {"state": "succeeded"}})
+    assert updated.modified_count == 1
+    assert store.tasks.delete_one({"_id": "t8"}).deleted_count == 1
+    assert store.tasks.count_documents({}) == 49
+    assert store.tasks.find_one({"_id": "t7"})["state"] == "succeeded"
+    assert [index["name"] for index in store.tasks.list_indexes()] == ["_id_"]
