@@ -19,6 +19,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, cast
 
@@ -158,6 +159,15 @@ def _node_ready(node: dict[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
+def _heartbeat_after(node: dict[str, Any], moment: datetime) -> bool:
+    """Whether the node's kubelet (kwok) reported Ready after `moment`: a lost node is back."""
+    for condition in node.get("status", {}).get("conditions") or []:
+        stamp = condition.get("lastHeartbeatTime")
+        if condition.get("type") == "Ready" and condition.get("status") == "True" and stamp:
+            return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")) > moment
+    return False
+
+
 class WorkerBridge:
     """A thread that keeps one local process per bridged pod, in step with the cluster."""
 
@@ -167,6 +177,9 @@ class WorkerBridge:
         self.poll_interval = poll_interval
         self._kube = KubeReader(kubeconfig)
         self._children: dict[str, BridgedProcess] = {}
+        self._lost: dict[str, datetime] = {}
+        """Nodes taken away by `node_lost`, and when: they still look Ready until the node lifecycle
+        controller notices, and their pods still look Running, so nothing may start there meanwhile."""
         self._draining: list[BridgedProcess] = []
         self._skipped: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -210,6 +223,7 @@ class WorkerBridge:
         """SIGKILL every process of a pod on `node` now (a test took the node away); return their pids."""
         killed = []
         with self._lock:
+            self._lost[node] = datetime.now(timezone.utc)
             for uid, child in list(self._children.items()):
                 if child.node == node:
                     if child.popen is not None and child.alive():
@@ -239,13 +253,19 @@ class WorkerBridge:
     def sync_once(self) -> None:
         """One round: start, restart, terminate or kill processes to match the pods."""
         pods = self._kube.pods(POD_SELECTOR)
+        nodes = self._kube.nodes()
         ready_kwok_nodes = {
             node["metadata"]["name"]
-            for node in self._kube.nodes()
+            for node in nodes
             if KWOK_NODE_ANNOTATION in (node["metadata"].get("annotations") or {}) and _node_ready(node)
         }
         now = time.monotonic()
         with self._lock:
+            for node in nodes:
+                name = node["metadata"]["name"]
+                if name in self._lost and _heartbeat_after(node, self._lost[name]):
+                    del self._lost[name]
+            ready_kwok_nodes -= set(self._lost)
             seen: set[str] = set()
             for pod in pods:
                 metadata = pod["metadata"]
