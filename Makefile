@@ -2,13 +2,16 @@
 PYTHON ?= python3
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test lint unit
+.PHONY: help install system-deps demo test lint unit
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
-demo: install ## the main job, live: local control plane + RabbitMQ + store, helm install, a TaskQueue, 2000 tasks, autoscaling on screen
+demo: system-deps install ## the main job, live: local control plane + RabbitMQ + store, helm install, a TaskQueue, 2000 tasks, autoscaling on screen
 	$(PYTHON) -m taskq_dev.demo
+
+system-deps: ## install missing Debian packages (rabbitmq-server, docker.io, debootstrap, iproute2); check Go
+	bash dev/system-deps.sh
 
 install: ## install taskq and its test/bench extras (editable)
 	$(PYTHON) -m pip install -q -e '.[test,bench]'
@@ -17,7 +20,7 @@ lint: ## import contracts (pure cores do no I/O) and strict typing of the cores
 	lint-imports
 	mypy worker/taskq/core operator/taskq_operator/core
 
-test: install lint ## everything: lint, unit, services, cluster and docker tests (starts what it needs)
+test: system-deps install lint ## everything: lint, unit, services, cluster and docker tests (starts what it needs)
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 unit: ## fast tests that need no servers
