@@ -33,6 +33,8 @@ from typing import Any
 
 import pika
 
+from taskq_dev.operator_process import running_operator
+from taskq_dev.ports import poll
 from taskq_dev.tools import kube_binary
 from taskq_operator.adapters.kube import Kube, load_api_client
 
@@ -53,17 +55,11 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[index]
 
 
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 # -- services and cluster ------------------------------------------------------------------------
+
+
+def _wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    return poll(check, timeout=timeout, what=what, interval=interval)
 
 
 @contextmanager
@@ -103,27 +99,6 @@ class Kubectl:
         if check and result.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args[:3])} failed: {result.stderr.strip()}")
         return result.stdout
-
-
-@contextmanager
-def operator_process(namespace: str, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    with open(log_path, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "taskq_operator.main", "--namespace", namespace,
-             "--metrics-port", "0", "--health-port", "0"],
-            env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_for(lambda: b"taskq operator started" in log_path.read_bytes(), 60, "the operator to start", 0.2)
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -186,11 +161,11 @@ def reaction_trials(kube: Kube, broker: Broker, namespace: str, trials: int) -> 
     samples: list[float] = []
     for trial in range(trials):
         broker.purge(queue)
-        wait_for(lambda: replicas(kube, namespace, deployment) == 0, 30, "replicas back at 0")
+        _wait_for(lambda: replicas(kube, namespace, deployment) == 0, 30, "replicas back at 0")
         time.sleep(random.uniform(0.5, 2.5))  # a random phase relative to the operator's poll slots
         broker.publish(queue, 200)
         appeared = time.monotonic()
-        wait_for(lambda: replicas(kube, namespace, deployment) > 0, 30, "the Deployment to be scaled", 0.01)
+        _wait_for(lambda: replicas(kube, namespace, deployment) > 0, 30, "the Deployment to be scaled", 0.01)
         samples.append(time.monotonic() - appeared)
         log(f"trial {trial + 1}/{trials}: {samples[-1]:.2f} s")
     broker.purge(queue)
@@ -225,7 +200,7 @@ def burst_timeline(kube: Kube, amqp_url: str, broker: Broker, namespace: str, pn
 
     queue, deployment = "bench-plot", "plot-worker"
     broker.purge(queue)
-    wait_for(lambda: replicas(kube, namespace, deployment) == 0, 60, "plot TaskQueue idle")
+    _wait_for(lambda: replicas(kube, namespace, deployment) == 0, 60, "plot TaskQueue idle")
     stop = threading.Event()
 
     def drain() -> None:
@@ -278,7 +253,7 @@ def load_cost(kubectl: Kubectl, namespace: str, count: int, process: subprocess.
     for start in range(0, count, 100):
         kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
                                                        "items": items[start:start + 100]}))
-    wait_for(lambda: len(kubectl("get", "deployments", "-n", namespace, "-o", "name").split()) >= count + 2,
+    _wait_for(lambda: len(kubectl("get", "deployments", "-n", namespace, "-o", "name").split()) >= count + 2,
              600, f"{count} worker Deployments", 2)
     log(f"{count} TaskQueues reconciled; settling (first statuses, Deployment events)")
     time.sleep(60)
@@ -317,9 +292,9 @@ def main(argv: list[str] | None = None) -> None:
                           {"minReplicas": 0, "tasksPerReplica": 100, "scaleDown": {"stabilizationWindowSeconds": 10}}),
             ]
             kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": secrets}))
-            with operator_process(namespace, RESULTS / "scaling-operator.log") as process:
-                wait_for(lambda: replicas(kube, namespace, "react-worker") == 0, 60, "react Deployment", 0.2)
-                wait_for(lambda: replicas(kube, namespace, "plot-worker") == 0, 60, "plot Deployment", 0.2)
+            with running_operator(namespace, RESULTS / "scaling-operator.log") as process:
+                _wait_for(lambda: replicas(kube, namespace, "react-worker") == 0, 60, "react Deployment", 0.2)
+                _wait_for(lambda: replicas(kube, namespace, "plot-worker") == 0, 60, "plot Deployment", 0.2)
                 broker = Broker(amqp_url)
                 try:
                     samples = reaction_trials(kube, broker, namespace, args.trials)

@@ -43,6 +43,7 @@ from taskq.client import Client
 from taskq.core.states import TaskState
 from taskq.settings import Settings
 from taskq.store.mongo import TaskStore
+from taskq_dev.ports import WaitTimeout, poll
 from taskq_dev.services import ServiceSet, delete_queues, drop_database, session_services
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,16 +53,6 @@ sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))  # `bench.peers` (a namespace package) for the peers
 
 from submit import measure_raw_pika, measure_submit_many  # noqa: E402  (bench/ is not a package)
-
-
-def wait_until(predicate: Callable[[], Any], *, timeout: float, interval: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 class Broker:
@@ -119,14 +110,14 @@ def _stop(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
 
 def _drain_time(broker: Broker, queue: str, total: int, timeout: float) -> float:
     """Seconds from the first consumed message until the queue is empty and nothing is unacked."""
-    wait_until(lambda: broker.ready_and_consumers(queue)[1] > 0, timeout=120, interval=0.05, what=f"a consumer on {queue}")
-    wait_until(lambda: broker.ready_and_consumers(queue)[0] < total, timeout=60, interval=0.005, what="the first delivery")
+    poll(lambda: broker.ready_and_consumers(queue)[1] > 0, timeout=120, interval=0.05, what=f"a consumer on {queue}")
+    poll(lambda: broker.ready_and_consumers(queue)[0] < total, timeout=60, interval=0.005, what="the first delivery")
     started = time.perf_counter()
-    wait_until(lambda: broker.ready_and_consumers(queue)[0] == 0, timeout=timeout, interval=0.01, what=f"{queue} to drain")
+    poll(lambda: broker.ready_and_consumers(queue)[0] == 0, timeout=timeout, interval=0.01, what=f"{queue} to drain")
     drained = time.perf_counter()
     # Prefetched messages still run after `ready` hits 0; the management API lags, so wait for
     # it to show zero unacked and do not count that wait: the stragglers are at most one prefetch.
-    wait_until(lambda: broker.unacked(queue) == 0, timeout=60, interval=0.5, what=f"{queue} acks")
+    poll(lambda: broker.unacked(queue) == 0, timeout=60, interval=0.5, what=f"{queue} acks")
     return drained - started
 
 
@@ -200,7 +191,7 @@ def _health_port(log_path: Path, timeout: float = 120) -> int:
                 return int(json.loads(line)["health_port"])
         return None
 
-    return int(wait_until(find, timeout=timeout, interval=0.1, what="taskq-worker to start"))
+    return int(poll(find, timeout=timeout, interval=0.1, what="taskq-worker to start"))
 
 
 def _recorded(port: int) -> int:
@@ -233,8 +224,8 @@ def bench_taskq_worker(
     try:
         port = _health_port(log_path)
         try:
-            first = wait_until(lambda: _recorded(port), timeout=first_wait_s, interval=0.01, what="the first taskq completion")
-        except TimeoutError:
+            first = poll(lambda: _recorded(port), timeout=first_wait_s, interval=0.01, what="the first taskq completion")
+        except WaitTimeout:
             return {"tps": 0.0, "completed": 0, "of": n, "partial": True, "seconds": first_wait_s, "queue": queue,
                     "note": f"no outcome recorded within {first_wait_s:.0f} s (the store's first group commit did not finish)"}
         started = time.perf_counter()
@@ -271,11 +262,11 @@ def bench_latency(amqp_url: str, mongodb_uri: str, samples: int) -> dict[str, fl
         client.submit("noop")  # declares the queue; the worker then finds it
         worker = _start(["taskq-worker", "--log-level", "warning"], _worker_env(amqp_url, mongodb_uri, database, queue), "taskq-worker-latency.log")
         try:
-            wait_until(lambda: store.counts_by_state(queue)["succeeded"] == 1, timeout=120, interval=0.05, what="the worker to start")
+            poll(lambda: store.counts_by_state(queue)["succeeded"] == 1, timeout=120, interval=0.05, what="the worker to start")
             for index in range(samples):
                 started = time.perf_counter()
                 task_id = client.submit("noop", args=[index])
-                wait_until(lambda: store.states_of([task_id]).get(task_id) is TaskState.SUCCEEDED, timeout=30, interval=0.001, what="a task to succeed")
+                poll(lambda: store.states_of([task_id]).get(task_id) is TaskState.SUCCEEDED, timeout=30, interval=0.001, what="a task to succeed")
                 latencies.append((time.perf_counter() - started) * 1000)
         finally:
             _stop(worker, timeout=60)

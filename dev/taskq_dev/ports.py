@@ -9,6 +9,9 @@ import random
 import socket
 import time
 from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 LOOPBACK = "127.0.0.1"
 
@@ -77,6 +80,21 @@ def wait_until(
             reason = give_up()
             if reason:
                 raise WaitTimeout(f"gave up waiting for {what}: {reason}")
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def poll(probe: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.2) -> T:
+    """Call `probe` until it returns something truthy (bounded by `timeout` seconds) and return that.
+
+    The value-returning twin of `wait_until`, for callers that need what they waited for.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
         if time.monotonic() >= deadline:
             raise WaitTimeout(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)

@@ -9,10 +9,8 @@ The operator runs as a `taskq-operator` subprocess; RabbitMQ and the store are t
 from __future__ import annotations
 
 import json
-import os
 import selectors
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -27,6 +25,7 @@ import pytest
 from taskq.client import Client
 from taskq.settings import Settings
 from taskq.store.mongo import TaskStore
+from taskq_dev.operator_process import running_operator
 
 pytestmark = [pytest.mark.cluster, pytest.mark.services, pytest.mark.slow]
 
@@ -132,23 +131,11 @@ def namespace(cluster: Any) -> Iterator[str]:
 def operator(cluster: Any, namespace: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """`taskq-operator --namespace <ns>` as a subprocess; yields its log file."""
     log_path = tmp_path_factory.mktemp("operator") / "operator.log"
-    env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig), PYTHONWARNINGS="ignore")
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "taskq_operator.main", "--namespace", namespace,
-             "--metrics-port", "0", "--health-port", "0"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
     try:
-        wait_for(lambda: b"taskq operator started" in log_path.read_bytes(), 30, "the operator to start")
-        yield log_path
+        with running_operator(namespace, log_path, env={"KUBECONFIG": str(cluster.kubeconfig)},
+                              start_timeout=30, stop_timeout=15):
+            yield log_path
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
         sys.stderr.write(log_path.read_text(errors="replace")[-4000:])
 
 
