@@ -44,7 +44,7 @@ from taskq.core.states import TaskState
 from taskq.settings import Settings
 from taskq.store.mongo import TaskStore
 from taskq_dev.ports import WaitTimeout, poll
-from taskq_dev.services import ServiceSet, delete_queues, drop_database, session_services
+from taskq_dev.services import ServiceSet, delete_queues, session_services
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "worker.json"
