@@ -5,7 +5,7 @@ Messages name the component and the host but never credentials (see `redact_url`
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+import re
 
 
 class TaskqError(Exception):
@@ -40,17 +40,52 @@ class InvalidTask(TaskqError):
     """A submission that is not a valid task (bad name, queue, arguments that are not JSON)."""
 
 
+_SECRET_QUERY_WORDS = ("password", "passwd", "secret", "token", "credential", "authmechanismproperties", "ssl_options")
+_MASK = "***"
+
+
+def _redact_query(query: str) -> str:
+    """Mask the value of every query option that can carry a secret (any form pymongo or pika reads)."""
+    if not query:
+        return query
+    parts = []
+    for item in query.split("&"):
+        key, sep, _value = item.partition("=")
+        if sep and any(word in key.lower() for word in _SECRET_QUERY_WORDS):
+            parts.append(f"{key}={_MASK}")
+        else:
+            parts.append(item)
+    return "&".join(parts)
+
+
 def redact_url(url: str) -> str:
-    """`url` with any password replaced by `***`, for logs and error messages."""
+    """`url` with its password and secret-bearing query options replaced by `***`, for logs and errors.
+
+    Works on every form pymongo and pika accept without parsing ports or hosts (so a replica-set
+    list `h1:27017,h2:27017`, `mongodb+srv`, IPv6 hosts and invalid ports never raise), and never
+    raises itself: what cannot be read at all becomes `<unparseable url>`.
+    """
     try:
-        parts = urlsplit(url)
-    except ValueError:
+        scheme, sep, rest = url.partition("://")
+        if not sep:
+            return _redact_query(url) if "@" not in url else "<unparseable url>"
+        # The authority ends at the first '/', '?' or '#' after the last '@' of the credentials.
+        match = re.match(r"(?P<authority>[^/?#]*@)?(?P<rest>.*)", rest, re.DOTALL)
+        assert match is not None
+        authority = match.group("authority") or ""
+        tail = match.group("rest")
+        if not authority and "@" in tail.split("?", 1)[0].split("#", 1)[0]:
+            # An unencoded '@' inside the password: the credentials run to the last '@' before the path.
+            head, _, tail = tail.rpartition("@")
+            authority = head + "@"
+        if authority:
+            userinfo = authority[:-1]
+            user = userinfo.split(":", 1)[0]
+            authority = f"{user}:{_MASK}@" if ":" in userinfo or not user else f"{user}@"
+        hosts_and_path, qsep, query_and_fragment = tail.partition("?")
+        if qsep:
+            query, fsep, fragment = query_and_fragment.partition("#")
+            tail = f"{hosts_and_path}?{_redact_query(query)}{fsep}{fragment}"
+        return f"{scheme}://{authority}{tail}"
+    except Exception:  # noqa: BLE001 - a redactor must never be the reason a log line or an error fails
         return "<unparseable url>"
-    if parts.password is None and "@" not in parts.netloc:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    netloc = f"{user}:***@{host}" if user else host
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
