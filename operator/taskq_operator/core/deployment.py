@@ -76,9 +76,17 @@ def grace_seconds(spec: TaskQueueSpec) -> int:
     return max(1, period - max(2, period // 10))
 
 
+PREFETCH_ENV = "TASKQ_PREFETCH"
+
+
 def worker_env(spec: TaskQueueSpec) -> list[dict[str, Any]]:
-    """Environment of the worker container: settings from the spec, credentials as Secret references."""
+    """Environment of the worker container: settings from the spec, credentials as Secret references.
+
+    Every variable the operator can set is reserved: `spec.worker.env` cannot override it, even when
+    the operator leaves it out (`TASKQ_PREFETCH` without `spec.worker.prefetch`: the worker's default).
+    """
     tasks = spec.tasks
+    worker = spec.worker
     backoff = tasks.retry_backoff
     env = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -86,11 +94,16 @@ def worker_env(spec: TaskQueueSpec) -> list[dict[str, Any]]:
         _secret_env("TASKQ_MONGODB_URI", spec.store_secret, "mongodb-uri"),
         _value("TASKQ_DATABASE", spec.database),
         _value("TASKQ_QUEUE", spec.queue),
-        _value("TASKQ_TASK_MODULES", ",".join(spec.worker.task_modules)),
-        _value("TASKQ_PREFETCH", spec.worker.prefetch),
-        _value("TASKQ_CONCURRENCY", spec.worker.concurrency),
+        _value("TASKQ_QUEUE_TYPE", tasks.queue_type),
+        _value("TASKQ_TASK_MODULES", ",".join(worker.task_modules)),
+        _value("TASKQ_POOL", worker.pool),
+        _value("TASKQ_CONCURRENCY", worker.concurrency),
+        *([_value(PREFETCH_ENV, worker.prefetch)] if worker.prefetch is not None else []),
+        _value("TASKQ_MAX_TASKS_PER_CHILD", worker.max_tasks_per_child),
+        _value("TASKQ_MAX_MEMORY_PER_CHILD_MB", worker.max_memory_per_child_mib),
         _value("TASKQ_MAX_RETRIES", tasks.max_retries),
         _value("TASKQ_TASK_TIMEOUT", tasks.timeout_s),
+        _value("TASKQ_MAX_DELIVERIES", tasks.max_deliveries),
         _value("TASKQ_RETRY_INITIAL", _number(backoff.initial_s)),
         _value("TASKQ_RETRY_MAX", _number(backoff.max_s)),
         _value("TASKQ_RETRY_FACTOR", _number(backoff.factor)),
@@ -98,8 +111,8 @@ def worker_env(spec: TaskQueueSpec) -> list[dict[str, Any]]:
         _value("TASKQ_GRACE_SECONDS", grace_seconds(spec)),
         _value("TASKQ_HEALTH_PORT", HEALTH_PORT),
     ]
-    reserved = {item["name"] for item in env}
-    env += [dict(item) for item in spec.worker.env if item.get("name") not in reserved]
+    reserved = {item["name"] for item in env} | {PREFETCH_ENV}
+    env += [dict(item) for item in worker.env if item.get("name") not in reserved]
     return env
 
 

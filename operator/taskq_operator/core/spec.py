@@ -16,6 +16,13 @@ VERSION = "v1alpha1"
 PLURAL = "taskqueues"
 KIND = "TaskQueue"
 
+POOLS = ("process", "thread", "asyncio")
+QUEUE_TYPES = ("classic", "quorum")
+QUORUM_MAX_PRIORITY = 10
+"""The only `maxPriority` a quorum queue accepts: the default (quorum queues ignore it: two fixed levels)."""
+QUORUM_DELIVERY_LIMIT = 20
+"""RabbitMQ 4's default `delivery-limit` of a quorum queue: past it the broker drops the message itself."""
+
 
 class SpecError(ValueError):
     """A TaskQueue spec that cannot be used; the message names the field."""
@@ -57,14 +64,20 @@ class TasksSpec:
     timeout_s: int = 300
     max_priority: int = 10
     retry_backoff: RetryBackoff = RetryBackoff()
+    queue_type: str = "classic"
+    max_deliveries: int = 5
 
 
 @dataclass(frozen=True)
 class WorkerSpec:
     image: str
     task_modules: tuple[str, ...] = ()
-    prefetch: int = 64
+    pool: str = "process"
+    prefetch: int | None = None
+    """None: the worker picks its own default (concurrency plus a small look-ahead)."""
     concurrency: int = 4
+    max_tasks_per_child: int = 0
+    max_memory_per_child_mib: int = 0
     termination_grace_s: int = 330
     resources: Mapping[str, Any] = field(default_factory=dict)
     env: tuple[Mapping[str, Any], ...] = ()
@@ -107,13 +120,23 @@ def _int(section: Mapping[str, Any], key: str, path: str, default: int, low: int
     return value
 
 
-def _number(section: Mapping[str, Any], key: str, path: str, default: float, low: float) -> float:
+def _number(section: Mapping[str, Any], key: str, path: str, default: float, low: float, *,
+            above: bool = False) -> float:
+    """A number >= `low` (or > `low` when `above`)."""
     value = section.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SpecError(f"{path}.{key} must be a number, got {value!r}")
-    if value < low:
-        raise SpecError(f"{path}.{key} must be >= {low}, got {value}")
+    if value < low or (above and value == low):
+        raise SpecError(f"{path}.{key} must be {'>' if above else '>='} {low}, got {value}")
     return float(value)
+
+
+def _choice(section: Mapping[str, Any], key: str, path: str, choices: tuple[str, ...]) -> str:
+    """One of `choices`; the first is the default."""
+    value = section.get(key, choices[0])
+    if value not in choices:
+        raise SpecError(f"{path}.{key} must be one of {', '.join(choices)}, got {value!r}")
+    return str(value)
 
 
 def _secret_name(spec: Mapping[str, Any], section: str) -> str:
@@ -171,19 +194,30 @@ def parse_tasks(spec: Mapping[str, Any]) -> TasksSpec:
     tasks = _section(spec, "tasks", "spec")
     backoff = _section(tasks, "retryBackoff", "spec.tasks")
     defaults = TasksSpec()
+    path = "spec.tasks.retryBackoff"
     retry = RetryBackoff(
-        initial_s=_number(backoff, "initialSeconds", "spec.tasks.retryBackoff", defaults.retry_backoff.initial_s, 0),
-        max_s=_number(backoff, "maxSeconds", "spec.tasks.retryBackoff", defaults.retry_backoff.max_s, 0),
-        factor=_number(backoff, "factor", "spec.tasks.retryBackoff", defaults.retry_backoff.factor, 1),
+        initial_s=_number(backoff, "initialSeconds", path, defaults.retry_backoff.initial_s, 0, above=True),
+        max_s=_number(backoff, "maxSeconds", path, defaults.retry_backoff.max_s, 0, above=True),
+        factor=_number(backoff, "factor", path, defaults.retry_backoff.factor, 1),
     )
     if retry.initial_s > retry.max_s:
         raise SpecError("spec.tasks.retryBackoff.initialSeconds must be <= maxSeconds")
-    return TasksSpec(
+    parsed = TasksSpec(
         max_retries=_int(tasks, "maxRetries", "spec.tasks", defaults.max_retries, 0, 100),
         timeout_s=_int(tasks, "timeoutSeconds", "spec.tasks", defaults.timeout_s, 1, 86400),
         max_priority=_int(tasks, "maxPriority", "spec.tasks", defaults.max_priority, 0, 255),
         retry_backoff=retry,
+        queue_type=_choice(tasks, "queueType", "spec.tasks", QUEUE_TYPES),
+        max_deliveries=_int(tasks, "maxDeliveries", "spec.tasks", defaults.max_deliveries, 1, 100),
     )
+    if parsed.queue_type == "quorum":
+        if parsed.max_priority != QUORUM_MAX_PRIORITY:
+            raise SpecError(
+                f"spec.tasks.maxPriority must stay at its default ({QUORUM_MAX_PRIORITY}) with queueType quorum"
+            )
+        if parsed.max_deliveries > QUORUM_DELIVERY_LIMIT:
+            raise SpecError(f"spec.tasks.maxDeliveries must be <= {QUORUM_DELIVERY_LIMIT} with queueType quorum")
+    return parsed
 
 
 def parse_worker(spec: Mapping[str, Any]) -> WorkerSpec:
@@ -198,12 +232,26 @@ def parse_worker(spec: Mapping[str, Any]) -> WorkerSpec:
     tolerations = worker.get("tolerations") or []
     if not isinstance(env, list) or not isinstance(tolerations, list):
         raise SpecError("spec.worker.env and spec.worker.tolerations must be lists")
+    path = "spec.worker"
+    concurrency = _int(worker, "concurrency", path, 4, 1, 1024)
+    prefetch = None if worker.get("prefetch") is None else _int(worker, "prefetch", path, 0, 1, 10_000)
+    if prefetch is not None and prefetch < concurrency:
+        raise SpecError("spec.worker.prefetch must be >= spec.worker.concurrency")
+    pool = _choice(worker, "pool", path, POOLS)
+    max_tasks = _int(worker, "maxTasksPerChild", path, 0, 0, 1_000_000)
+    max_memory = _int(worker, "maxMemoryPerChildMiB", path, 0, 0, 1_048_576)
+    for key, value in (("maxTasksPerChild", max_tasks), ("maxMemoryPerChildMiB", max_memory)):
+        if value and pool != "process":
+            raise SpecError(f"spec.worker.{key} applies to pool 'process' only, got pool {pool!r}")
     return WorkerSpec(
         image=image,
         task_modules=tuple(modules),
-        prefetch=_int(worker, "prefetch", "spec.worker", 64, 1, 65535),
-        concurrency=_int(worker, "concurrency", "spec.worker", 4, 1, 1024),
-        termination_grace_s=_int(worker, "terminationGracePeriodSeconds", "spec.worker", 330, 1, 86400),
+        pool=pool,
+        prefetch=prefetch,
+        concurrency=concurrency,
+        max_tasks_per_child=max_tasks,
+        max_memory_per_child_mib=max_memory,
+        termination_grace_s=_int(worker, "terminationGracePeriodSeconds", path, 330, 1, 86400),
         resources=dict(_section(worker, "resources", "spec.worker")),
         env=tuple(env),
         node_selector={str(k): str(v) for k, v in _section(worker, "nodeSelector", "spec.worker").items()},

@@ -71,13 +71,57 @@ def test_worker_settings_from_spec() -> None:
     assert values["TASKQ_QUEUE"] == "emails"
     assert values["TASKQ_TASK_MODULES"] == "taskq.examples,app.tasks"
     assert values["TASKQ_CONCURRENCY"] == "8"
-    assert values["TASKQ_PREFETCH"] == "64"
     assert values["TASKQ_TASK_TIMEOUT"] == "60"
     assert values["TASKQ_RETRY_INITIAL"] == "0.5"
     assert values["TASKQ_RETRY_MAX"] == "300"
     assert values["TASKQ_DATABASE"] == "prod"
     assert values["LOG_LEVEL"] == "debug"
     assert int(values["TASKQ_GRACE_SECONDS"]) < 330
+
+
+def test_worker_runtime_defaults() -> None:
+    values = {name: item.get("value") for name, item in _env(_build()).items()}
+    assert values["TASKQ_POOL"] == "process"
+    assert values["TASKQ_MAX_TASKS_PER_CHILD"] == "0"
+    assert values["TASKQ_MAX_MEMORY_PER_CHILD_MB"] == "0"
+    assert values["TASKQ_QUEUE_TYPE"] == "classic"
+    assert values["TASKQ_MAX_DELIVERIES"] == "5"
+    assert values["TASKQ_MAX_RETRIES"] == "3"
+    assert values["TASKQ_MAX_PRIORITY"] == "10"
+    assert "TASKQ_PREFETCH" not in values  # the worker's own default: concurrency plus a look-ahead
+
+
+def test_worker_runtime_fields_become_env() -> None:
+    deployment = _build(
+        worker={"image": "w", "pool": "process", "concurrency": 2, "prefetch": 3,
+                "maxTasksPerChild": 1000, "maxMemoryPerChildMiB": 256},
+        tasks={"queueType": "quorum", "maxDeliveries": 7, "maxRetries": 4, "timeoutSeconds": 90,
+               "retryBackoff": {"initialSeconds": 2, "maxSeconds": 60, "factor": 1.5}},
+    )
+    values = {name: item.get("value") for name, item in _env(deployment).items()}
+    assert {key: values[key] for key in (
+        "TASKQ_POOL", "TASKQ_CONCURRENCY", "TASKQ_PREFETCH", "TASKQ_MAX_TASKS_PER_CHILD",
+        "TASKQ_MAX_MEMORY_PER_CHILD_MB", "TASKQ_QUEUE_TYPE", "TASKQ_MAX_DELIVERIES", "TASKQ_MAX_RETRIES",
+        "TASKQ_TASK_TIMEOUT", "TASKQ_RETRY_INITIAL", "TASKQ_RETRY_MAX", "TASKQ_RETRY_FACTOR",
+    )} == {
+        "TASKQ_POOL": "process", "TASKQ_CONCURRENCY": "2", "TASKQ_PREFETCH": "3",
+        "TASKQ_MAX_TASKS_PER_CHILD": "1000", "TASKQ_MAX_MEMORY_PER_CHILD_MB": "256",
+        "TASKQ_QUEUE_TYPE": "quorum", "TASKQ_MAX_DELIVERIES": "7", "TASKQ_MAX_RETRIES": "4",
+        "TASKQ_TASK_TIMEOUT": "90", "TASKQ_RETRY_INITIAL": "2", "TASKQ_RETRY_MAX": "60", "TASKQ_RETRY_FACTOR": "1.5",
+    }
+
+
+def test_asyncio_pool_env() -> None:
+    values = {name: item.get("value") for name, item in _env(_build(worker={"image": "w", "pool": "asyncio"})).items()}
+    assert values["TASKQ_POOL"] == "asyncio"
+
+
+def test_user_env_cannot_set_prefetch_behind_the_spec() -> None:
+    unset = _build(worker={"image": "w", "env": [{"name": "TASKQ_PREFETCH", "value": "1"}]})
+    assert "TASKQ_PREFETCH" not in _env(unset)
+    pinned = _build(worker={"image": "w", "prefetch": 12, "env": [{"name": "TASKQ_PREFETCH", "value": "1"}]})
+    names = [item["name"] for item in pinned["spec"]["template"]["spec"]["containers"][0]["env"]]
+    assert names.count("TASKQ_PREFETCH") == 1 and _env(pinned)["TASKQ_PREFETCH"]["value"] == "12"
 
 
 def test_user_env_cannot_override_reserved_settings() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,14 @@ from taskq_operator.core.spec import SpecError, parse_taskqueue
 from operator_manifests import taskqueue
 
 CRD = Path(__file__).resolve().parents[3] / "crds" / "taskqueue.yaml"
+MINIMAL: dict[str, Any] = {
+    "metadata": {"name": "q"},
+    "spec": {
+        "broker": {"secretRef": {"name": "b"}},
+        "store": {"secretRef": {"name": "s"}},
+        "worker": {"image": "w"},
+    },
+}
 
 
 def test_parses_a_full_object() -> None:
@@ -25,11 +34,37 @@ def test_parses_a_full_object() -> None:
     assert spec.tasks.retry_backoff.initial_s == 0.5
 
 
-def _schema_default(path: list[str]) -> Any:
+def test_parses_the_worker_runtime_fields() -> None:
+    spec = parse_taskqueue(taskqueue(
+        worker={"image": "w", "pool": "process", "concurrency": 4, "prefetch": 6,
+                "maxTasksPerChild": 500, "maxMemoryPerChildMiB": 300},
+        tasks={"queueType": "quorum", "maxDeliveries": 3},
+    ))
+    assert (spec.worker.pool, spec.worker.prefetch, spec.worker.concurrency) == ("process", 6, 4)
+    assert (spec.worker.max_tasks_per_child, spec.worker.max_memory_per_child_mib) == (500, 300)
+    assert (spec.tasks.queue_type, spec.tasks.max_deliveries) == ("quorum", 3)
+
+
+def test_thread_and_asyncio_pools_without_recycling() -> None:
+    for pool in ("thread", "asyncio"):
+        spec = parse_taskqueue(taskqueue(worker={"image": "w", "pool": pool, "maxTasksPerChild": 0}))
+        assert spec.worker.pool == pool and spec.worker.max_tasks_per_child == 0
+
+
+def _schema(path: list[str]) -> Any:
     node = yaml.safe_load(CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     for key in path:
         node = node["properties"][key]
-    return node["default"]
+    return node
+
+
+def _schema_default(path: list[str]) -> Any:
+    return _schema(path)["default"]
+
+
+def test_prefetch_has_no_default_so_the_worker_picks_it() -> None:
+    assert "default" not in _schema(["spec", "worker", "prefetch"])
+    assert parse_taskqueue(MINIMAL).worker.prefetch is None
 
 
 @pytest.mark.parametrize(
@@ -47,22 +82,48 @@ def _schema_default(path: list[str]) -> Any:
         (["spec", "tasks", "maxRetries"], lambda s: s.tasks.max_retries),
         (["spec", "tasks", "maxPriority"], lambda s: s.tasks.max_priority),
         (["spec", "tasks", "retryBackoff", "factor"], lambda s: s.tasks.retry_backoff.factor),
-        (["spec", "worker", "prefetch"], lambda s: s.worker.prefetch),
+        (["spec", "tasks", "queueType"], lambda s: s.tasks.queue_type),
+        (["spec", "tasks", "maxDeliveries"], lambda s: s.tasks.max_deliveries),
         (["spec", "worker", "concurrency"], lambda s: s.worker.concurrency),
+        (["spec", "worker", "pool"], lambda s: s.worker.pool),
+        (["spec", "worker", "maxTasksPerChild"], lambda s: s.worker.max_tasks_per_child),
+        (["spec", "worker", "maxMemoryPerChildMiB"], lambda s: s.worker.max_memory_per_child_mib),
         (["spec", "worker", "terminationGracePeriodSeconds"], lambda s: s.worker.termination_grace_s),
         (["spec", "store", "database"], lambda s: s.database),
     ],
 )
 def test_parser_defaults_match_the_crd(path: list[str], attribute: Any) -> None:
-    minimal = {
-        "metadata": {"name": "q"},
-        "spec": {
-            "broker": {"secretRef": {"name": "b"}},
-            "store": {"secretRef": {"name": "s"}},
-            "worker": {"image": "w"},
-        },
-    }
-    assert attribute(parse_taskqueue(minimal)) == _schema_default(path)
+    assert attribute(parse_taskqueue(MINIMAL)) == _schema_default(path)
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [("worker", "prefetch"), ("worker", "maxTasksPerChild"), ("worker", "maxMemoryPerChildMiB"),
+     ("worker", "concurrency"), ("tasks", "maxDeliveries"), ("tasks", "maxRetries")],
+)
+def test_parser_ranges_match_the_crd(section: str, key: str) -> None:
+    schema = _schema(["spec", section, key])
+    low, high = schema["minimum"], schema["maximum"]
+    base = {"worker": {"image": "w", "concurrency": 1}, "tasks": {}}
+
+    def body(value: int) -> dict[str, Any]:
+        changes = copy.deepcopy(base)
+        changes[section][key] = value
+        return {**MINIMAL, "spec": {**MINIMAL["spec"], **changes}}
+
+    for good in (low, high):
+        parse_taskqueue(body(good))
+    for bad in (low - 1, high + 1):
+        with pytest.raises(SpecError, match=rf"spec\.{section}\.{key}"):
+            parse_taskqueue(body(bad))
+
+
+@pytest.mark.parametrize(("section", "key"), [("worker", "pool"), ("tasks", "queueType")])
+def test_parser_choices_match_the_crd(section: str, key: str) -> None:
+    for choice in _schema(["spec", section, key])["enum"]:
+        changes = {"worker": {"image": "w"}, "tasks": {}}
+        changes[section][key] = choice
+        parse_taskqueue({**MINIMAL, "spec": {**MINIMAL["spec"], **changes}})
 
 
 @pytest.mark.parametrize(
@@ -77,6 +138,17 @@ def test_parser_defaults_match_the_crd(path: list[str], attribute: Any) -> None:
         ({"queue": "amq.gen"}, "spec.queue"),
         ({"tasks": {"timeoutSeconds": 900}}, "spec.worker.terminationGracePeriodSeconds"),
         ({"tasks": {"retryBackoff": {"initialSeconds": 10, "maxSeconds": 5}}}, "initialSeconds"),
+        ({"tasks": {"retryBackoff": {"initialSeconds": 0}}}, "spec.tasks.retryBackoff.initialSeconds"),
+        ({"worker": {"image": "w", "pool": "gevent"}}, "spec.worker.pool"),
+        ({"worker": {"image": "w", "concurrency": 8, "prefetch": 4}}, "spec.worker.prefetch"),
+        ({"worker": {"image": "w", "prefetch": 10_001}}, "spec.worker.prefetch"),
+        ({"worker": {"image": "w", "pool": "thread", "maxTasksPerChild": 100}}, "spec.worker.maxTasksPerChild"),
+        ({"worker": {"image": "w", "pool": "asyncio", "maxMemoryPerChildMiB": 512}},
+         "spec.worker.maxMemoryPerChildMiB"),
+        ({"tasks": {"queueType": "stream"}}, "spec.tasks.queueType"),
+        ({"tasks": {"maxDeliveries": 0}}, "spec.tasks.maxDeliveries"),
+        ({"tasks": {"queueType": "quorum", "maxPriority": 5}}, "spec.tasks.maxPriority"),
+        ({"tasks": {"queueType": "quorum", "maxDeliveries": 21}}, "spec.tasks.maxDeliveries"),
     ],
 )
 def test_errors_name_the_field(changes: dict[str, Any], field: str) -> None:
