@@ -13,6 +13,7 @@ from typing import Any
 
 from taskq.core.message import TaskMessage
 from taskq.core.states import TaskState
+from taskq.core.storable import safe_text
 
 RESULT_LIMIT_BYTES = 16 * 1024
 TRACEBACK_LIMIT_CHARS = 4000
@@ -29,11 +30,19 @@ class TaskError:
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> TaskError:
-        text = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+        try:
+            text = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+        except Exception:  # noqa: BLE001 - formatting calls the exception's own __str__, which may raise
+            text = f"{type(exc).__name__} (traceback could not be formatted)"
+        return cls.storable(type(exc).__name__, exc, text)
+
+    @classmethod
+    def storable(cls, type_name: str, message: object, traceback: str = "") -> TaskError:
+        """An error whose every field a store accepts: valid Unicode, no NUL, capped sizes."""
         return cls(
-            type=type(exc).__name__,
-            message=str(exc)[:MESSAGE_LIMIT_CHARS],
-            traceback=text[-TRACEBACK_LIMIT_CHARS:],
+            type=safe_text(type_name, 200),
+            message=safe_text(message, MESSAGE_LIMIT_CHARS),
+            traceback=safe_text(traceback[-TRACEBACK_LIMIT_CHARS:], TRACEBACK_LIMIT_CHARS),
         )
 
     def as_dict(self) -> dict[str, str]:

@@ -51,8 +51,9 @@ class TaskMessage(BaseModel):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     queue: str = Field(pattern=QUEUE_NAME_PATTERN)
     priority: int = Field(default=0, ge=0, le=MAX_PRIORITY_LIMIT)
-    max_retries: int = Field(default=3, ge=0, le=MAX_RETRIES_LIMIT)
-    timeout: float = Field(default=300.0, gt=0, le=MAX_TIMEOUT_S)
+    # None: the producer left it to the task's decorator and the worker's limits (see `taskq.core.limits`).
+    max_retries: int | None = Field(default=None, ge=0, le=MAX_RETRIES_LIMIT)
+    timeout: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S)
     created_at: datetime
     attempt: int = Field(default=1, ge=1, le=MAX_RETRIES_LIMIT + 1)
 
@@ -76,6 +77,8 @@ def decode(body: bytes) -> TaskMessage:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MalformedMessage(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise MalformedMessage("body is nested too deeply to parse") from None
     if not isinstance(data, dict):
         raise MalformedMessage(f"body is JSON {type(data).__name__}, expected an object")
     try:

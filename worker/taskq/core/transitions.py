@@ -90,12 +90,12 @@ def finish(
     return Transition(message.id, target, sources, fields, insert)
 
 
-def bury(message: TaskMessage, reason: str, now: datetime) -> Transition:
-    """The task is dead without running (e.g. its function is not registered on this queue)."""
+def bury(message: TaskMessage, reason: str, now: datetime, *, error_type: str = "Undeliverable") -> Transition:
+    """The task is dead without running again (its function is not registered here, its delivery limit is hit)."""
     fields: dict[str, Any] = {
         "state": TaskState.DEAD.value,
         "updated_at": now,
         "timestamps.dead": now,
-        "error": TaskError(type="Undeliverable", message=reason).as_dict(),
+        "error": TaskError.storable(error_type, reason).as_dict(),
     }
     return Transition(message.id, TaskState.DEAD, allowed_sources(TaskState.DEAD), fields, _insert_base(message, now, fields))

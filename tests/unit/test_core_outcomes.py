@@ -1,0 +1,146 @@
+"""Table tests of the pure outcome decisions (taskq.core.outcomes) and the limit arithmetic."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from taskq.core.document import TaskError
+from taskq.core.limits import AttemptLimits, attempt_limits, consumer_timeout_ms, default_prefetch, kill_grace_s
+from taskq.core.message import TaskMessage
+from taskq.core.outcomes import (
+    Ack,
+    AttemptError,
+    DeadLetter,
+    Retry,
+    Run,
+    attempt_outcome,
+    malformed_outcome,
+    redelivery_outcome,
+)
+from taskq.core.retry import RetryPolicy
+from taskq.core.states import TaskState
+
+NOW = datetime(2026, 12, 1, tzinfo=timezone.utc)
+
+
+def _message(attempt: int = 1) -> TaskMessage:
+    return TaskMessage(id="t1", name="echo", queue="q", created_at=NOW, attempt=attempt)
+
+
+def _decide(result_json: str | None = "1", failure: AttemptError | None = None, *, attempt: int = 1, retries: int = 2):
+    return attempt_outcome(
+        _message(attempt),
+        result_json=result_json,
+        failure=failure,
+        limits=AttemptLimits(timeout_s=10, max_retries=retries),
+        duration_s=0.5,
+        worker_id="w",
+        policy=RetryPolicy(),
+        now=NOW,
+        started_at=NOW,
+        start_recorded=False,
+        unit_random=0.5,
+    )
+
+
+def _raised(retryable: bool = True, kind: str = "raised") -> AttemptError:
+    return AttemptError(TaskError.storable("ValueError", "boom"), retryable=retryable, kind=kind)
+
+
+@pytest.mark.parametrize(
+    ("result_json", "failure", "attempt", "state", "action", "event"),
+    [
+        ('{"a": 1}', None, 1, TaskState.SUCCEEDED, Ack, "task.succeeded"),
+        ("null", None, 1, TaskState.SUCCEEDED, Ack, "task.succeeded"),
+        (json.dumps(2**64), None, 1, TaskState.FAILED, Ack, "task.failed"),
+        ('"\\udcff"', None, 1, TaskState.FAILED, Ack, "task.failed"),
+        ("[[1, 2]]", None, 1, TaskState.FAILED, Ack, "task.failed"),
+        ('{"a.b": 1}', None, 1, TaskState.FAILED, Ack, "task.failed"),
+        (json.dumps("x" * 20_000), None, 1, TaskState.FAILED, Ack, "task.failed"),
+        (None, _raised(), 1, TaskState.RETRYING, Retry, "task.retrying"),
+        (None, _raised(kind="timeout"), 2, TaskState.RETRYING, Retry, "task.retrying"),
+        (None, _raised(kind="lost"), 3, TaskState.DEAD, DeadLetter, "task.dead"),
+        (None, _raised(retryable=False), 1, TaskState.FAILED, Ack, "task.failed"),
+        (None, _raised(retryable=False, kind="rejected"), 3, TaskState.FAILED, Ack, "task.failed"),
+    ],
+)
+def test_attempt_outcomes(result_json, failure, attempt, state, action, event) -> None:
+    decision = _decide(result_json, failure, attempt=attempt)
+    assert decision.transition is not None
+    assert decision.transition.target is state
+    assert isinstance(decision.action, action)
+    assert decision.event == event
+
+
+def test_unstorable_result_is_a_storable_failure() -> None:
+    decision = _decide('"\\udcff"')
+    assert decision.transition is not None
+    error = decision.transition.fields["error"]
+    assert error["type"] == "UnstorableResult"
+    assert "surrogate" in error["message"]
+    assert decision.transition.fields["result"] is None
+    error["message"].encode("utf-8")  # storable text
+
+
+def test_retry_carries_the_next_attempt_and_a_bounded_delay() -> None:
+    decision = _decide(None, _raised())
+    assert isinstance(decision.action, Retry)
+    assert decision.action.message.attempt == 2
+    assert 0 < decision.action.delay_ms <= decision.action.bucket_ms
+
+
+def test_worker_limit_caps_retries() -> None:
+    assert isinstance(_decide(None, _raised(), attempt=2, retries=1).action, DeadLetter)
+
+
+@pytest.mark.parametrize(
+    ("state", "deliveries", "action", "event"),
+    [
+        (None, 2, Run, "task.redelivered"),
+        (TaskState.RUNNING, 5, Run, "task.redelivered"),
+        (TaskState.RUNNING, 6, DeadLetter, "task.delivery_limit"),
+        (None, 6, DeadLetter, "task.delivery_limit"),
+        (TaskState.SUCCEEDED, 50, Ack, "task.redelivered_final"),
+        (TaskState.FAILED, 2, Ack, "task.redelivered_final"),
+        (TaskState.DEAD, 2, Ack, "task.redelivered_final"),
+    ],
+)
+def test_redelivery_outcomes(state, deliveries, action, event) -> None:
+    decision = redelivery_outcome(_message(), b"{}", state=state, deliveries=deliveries, max_deliveries=5, now=NOW)
+    assert isinstance(decision.action, action)
+    assert decision.event == event
+    if isinstance(action, DeadLetter):
+        assert decision.action.reason.startswith("delivery-limit")
+        assert decision.transition is not None and decision.transition.target is TaskState.DEAD
+        assert not decision.act_only_if_recorded
+
+
+def test_malformed_deep_body_never_raises() -> None:
+    body = b"[" * 100_000 + b"]" * 100_000
+    decision = malformed_outcome(body, "nested", NOW)
+    assert isinstance(decision.action, DeadLetter)
+    assert decision.transition is None
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({"message_timeout": None, "message_retries": None, "task_timeout": None, "task_retries": None}, AttemptLimits(60, 3)),
+        ({"message_timeout": None, "message_retries": None, "task_timeout": 10, "task_retries": 1}, AttemptLimits(10, 1)),
+        ({"message_timeout": 5, "message_retries": 0, "task_timeout": 10, "task_retries": 1}, AttemptLimits(5, 0)),
+        ({"message_timeout": 50, "message_retries": 9, "task_timeout": 10, "task_retries": 1}, AttemptLimits(10, 1)),
+        ({"message_timeout": 500, "message_retries": 9, "task_timeout": None, "task_retries": 5}, AttemptLimits(60, 3)),
+    ],
+)
+def test_precedence_message_then_decorator_then_worker_cap(given, expected) -> None:
+    assert attempt_limits(**given, worker_timeout=60, worker_retries=3) == expected
+
+
+def test_consumer_timeout_covers_the_worst_wait_of_a_prefetched_message() -> None:
+    # The RabbitMQ 4.0 scenario: concurrency 1, 4 s tasks, timeout 5 s, prefetch 64 waited 63 x 4 s.
+    assert consumer_timeout_ms(prefetch=64, concurrency=1, timeout_s=5) >= 64 * 6 * 1000
+    assert consumer_timeout_ms(prefetch=default_prefetch(1), concurrency=1, timeout_s=5) == (2 * 6 + 60) * 1000
+    assert consumer_timeout_ms(prefetch=16, concurrency=4, timeout_s=60) == int((4 * (60 + kill_grace_s(60)) + 60) * 1000)
