@@ -1,7 +1,8 @@
 # The taskq image: one image, two entry points (`taskq-worker`, the default, and `taskq-operator`).
 #
-# Stage `deps` installs the dependencies into a venv, `build` makes the taskq wheel and installs it
-# next to them; the runtime stage copies both (without pip) onto a fresh base and runs as a
+# The image runs `taskq[worker,operator,api]`; the developer harness (dev/, distribution taskq-dev)
+# is not in it. Stage `deps` installs the dependencies into a venv, `build` makes the taskq wheel and
+# installs it next to them; the runtime stage copies both (without pip) onto a fresh base and runs as a
 # non-root user. A source edit rebuilds only the small taskq layer.
 #
 # BASE_IMAGE must provide python3 (>= 3.11) with the venv module. On machines that cannot pull,
@@ -16,12 +17,14 @@ ARG PIP_NO_INDEX=
 ARG PIP_FIND_LINKS=
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
-# pyproject.toml plus, when the tooling made one, the wheelhouse (`build*` matches nothing on a
-# plain checkout, which is fine).
-COPY pyproject.toml build* /deps/
+# The extras the image installs (the requirement list comes from dev/taskq_dev/image_requirements.py,
+# the same code the host tooling fills the wheelhouse with).
+ARG TASKQ_EXTRAS=worker,operator,api
+# pyproject.toml, the requirement-list script and, when the tooling made one, the wheelhouse
+# (`build*` matches nothing on a plain checkout, which is fine).
+COPY pyproject.toml dev/taskq_dev/image_requirements.py build* /deps/
 RUN python3 -m venv /opt/taskq \
- && python3 -c "import tomllib; print(*tomllib.load(open('/deps/pyproject.toml', 'rb'))['project']['dependencies'], sep=chr(10))" \
-      > /deps/requirements.txt \
+ && python3 /deps/image_requirements.py /deps/pyproject.toml "${TASKQ_EXTRAS}" > /deps/requirements.txt \
  && /opt/taskq/bin/pip install --requirement /deps/requirements.txt \
  && echo /opt/taskq-app/lib > "$(/opt/taskq/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/taskq-app.pth"
 
@@ -29,11 +32,12 @@ RUN python3 -m venv /opt/taskq \
 FROM deps AS build
 ARG PIP_NO_INDEX=
 ARG PIP_FIND_LINKS=
-RUN /opt/taskq/bin/pip install "setuptools>=69" wheel
+RUN /opt/taskq/bin/pip install "setuptools>=77" wheel
 COPY . /src
 RUN /opt/taskq/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /dist /src \
  && /opt/taskq/bin/pip install --no-deps --target /opt/taskq-app/lib /dist/taskq-*.whl \
- && PATH=/opt/taskq-app/lib/bin:$PATH /opt/taskq/bin/python -c "import taskq.worker.main, taskq_operator.main" \
+ && PATH=/opt/taskq-app/lib/bin:$PATH /opt/taskq/bin/python -c "import taskq.worker.main, taskq.http.serve, taskq_operator.main" \
+ && ! /opt/taskq/bin/python -c "import taskq_dev" 2>/dev/null \
  && /opt/taskq/bin/pip check
 
 # Stage `deps-slim`: the dependency venv without pip and setuptools.
@@ -42,7 +46,7 @@ RUN /opt/taskq/bin/pip uninstall --yes pip setuptools
 
 FROM ${BASE_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="taskq" \
-      org.opencontainers.image.description="taskq worker and operator (taskq-worker, taskq-operator)" \
+      org.opencontainers.image.description="taskq worker, operator and HTTP intake (taskq-worker, taskq-operator, taskq-api)" \
       org.opencontainers.image.licenses="Apache-2.0"
 RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin taskq

@@ -1,8 +1,20 @@
 # taskq developer commands. `make help` lists them.
-PYTHON ?= python3
+#
+# Everything runs inside the project virtualenv $(VENV) (created on first use, git-ignored), never in
+# the machine's own Python: taskq (editable, with all extras plus test and bench tools) and the
+# harness distribution taskq-dev (editable, from dev/) are installed there, and the recipes find
+# `taskq-worker`, `taskq-dev`, ... on PATH through $(VENV)/bin.
+BASE_PYTHON ?= python3
+VENV ?= .venv
+VENV_BIN := $(abspath $(VENV))/bin
+PYTHON := $(VENV_BIN)/python
 PYTEST_ARGS ?=
+INSTALLED := $(VENV)/.taskq-installed
 
-.PHONY: help install system-deps demo test lint unit
+export PATH := $(VENV_BIN):$(PATH)
+export VIRTUAL_ENV := $(abspath $(VENV))
+
+.PHONY: help install venv system-deps demo test lint unit
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -10,20 +22,34 @@ help: ## list the targets
 demo: system-deps install ## the main job, live: local control plane + RabbitMQ + store, helm install, a TaskQueue, 2000 tasks, autoscaling on screen
 	$(PYTHON) -m taskq_dev.demo
 
-system-deps: ## install missing Debian packages (rabbitmq-server, docker.io, debootstrap, iproute2); check Go
-	bash dev/system-deps.sh
+system-deps: ## install missing Debian packages (rabbitmq-server, docker.io, debootstrap, iproute2, python3-venv); check Go
+	PYTHON3=$(BASE_PYTHON) bash dev/system-deps.sh
 
-install: ## install taskq and its test/bench extras (editable)
-	$(PYTHON) -m pip install -q -e '.[test,bench]'
+venv: $(PYTHON) ## create the project virtualenv $(VENV)
 
-lint: ## import contracts (pure cores do no I/O) and strict typing of the cores
+$(PYTHON):
+	$(BASE_PYTHON) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --disable-pip-version-check --upgrade pip
+
+install: $(INSTALLED) ## install taskq[all,test,bench] and taskq-dev (both editable) into $(VENV)
+
+# Reinstalled when either distribution's metadata changes (new dependency, new console script).
+$(INSTALLED): pyproject.toml dev/pyproject.toml | $(PYTHON)
+	$(PYTHON) -m pip install -q --disable-pip-version-check -e '.[all,test,bench]' -e ./dev
+	touch $@
+
+LINT_PATHS := worker operator
+
+lint: install ## ruff (lint + format check), mypy strict on the product packages, import contracts
+	ruff check $(LINT_PATHS)
+	ruff format --check $(LINT_PATHS)
+	mypy
 	lint-imports
-	mypy worker/taskq/core operator/taskq_operator/core
 
 test: system-deps install lint ## everything: lint, unit, services, cluster and docker tests (starts what it needs)
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
-unit: ## fast tests that need no servers
+unit: install ## fast tests that need no servers
 	$(PYTHON) -m pytest tests/unit $(PYTEST_ARGS)
 
 # --- image, chart, kind (packaging) ---
@@ -31,10 +57,10 @@ KIND_CLUSTER ?= taskq-e2e
 
 .PHONY: image chart-schema chart-crd kind-e2e
 
-image: ## build the taskq image taskq:dev (starts dockerd, makes a local base image and wheelhouse; cached)
+image: install ## build the taskq image taskq:dev (starts dockerd, makes a local base image and wheelhouse; cached)
 	$(PYTHON) -m taskq_dev.cli image build
 
-chart-schema: chart-crd ## regenerate charts/taskq/values.schema.json from the annotated values.yaml
+chart-schema: chart-crd install ## regenerate charts/taskq/values.schema.json from the annotated values.yaml
 	$(PYTHON) -m taskq_dev.chart_schema
 
 chart-crd: ## copy crds/taskqueue.yaml (the source of truth) into the chart
@@ -46,29 +72,29 @@ kind-e2e: ## kind cluster + image + helm install + the cluster e2e suite, then d
 # --- operator benchmark ---
 .PHONY: bench-scaling
 
-bench-scaling: ## operator scale reaction (p50/p95 vs KEDA defaults), CPU/RSS with 500 TaskQueues, burst plot -> bench/results/scaling.json (needs KUBECONFIG from `taskq-dev cluster up`)
+bench-scaling: install ## operator scale reaction (p50/p95 vs KEDA defaults), CPU/RSS with 500 TaskQueues, burst plot -> bench/results/scaling.json (needs KUBECONFIG from `taskq-dev cluster up`)
 	$(PYTHON) bench/scaling.py
 
 # --- local demo (no Kubernetes) ---
 .PHONY: demo-local
 
-demo-local: ## services up, 3 taskq-worker processes, 2000 example tasks with a progress bar, live counts and a summary
+demo-local: install ## services up, 3 taskq-worker processes, 2000 example tasks with a progress bar, live counts and a summary
 	$(PYTHON) -m taskq_dev.demo_local
 
 # --- local Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok) ---
 .PHONY: tools cluster-up cluster-down
 
-tools: ## build (once, into ~/.cache/taskq/tools) or find kube binaries, etcd, kwok and helm at their pinned versions
+tools: install ## build (once, into ~/.cache/taskq/tools) or find kube binaries, etcd, kwok and helm at their pinned versions
 	$(PYTHON) -m taskq_dev.cli tools build
 
-cluster-up: ## start the local control plane with 3 kwok nodes in the background; prints `export KUBECONFIG=...`
+cluster-up: install ## start the local control plane with 3 kwok nodes in the background; prints `export KUBECONFIG=...`
 	$(PYTHON) -m taskq_dev.cli cluster up
 
-cluster-down: ## stop the local control plane and delete its state
+cluster-down: install ## stop the local control plane and delete its state
 	$(PYTHON) -m taskq_dev.cli cluster down
 
 # --- worker benchmark ---
 .PHONY: bench-worker
 
-bench-worker: ## one taskq-worker vs Celery (prefork, acks_late, multiplier 1/4) and Dramatiq on 20k no-op tasks, submit_many vs raw pika, idle latency -> bench/results/worker.json
+bench-worker: install ## one taskq-worker vs Celery (prefork, acks_late, multiplier 1/4) and Dramatiq on 20k no-op tasks, submit_many vs raw pika, idle latency -> bench/results/worker.json
 	$(PYTHON) bench/worker.py

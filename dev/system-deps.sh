@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Install the Debian packages the tooling runs (RabbitMQ, Docker, debootstrap, iproute2) when they are
-# missing, and check for Go (needed once, to build the harness tools). Used by `make demo`,
-# `make test` and `.ci/run`; does nothing when everything is there.
+# Install the Debian packages the tooling runs (RabbitMQ, Docker, debootstrap, iproute2, and python3-venv
+# when $PYTHON3 cannot make the project virtualenv) when they are missing, and check for Go (needed
+# once, to build the harness tools). Used by `make demo`, `make test` and `.ci/run`; does nothing
+# when everything is there.
 set -euo pipefail
 
 need=()
@@ -9,6 +10,9 @@ need=()
 [ -x /usr/sbin/dockerd ] || need+=(docker.io)
 [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
 command -v ip >/dev/null || need+=(iproute2)
+# Debian's own python3 ships venv's ensurepip in python3-venv; a pyenv or python.org build has it.
+PYTHON3="${PYTHON3:-python3}"
+"$PYTHON3" -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing system packages: ${need[*]}"
   sudo_=""

@@ -19,11 +19,11 @@ import shutil
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from taskq_dev.image_requirements import IMAGE_EXTRAS, image_requirements
 from taskq_dev.paths import state_dir
 
 BASE_IMAGE = "local/debian-python:bookworm"
@@ -39,7 +39,7 @@ BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 WHEELHOUSE = Path("build") / "wheelhouse"
 """Where, relative to the build context, the host puts the dependency wheels (git-ignored)."""
 
-BUILD_TOOLS = ("setuptools>=69", "wheel")
+BUILD_TOOLS = ("setuptools>=77", "wheel")
 """What building the taskq wheel itself needs inside the image (its build-system requirements)."""
 
 APT_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
@@ -227,9 +227,8 @@ def ensure_base_image(tag: str = BASE_IMAGE, *, rebuild: bool = False) -> str:
 
 
 def runtime_requirements(pyproject: Path) -> list[str]:
-    """The `[project].dependencies` of taskq: what the image installs next to the taskq wheel."""
-    project = tomllib.loads(pyproject.read_text())["project"]
-    return list(project["dependencies"])
+    """What the image installs next to the taskq wheel: the dependencies of `taskq[worker,operator,api]`."""
+    return image_requirements(pyproject, IMAGE_EXTRAS)
 
 
 def ensure_wheelhouse(context: Path) -> Path:
@@ -276,6 +275,7 @@ def build_image(
         if base_image == BASE_IMAGE:
             ensure_base_image(base_image)
         args += ["--build-arg", f"BASE_IMAGE={base_image}"]
+    args += ["--build-arg", f"TASKQ_EXTRAS={','.join(IMAGE_EXTRAS)}"]
     if offline:
         ensure_wheelhouse(context)
         args += [

@@ -100,16 +100,18 @@ def test_image_runs_non_root_without_build_tools(taskq_image: str) -> None:
     probe = (
         "import os, shutil; print(os.getuid()); "
         "print(','.join(t for t in ('gcc', 'cc', 'make', 'pip', 'pip3') if shutil.which(t))); "
-        "print(','.join(t for t in ('taskq-worker', 'taskq-operator') if shutil.which(t)))"
+        "print(','.join(t for t in ('taskq-worker', 'taskq-operator', 'taskq-api', 'taskq-dev') if shutil.which(t))); "
+        "import importlib.util as u; print(','.join(m for m in ('taskq_dev', 'pytest', 'taskq', 'taskq_operator') if u.find_spec(m)))"
     )
     result = subprocess.run(
         [docker.docker_binary(), "run", "--rm", "--entrypoint", "python3", taskq_image, "-c", probe],
         check=True, capture_output=True, text=True, timeout=60,
     )
-    uid, build_tools, entry_points = result.stdout.splitlines()
+    uid, build_tools, entry_points, packages = result.stdout.splitlines()
     assert uid == "10001"
     assert build_tools == ""
-    assert entry_points == "taskq-worker,taskq-operator"
+    assert entry_points == "taskq-worker,taskq-operator,taskq-api"
+    assert packages == "taskq,taskq_operator", "no developer harness or test tools in the image"
 
 
 def test_worker_container_runs_tasks_and_drains_on_sigterm(

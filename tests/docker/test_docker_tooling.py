@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from taskq_dev import docker
+from taskq_dev.image_requirements import image_requirements
 
 DEB822 = """\
 Types: deb
@@ -55,6 +56,48 @@ def test_disabled_entries_and_other_files_are_ignored(tmp_path: Path) -> None:
         docker.debian_mirror("bookworm", [folder])
 
 
-def test_runtime_requirements_are_the_project_dependencies(tmp_path: Path) -> None:
-    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\ndependencies = ["pika>=1.3,<2", "pyyaml>=6"]\n')
-    assert docker.runtime_requirements(tmp_path / "pyproject.toml") == ["pika>=1.3,<2", "pyyaml>=6"]
+PYPROJECT = """\
+[project]
+name = "taskq"
+dependencies = ["pika>=1.3,<2", "pydantic>=2"]
+[project.optional-dependencies]
+worker = ["prometheus-client>=0.20"]
+operator = ["kopf>=1.37", "prometheus-client>=0.20"]
+api = ["fastapi>=0.110"]
+all = ["taskq[worker,api,operator]"]
+test = ["pytest>=8"]
+"""
+
+
+def test_runtime_requirements_are_the_base_and_image_extras_dependencies(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(PYPROJECT)
+    assert docker.runtime_requirements(tmp_path / "pyproject.toml") == [
+        "pika>=1.3,<2", "pydantic>=2", "prometheus-client>=0.20", "kopf>=1.37", "fastapi>=0.110",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("extras", "expected"),
+    [
+        ((), ["pika>=1.3,<2", "pydantic>=2"]),
+        (("api",), ["pika>=1.3,<2", "pydantic>=2", "fastapi>=0.110"]),
+        (("all",), ["pika>=1.3,<2", "pydantic>=2", "prometheus-client>=0.20", "fastapi>=0.110", "kopf>=1.37"]),
+        (("all", "worker"), ["pika>=1.3,<2", "pydantic>=2", "prometheus-client>=0.20", "fastapi>=0.110", "kopf>=1.37"]),
+    ],
+)
+def test_image_requirements_expand_self_references_once(tmp_path: Path, extras: tuple[str, ...], expected: list[str]) -> None:
+    (tmp_path / "pyproject.toml").write_text(PYPROJECT)
+    assert image_requirements(tmp_path / "pyproject.toml", extras) == expected
+
+
+def test_image_requirements_refuse_an_unknown_extra(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(PYPROJECT)
+    with pytest.raises(KeyError, match="no extra 'gui'"):
+        image_requirements(tmp_path / "pyproject.toml", ["gui"])
+
+
+def test_the_real_image_installs_no_test_or_bench_tools() -> None:
+    found = docker.runtime_requirements(docker.repo_root() / "pyproject.toml")
+    names = {requirement.split(">")[0].split("<")[0].split("=")[0].strip() for requirement in found}
+    assert {"pika", "kopf", "kubernetes", "fastapi", "uvicorn", "prometheus-client"} <= names
+    assert not names & {"pytest", "mypy", "celery", "matplotlib", "cryptography", "taskq"}
