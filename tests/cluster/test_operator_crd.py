@@ -13,9 +13,13 @@ from typing import Any
 import pytest
 import yaml
 
+from taskq_operator.core.deployment import build_deployment
+from taskq_operator.core.spec import parse_taskqueue
+
 pytestmark = pytest.mark.cluster
 
-CRD = Path(__file__).resolve().parents[2] / "crds" / "taskqueue.yaml"
+ROOT = Path(__file__).resolve().parents[2]
+CRD = ROOT / "crds" / "taskqueue.yaml"
 
 VALID: dict[str, Any] = {
     "apiVersion": "taskq.io/v1alpha1",
@@ -77,7 +81,33 @@ INVALID = [
     ("bad task module", _with("spec.worker.taskModules", ["1bad-module"]), "spec.worker.taskModules"),
     ("negative retries", _with("spec.tasks", {"maxRetries": -1}), "spec.tasks.maxRetries"),
     ("misspelt field", _with("spec.scaling", {"maxReplica": 3}), "unknown field"),
+    ("backoff initial zero", _with("spec.tasks", {"retryBackoff": {"initialSeconds": 0}}),
+     "spec.tasks.retryBackoff.initialSeconds"),
+    # the worker runtime's fields
+    ("unknown pool", _with("spec.worker.pool", "gevent"), "spec.worker.pool"),
+    ("negative maxTasksPerChild", _with("spec.worker.maxTasksPerChild", -1), "spec.worker.maxTasksPerChild"),
+    ("negative maxMemoryPerChildMiB", _with("spec.worker.maxMemoryPerChildMiB", -1),
+     "spec.worker.maxMemoryPerChildMiB"),
+    ("maxTasksPerChild with the thread pool", _with("spec.worker", {"image": "w", "pool": "thread", "maxTasksPerChild": 100}),
+     "spec.worker.maxTasksPerChild applies to pool 'process' only"),
+    ("maxMemoryPerChildMiB with the asyncio pool",
+     _with("spec.worker", {"image": "w", "pool": "asyncio", "maxMemoryPerChildMiB": 512}),
+     "spec.worker.maxMemoryPerChildMiB applies to pool 'process' only"),
+    ("prefetch below concurrency", _with("spec.worker", {"image": "w", "concurrency": 8, "prefetch": 4}),
+     "spec.worker.prefetch must be >= spec.worker.concurrency"),
+    ("prefetch above the worker's limit", _with("spec.worker.prefetch", 10_001), "spec.worker.prefetch"),
+    ("unknown queue type", _with("spec.tasks", {"queueType": "stream"}), "spec.tasks.queueType"),
+    ("maxDeliveries zero", _with("spec.tasks", {"maxDeliveries": 0}), "spec.tasks.maxDeliveries"),
+    ("maxDeliveries above 100", _with("spec.tasks", {"maxDeliveries": 101}), "spec.tasks.maxDeliveries"),
+    ("maxPriority on a quorum queue", _with("spec.tasks", {"queueType": "quorum", "maxPriority": 5}),
+     "spec.tasks.maxPriority must stay at its default (10) with queueType quorum"),
 ]
+
+EVERY_RUNTIME_FIELD = _with("spec.worker", {
+    "image": "taskq:dev", "pool": "process", "concurrency": 4, "prefetch": 6,
+    "maxTasksPerChild": 1000, "maxMemoryPerChildMiB": 512,
+})
+EVERY_RUNTIME_FIELD["spec"]["tasks"] = {"queueType": "quorum", "maxDeliveries": 100, "maxRetries": 3, "timeoutSeconds": 60}
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +146,59 @@ def test_defaults_are_filled_by_the_api_server(cluster: Any, namespace: str) -> 
     assert spec["tasks"]["timeoutSeconds"] == 300 and spec["tasks"]["retryBackoff"]["factor"] == 2
     assert spec["worker"]["terminationGracePeriodSeconds"] == 330
     assert spec["store"]["database"] == "taskq"
+    worker, tasks = spec["worker"], spec["tasks"]
+    assert (worker["pool"], worker["maxTasksPerChild"], worker["maxMemoryPerChildMiB"]) == ("process", 0, 0)
+    assert "prefetch" not in worker  # the worker's own default applies
+    assert (tasks["queueType"], tasks["maxDeliveries"], tasks["maxPriority"]) == ("classic", 5, 10)
+
+
+def test_every_worker_runtime_field_accepted_and_usable(cluster: Any, namespace: str) -> None:
+    result = cluster.kubectl("create", "-n", namespace, "--dry-run=server", "-o", "json", "-f", "-",
+                             input=json.dumps(EVERY_RUNTIME_FIELD))
+    stored = json.loads(result.stdout)
+    env = {e["name"]: e.get("value") for e in
+           build_deployment(parse_taskqueue(stored), 1)["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert (env["TASKQ_POOL"], env["TASKQ_PREFETCH"], env["TASKQ_MAX_TASKS_PER_CHILD"]) == ("process", "6", "1000")
+    assert (env["TASKQ_MAX_MEMORY_PER_CHILD_MB"], env["TASKQ_QUEUE_TYPE"], env["TASKQ_MAX_DELIVERIES"]) == ("512", "quorum", "100")
+    for pool in ("thread", "asyncio"):
+        other = copy.deepcopy(VALID)
+        other["spec"]["worker"].update({"pool": pool, "maxTasksPerChild": 0, "concurrency": 16, "prefetch": 16})
+        assert _apply(cluster, namespace, other, "--dry-run=server").returncode == 0
+
+
+def _documented_taskqueues() -> list[tuple[str, dict[str, Any]]]:
+    """The TaskQueues users copy: the example file and the YAML blocks of README.md and docs/operator.md."""
+    found = [("examples/taskqueue.yaml", yaml.safe_load((ROOT / "examples" / "taskqueue.yaml").read_text()))]
+    for doc in ("README.md", "docs/operator.md"):
+        blocks = (ROOT / doc).read_text().split("```yaml\n")[1:]
+        found += [(doc, body) for body in (yaml.safe_load(b.split("```")[0]) for b in blocks)
+                  if isinstance(body, dict) and body.get("kind") == "TaskQueue"]
+    return found
+
+
+def test_documented_taskqueues_are_accepted_and_usable(cluster: Any, namespace: str) -> None:
+    documented = _documented_taskqueues()
+    assert {where for where, _ in documented} == {"examples/taskqueue.yaml", "README.md", "docs/operator.md"}
+    for where, body in documented:
+        body = copy.deepcopy(body)
+        body["metadata"].pop("namespace", None)
+        result = cluster.kubectl("create", "-n", namespace, "--dry-run=server", "-o", "json", "-f", "-",
+                                 input=json.dumps(body), check=False)
+        assert result.returncode == 0, f"{where}: {result.stderr}"
+        build_deployment(parse_taskqueue(json.loads(result.stdout)), 1)
+
+
+def test_queue_type_is_immutable(cluster: Any, namespace: str) -> None:
+    body = _with("metadata.name", "typed")
+    assert _apply(cluster, namespace, body).returncode == 0
+    same = _with("metadata.name", "typed")
+    same["spec"]["tasks"] = {"queueType": "classic", "maxRetries": 5}
+    assert _apply(cluster, namespace, same).returncode == 0, "an unchanged queueType must not block other changes"
+    changed = _with("metadata.name", "typed")
+    changed["spec"]["tasks"] = {"queueType": "quorum"}
+    result = _apply(cluster, namespace, changed)
+    assert result.returncode != 0 and "spec.tasks.queueType is immutable" in result.stderr, result.stderr
+    cluster.kubectl("delete", "-n", namespace, "taskqueue", "typed")
 
 
 def test_queue_is_immutable(cluster: Any, namespace: str) -> None:
@@ -136,7 +219,7 @@ def test_crd_serves_short_name_status_and_scale(cluster: Any, namespace: str) ->
     assert got["spec"]["replicas"] == 3
     crd = yaml.safe_load(CRD.read_text())
     columns = [c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]]
-    assert columns == ["Queue", "Backlog", "Unacked", "Replicas", "Desired", "Min", "Max", "Ready", "Age"]
+    assert columns == ["Queue", "Queued", "Unacked", "Replicas", "Desired", "Min", "Max", "Ready", "Age"]
     header = cluster.kubectl("get", "-n", namespace, "tq").stdout.splitlines()[0].split()
     assert header == [c.upper() for c in ["Name", *columns]]
     cluster.kubectl("delete", "-n", namespace, "tq", "scalable")

@@ -264,7 +264,7 @@ def test_backlog_scales_up_workers_drain_and_it_scales_back_down(
     assert seen == sorted(seen), f"replicas went down while the backlog was high: {seen}"
 
     table = cluster.kubectl("get", "-n", namespace, "tq", "burst").stdout.splitlines()
-    assert table[0].split() == ["NAME", "QUEUE", "BACKLOG", "UNACKED", "REPLICAS", "DESIRED", "MIN", "MAX",
+    assert table[0].split() == ["NAME", "QUEUE", "QUEUED", "UNACKED", "REPLICAS", "DESIRED", "MIN", "MAX",
                                 "READY", "AGE"]
     assert table[1].split()[1] == queue_name
 

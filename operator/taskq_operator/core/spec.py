@@ -20,8 +20,6 @@ POOLS = ("process", "thread", "asyncio")
 QUEUE_TYPES = ("classic", "quorum")
 QUORUM_MAX_PRIORITY = 10
 """The only `maxPriority` a quorum queue accepts: the default (quorum queues ignore it: two fixed levels)."""
-QUORUM_DELIVERY_LIMIT = 20
-"""RabbitMQ 4's default `delivery-limit` of a quorum queue: past it the broker drops the message itself."""
 
 
 class SpecError(ValueError):
@@ -210,13 +208,8 @@ def parse_tasks(spec: Mapping[str, Any]) -> TasksSpec:
         queue_type=_choice(tasks, "queueType", "spec.tasks", QUEUE_TYPES),
         max_deliveries=_int(tasks, "maxDeliveries", "spec.tasks", defaults.max_deliveries, 1, 100),
     )
-    if parsed.queue_type == "quorum":
-        if parsed.max_priority != QUORUM_MAX_PRIORITY:
-            raise SpecError(
-                f"spec.tasks.maxPriority must stay at its default ({QUORUM_MAX_PRIORITY}) with queueType quorum"
-            )
-        if parsed.max_deliveries > QUORUM_DELIVERY_LIMIT:
-            raise SpecError(f"spec.tasks.maxDeliveries must be <= {QUORUM_DELIVERY_LIMIT} with queueType quorum")
+    if parsed.queue_type == "quorum" and parsed.max_priority != QUORUM_MAX_PRIORITY:
+        raise SpecError(f"spec.tasks.maxPriority must stay at its default ({QUORUM_MAX_PRIORITY}) with queueType quorum")
     return parsed
 
 
