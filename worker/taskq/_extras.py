@@ -44,7 +44,7 @@ def run_entry_point(script: str, extra: str, target: str) -> NoReturn:
             raise
         print(hint, file=sys.stderr)
         raise SystemExit(MISSING_EXTRA_EXIT) from None
-    main = cast(Callable[[], object], getattr(module, function_name))
+    main = cast(Callable[[], int | None], getattr(module, function_name))
     sys.exit(main())
 
 

@@ -15,9 +15,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, Optional
+from typing import Annotated, Any, NoReturn
 
 import typer
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -52,7 +54,7 @@ stdout = Console()
 stderr = Console(stderr=True)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of text.")]
-QueueOption = Annotated[Optional[str], typer.Option("--queue", "-q", help="Queue name (default: TASKQ_QUEUE).")]
+QueueOption = Annotated[str | None, typer.Option("--queue", "-q", help="Queue name (default: TASKQ_QUEUE).")]
 
 
 def _fail(code: int, message: str) -> NoReturn:
@@ -65,7 +67,7 @@ def _client() -> Iterator[Client]:
     """A client from the environment; taskq's expected errors become one line and an exit code."""
     try:
         settings = Settings()
-    except Exception as exc:  # pydantic's ValidationError: a bad TASKQ_* variable
+    except (ValidationError, SettingsError) as exc:  # a bad TASKQ_* variable (a value, or JSON that does not parse)
         _fail(EXIT_USAGE, f"invalid settings: {str(exc).splitlines()[0]}")
     client = Client(settings)
     try:
@@ -143,16 +145,20 @@ def _submit_with_progress(client: Client, messages: Any, total: int, quiet: bool
 
 @app.command()
 def submit(
-    name: Annotated[Optional[str], typer.Argument(help="Task name (omit with --file).")] = None,
-    args: Annotated[Optional[str], typer.Option("--args", "-a", help="Positional arguments as a JSON array.")] = None,
-    kwargs: Annotated[Optional[str], typer.Option("--kwargs", "-k", help="Keyword arguments as a JSON object.")] = None,
+    name: Annotated[str | None, typer.Argument(help="Task name (omit with --file).")] = None,
+    args: Annotated[str | None, typer.Option("--args", "-a", help="Positional arguments as a JSON array.")] = None,
+    kwargs: Annotated[str | None, typer.Option("--kwargs", "-k", help="Keyword arguments as a JSON object.")] = None,
     queue: QueueOption = None,
     priority: Annotated[int, typer.Option(help="Priority (higher runs first, up to the queue's maximum).")] = 0,
-    task_id: Annotated[Optional[str], typer.Option("--id", help="Task id (an idempotency key: an existing id is not sent again).")] = None,
-    max_retries: Annotated[Optional[int], typer.Option(help="Retries after the first attempt (default: TASKQ_MAX_RETRIES).")] = None,
-    timeout: Annotated[Optional[float], typer.Option(help="Hard timeout in seconds (default: TASKQ_TASK_TIMEOUT).")] = None,
-    file: Annotated[Optional[Path], typer.Option("--file", "-f", help="Submit every task of a JSON-lines file ('-' for stdin).")] = None,
-    count: Annotated[Optional[int], typer.Option("--count", "-n", min=1, help="Submit this many copies of the task (load).")] = None,
+    task_id: Annotated[
+        str | None, typer.Option("--id", help="Task id (an idempotency key: an existing id is not sent again).")
+    ] = None,
+    max_retries: Annotated[int | None, typer.Option(help="Retries after the first attempt (default: TASKQ_MAX_RETRIES).")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Hard timeout in seconds (default: TASKQ_TASK_TIMEOUT).")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="Submit every task of a JSON-lines file ('-' for stdin).")
+    ] = None,
+    count: Annotated[int | None, typer.Option("--count", "-n", min=1, help="Submit this many copies of the task (load).")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Submit one task, N copies of it (--count), or every task of a JSON-lines file (--file)."""
@@ -180,13 +186,24 @@ def submit(
                 receipt, seconds = _submit_with_progress(client, copies, count, quiet=as_json)
     rate = len(receipt.ids) / seconds if seconds > 0 else 0.0
     if as_json:
-        _print_json({"ids": receipt.ids, "published": receipt.published, "existing": receipt.existing, "seconds": round(seconds, 3), "rate": round(rate, 1)})
+        _print_json(
+            {
+                "ids": receipt.ids,
+                "published": receipt.published,
+                "existing": receipt.existing,
+                "seconds": round(seconds, 3),
+                "rate": round(rate, 1),
+            }
+        )
     elif len(receipt.ids) == 1:
         print(receipt.ids[0])
         if receipt.existing:
             stderr.print("taskq: a task with this id exists already; not sent again", highlight=False)
     else:
-        print(f"submitted {len(receipt.ids)} tasks ({receipt.published} sent, {receipt.existing} already known) in {seconds:.2f} s, {rate:,.0f} tasks/s")
+        print(
+            f"submitted {len(receipt.ids)} tasks ({receipt.published} sent, {receipt.existing} already known)"
+            f" in {seconds:.2f} s, {rate:,.0f} tasks/s"
+        )
 
 
 @app.command()
@@ -213,7 +230,9 @@ def status(task_id: Annotated[str, typer.Argument(help="Task id.")], as_json: Js
 @app.command("list")
 def list_tasks(
     queue: QueueOption = None,
-    state: Annotated[Optional[TaskState], typer.Option("--state", "-s", case_sensitive=False, help="Only tasks in this state.")] = None,
+    state: Annotated[
+        TaskState | None, typer.Option("--state", "-s", case_sensitive=False, help="Only tasks in this state.")
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", "-l", min=1, max=10_000, help="At most this many (newest first).")] = 50,
     as_json: JsonOption = False,
 ) -> None:
@@ -226,12 +245,21 @@ def list_tasks(
     table = Table("id", "name", "queue", "state", "attempts", "updated")
     for doc in documents:
         updated = doc.get("updated_at")
-        table.add_row(doc["id"], doc.get("name", ""), doc.get("queue", ""), doc.get("state", ""), str(doc.get("attempts", "")), updated.isoformat(timespec="seconds") if isinstance(updated, datetime) else "")
+        table.add_row(
+            doc["id"],
+            doc.get("name", ""),
+            doc.get("queue", ""),
+            doc.get("state", ""),
+            str(doc.get("attempts", "")),
+            updated.isoformat(timespec="seconds") if isinstance(updated, datetime) else "",
+        )
     stdout.print(table)
 
 
 @app.command()
-def queue(name: Annotated[Optional[str], typer.Argument(help="Queue name (default: TASKQ_QUEUE).")] = None, as_json: JsonOption = False) -> None:
+def queue(
+    name: Annotated[str | None, typer.Argument(help="Queue name (default: TASKQ_QUEUE).")] = None, as_json: JsonOption = False
+) -> None:
     """Show a queue's ready messages, consumers, dead letters and task counts by state."""
     with _client() as client:
         info = client.queue_info(name)
@@ -286,7 +314,7 @@ def requeue_dead(
 
 @app.command()
 def purge(
-    name: Annotated[Optional[str], typer.Argument(help="Queue name (default: TASKQ_QUEUE).")] = None,
+    name: Annotated[str | None, typer.Argument(help="Queue name (default: TASKQ_QUEUE).")] = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     keep_dead: Annotated[bool, typer.Option("--keep-dead", help="Leave the dead-letter queue alone.")] = False,
     keep_documents: Annotated[bool, typer.Option("--keep-documents", help="Leave the task documents in the store.")] = False,
@@ -298,7 +326,9 @@ def purge(
         if not yes:
             if not sys.stdin.isatty():
                 _fail(EXIT_USAGE, "refusing to purge without a terminal to confirm on; pass --yes")
-            what = "waiting messages" + ("" if keep_dead else ", dead letters") + ("" if keep_documents else " and task documents")
+            what = (
+                "waiting messages" + ("" if keep_dead else ", dead letters") + ("" if keep_documents else " and task documents")
+            )
             if not typer.confirm(f"Drop all {what} of queue {target!r}?", default=False, err=True):
                 _fail(EXIT_NOT_FOUND, "purge cancelled")
         report = client.purge(target, include_dead=not keep_dead, include_documents=not keep_documents)

@@ -83,9 +83,7 @@ def check_arguments(args: Any, kwargs: Any) -> None:
 
 
 def _validation_reason(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'task'}: {err['msg']}" for err in exc.errors()[:5]
-    )
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'task'}: {err['msg']}" for err in exc.errors()[:5])
 
 
 def build_message(

@@ -113,7 +113,9 @@ def _status_model(document: dict[str, Any]) -> TaskStatus:
     return TaskStatus.model_validate(known)
 
 
-def create_app(settings: Settings | None = None, *, client: Client | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, client: Client | None = None, max_body_bytes: int = MAX_BODY_BYTES
+) -> FastAPI:
     """The intake app; it owns a `Client` built from `settings` (or uses `client`) and closes it on shutdown."""
     taskq = client or Client(settings or Settings())
 

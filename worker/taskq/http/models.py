@@ -8,7 +8,7 @@ Used by `taskq.http.app`.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Optional
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,13 +33,13 @@ class TaskSubmission(BaseModel):
     name: str = Field(pattern=TASK_NAME_PATTERN, description="Registered task name.")
     args: list[Any] = Field(default_factory=list, description="Positional arguments (JSON).")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments (JSON).")
-    queue: Optional[str] = Field(default=None, pattern=QUEUE_NAME_PATTERN)
+    queue: str | None = Field(default=None, pattern=QUEUE_NAME_PATTERN)
     priority: int = Field(default=0, ge=0, le=MAX_PRIORITY_LIMIT)
-    task_id: Optional[str] = Field(
+    task_id: str | None = Field(
         default=None, pattern=TASK_ID_PATTERN, description="Idempotency key: an id that exists already is not run again."
     )
-    max_retries: Optional[int] = Field(default=None, ge=0, le=MAX_RETRIES_LIMIT)
-    timeout: Optional[float] = Field(default=None, gt=0, le=MAX_TIMEOUT_S, description="Hard timeout, seconds.")
+    max_retries: int | None = Field(default=None, ge=0, le=MAX_RETRIES_LIMIT)
+    timeout: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S, description="Hard timeout, seconds.")
 
 
 class BatchSubmission(BaseModel):
@@ -82,17 +82,17 @@ class TaskStatus(BaseModel):
     queue: str = ""
     state: TaskState
     attempts: int = 0
-    worker: Optional[str] = None
+    worker: str | None = None
     priority: int = 0
     max_retries: int = 0
     timeout: float = 0
     args: list[Any] = Field(default_factory=list)
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    created_at: Optional[datetime] = None
-    updated_at: Optional[datetime] = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
     timestamps: dict[str, datetime] = Field(default_factory=dict)
     result: Any = None
-    error: Optional[TaskErrorInfo] = None
+    error: TaskErrorInfo | None = None
 
 
 class QueueStatus(BaseModel):
