@@ -10,13 +10,19 @@ Public API::
     client = taskq.Client.from_env()    # TASKQ_AMQP_URL, TASKQ_MONGODB_URI, ...
     task_id = client.submit("resize", args=["a.png", 200])
     client.status(task_id)["state"]     # queued, running, succeeded, failed, retrying, dead
+
+Inside a task: `taskq.current()` (id, name, attempt, queue, deadline), `taskq.report_progress(0.5)`,
+`raise taskq.Reject(...)` (fail, never retry); the time limit raises `taskq.SoftTimeLimitExceeded`
+(a `taskq.TaskTimeout`) in the process pool.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Client", "TaskState", "task"]
+__all__ = ["Client", "Reject", "SoftTimeLimitExceeded", "TaskState", "TaskTimeout", "current", "report_progress", "task"]
+
+_CONTEXT_NAMES = {"Reject", "SoftTimeLimitExceeded", "TaskTimeout", "current", "report_progress"}
 
 
 def __getattr__(name: str) -> Any:
@@ -29,6 +35,10 @@ def __getattr__(name: str) -> Any:
         from taskq.registry import task
 
         return task
+    if name in _CONTEXT_NAMES:
+        import taskq.context
+
+        return getattr(taskq.context, name)
     if name == "TaskState":
         from taskq.core.states import TaskState
 

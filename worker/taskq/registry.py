@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
+from taskq.context import Reject
 from taskq.core.message import TASK_NAME_PATTERN
 from taskq.errors import InvalidTask, TaskqError, UnknownTask
 
@@ -21,13 +22,23 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A registered task: its function and the per-task defaults that override the settings."""
+    """A registered task: its function, the per-task defaults that override the settings, its retry rules.
+
+    An exception is retried when it is an instance of `retry_for`, not of `dont_retry_for`, and not a
+    `taskq.Reject` (see `retryable`).
+    """
 
     name: str
     function: Callable[..., Any]
     queue: str | None = None
     max_retries: int | None = None
     timeout: float | None = None
+    retry_for: tuple[type[BaseException], ...] = (Exception,)
+    dont_retry_for: tuple[type[BaseException], ...] = ()
+
+    def retryable(self, exc: BaseException) -> bool:
+        """Whether an attempt that raised `exc` may be retried under this task's rules."""
+        return isinstance(exc, self.retry_for) and not isinstance(exc, self.dont_retry_for) and not isinstance(exc, Reject)
 
 
 _lock = threading.Lock()
@@ -48,6 +59,9 @@ def register(spec: TaskSpec) -> TaskSpec:
         raise InvalidTask(f"task {spec.name!r}: max_retries must be >= 0")
     if spec.timeout is not None and spec.timeout <= 0:
         raise InvalidTask(f"task {spec.name!r}: timeout must be > 0")
+    for label, kinds in (("retry_for", spec.retry_for), ("dont_retry_for", spec.dont_retry_for)):
+        if not isinstance(kinds, tuple) or not all(isinstance(kind, type) and issubclass(kind, BaseException) for kind in kinds):
+            raise InvalidTask(f"task {spec.name!r}: {label} must be a tuple of exception classes")
     with _lock:
         existing = _registry.get(spec.name)
         if existing is not None and _qualified(existing.function) != _qualified(spec.function):
@@ -66,7 +80,13 @@ def task(name: F, /) -> F: ...
 
 @overload
 def task(
-    name: str | None = None, *, queue: str | None = None, max_retries: int | None = None, timeout: float | None = None
+    name: str | None = None,
+    *,
+    queue: str | None = None,
+    max_retries: int | None = None,
+    timeout: float | None = None,
+    retry_for: tuple[type[BaseException], ...] = (Exception,),
+    dont_retry_for: tuple[type[BaseException], ...] = (),
 ) -> Callable[[F], F]: ...
 
 
@@ -76,10 +96,14 @@ def task(
     queue: str | None = None,
     max_retries: int | None = None,
     timeout: float | None = None,
+    retry_for: tuple[type[BaseException], ...] = (Exception,),
+    dont_retry_for: tuple[type[BaseException], ...] = (),
 ) -> F | Callable[[F], F]:
     """Register a task function: `@task`, `@task("resize")` or `@task(name=..., max_retries=..., timeout=...)`.
 
-    The function is returned unchanged, so it stays callable directly (e.g. in unit tests).
+    `retry_for`/`dont_retry_for` choose which exceptions may be retried (default: any `Exception`;
+    `taskq.Reject` never is). The function is returned unchanged, so it stays callable directly
+    (e.g. in unit tests); `async def` functions are awaited by every worker pool.
     """
     if callable(name):
         function = name
@@ -87,7 +111,7 @@ def task(
         return function
 
     def decorate(function: F) -> F:
-        register(TaskSpec(name or _default_name(function), function, queue, max_retries, timeout))
+        register(TaskSpec(name or _default_name(function), function, queue, max_retries, timeout, retry_for, dont_retry_for))
         return function
 
     return decorate
@@ -118,7 +142,7 @@ def import_task_modules(modules: Iterable[str]) -> list[str]:
     for module in modules:
         try:
             importlib.import_module(module)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any import-time error becomes one clear startup error
             raise TaskqError(f"cannot import task module {module!r}: {type(exc).__name__}: {exc}") from None
         imported.append(module)
     return imported
