@@ -1,7 +1,8 @@
 """Test services for every suite: RabbitMQ and the MongoDB-protocol store, started on first use.
 
 Session-scoped servers (`rabbitmq`, `mongo`, `amqp_url`, `mongodb_uri`) come from `AMQP_URL` /
-`MONGODB_URI` or are private ones started by `taskq_dev.services`; per-test names (`queue_name`,
+`MONGODB_URI` or are private ones started by `taskq_dev.services` (RabbitMQ 4.0 unless
+`TASKQ_TEST_RABBITMQ=3.10`; `rabbitmq_version` says which broker runs); per-test names (`queue_name`,
 `database_name`) isolate tests and are cleaned up afterwards. Tests that use the servers get the
 `services` marker automatically. The logic lives in `taskq_dev.services`.
 """
@@ -36,6 +37,12 @@ def service_set() -> Iterator[ServiceSet]:
 @pytest.fixture(scope="session")
 def rabbitmq(service_set: ServiceSet) -> RabbitMQService:
     return service_set.ensure_rabbitmq()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_version(rabbitmq: RabbitMQService) -> tuple[int, ...]:
+    """The running broker's version as numbers, e.g. `(4, 0, 5)`: branch or skip with `>= (4, 0)`."""
+    return rabbitmq.version_info
 
 
 @pytest.fixture(scope="session")

@@ -3,13 +3,15 @@
 A `ServiceSet` owns one folder under `paths.state_dir("services")`, starts each service on first
 request (or uses `AMQP_URL` / `RABBITMQ_MANAGEMENT_URL` / `MONGODB_URI` when set), and writes what
 it started to `state.json` in that folder, so another command can stop it (`taskq-dev services
-down`) and a later test session can stop what a killed one left behind (`sweep_orphans`).
+down`) and a later test session can stop what a killed one left behind (`sweep_orphans`). The
+private broker's series (RabbitMQ 4.0 or 3.10) follows `TASKQ_TEST_RABBITMQ` (`taskq_dev.rabbitmq`).
 
 Called by `tests/conftest.py` (one set per test session) and `taskq_dev.cli` (one detached set).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -24,10 +26,10 @@ import pymongo
 import pymongo.errors
 
 from taskq.errors import redact_url
-from taskq_dev import paths
+from taskq_dev import chroot, paths
 from taskq_dev.mongo import ExternalMongo, PrivateMongo, StoreLayout, choose_layout
 from taskq_dev.processes import process_start_ticks
-from taskq_dev.rabbitmq import ExternalRabbitMQ, PrivateRabbitMQ, RabbitNodeLayout
+from taskq_dev.rabbitmq import ExternalRabbitMQ, PrivateRabbitMQ, RabbitNodeLayout, selected_series
 from taskq_dev.service_base import ServiceError
 
 RabbitMQService = ExternalRabbitMQ | PrivateRabbitMQ
@@ -71,7 +73,7 @@ class ServiceSet:
             if external is not None:
                 self.rabbitmq = external
             else:
-                node = PrivateRabbitMQ(RabbitNodeLayout.allocate(self.base_dir / "rabbitmq"))
+                node = PrivateRabbitMQ(RabbitNodeLayout.allocate(self.base_dir / "rabbitmq", selected_series()))
                 self.rabbitmq = node
                 self.save()  # before starting: a half-started node must still be found and stopped
                 self.startup_seconds["rabbitmq"] = node.start()
@@ -206,18 +208,29 @@ def cli_services() -> ServiceSet:
 
 
 def sweep_orphans() -> list[Path]:
-    """Stop and delete every session set whose owning process has exited; return their folders."""
+    """Stop and delete every session set whose owning process has exited; return their folders.
+
+    Then kill any server process whose data folder no longer exists (its set was deleted while it ran,
+    or it was started before its pid could be recorded): such a process belongs to no one.
+    """
     swept: list[Path] = []
     for folder in sorted(_sets_root().glob("session-*")):
         found = ServiceSet.load(folder)
         if found is None or not found.orphaned():
             continue
-        try:
+        with contextlib.suppress(ServiceError):  # its folder is gone either way; the processes were signalled
             found.close()
-        except ServiceError:
-            pass  # its folder is gone either way; the processes were signalled
         swept.append(folder)
+    kill_homeless_servers()
     return swept
+
+
+def kill_homeless_servers() -> list[int]:
+    """SIGKILL every harness server process (marked by `chroot.MARKER_ENV`) whose data folder is gone."""
+    marked = chroot.all_marked_dirs().items()
+    homeless = [pid for pid, folder in marked if not folder.exists() and not chroot.is_shared_epmd(pid)]
+    chroot.kill_pids(homeless)
+    return homeless
 
 
 # ---- per-test isolation (used by the pytest fixtures) ----

@@ -2,7 +2,8 @@
 
 `up` starts RabbitMQ and the store in the background (or adopts `AMQP_URL` / `MONGODB_URI`), records
 them under `paths.state_dir("services")/cli`, and prints the `export` line clients need; `down`
-stops them and deletes their data. Mounted on the `taskq-dev` app by `taskq_dev.cli`.
+stops them and deletes their data. The private broker is RabbitMQ 4.0 unless `TASKQ_TEST_RABBITMQ=3.10`
+(as for the tests). Mounted on the `taskq-dev` app by `taskq_dev.cli`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import typer
 
 from taskq.errors import redact_url
 from taskq_dev import mongo
+from taskq_dev.rabbitmq import PrivateRabbitMQ, selected_series
 from taskq_dev.service_base import ServiceError
 from taskq_dev.services import ServiceSet, cli_services
 
@@ -36,13 +38,18 @@ def services_up() -> None:
     already_up = {name for name in services.startup_seconds}
     try:
         services.revive()
-        services.ensure_rabbitmq()
+        broker = services.ensure_rabbitmq()
         services.ensure_mongo()
+        wanted = selected_series()
+        version = broker.version
     except ServiceError as exc:
         _fail(str(exc))
     for name, seconds in services.startup_seconds.items():
         if name not in already_up:
             typer.echo(f"# {name} started in {seconds:.1f} s", err=True)
+    typer.echo(f"# rabbitmq {version}", err=True)
+    if isinstance(broker, PrivateRabbitMQ) and broker.series != wanted:
+        typer.echo(f"# the running broker is the {broker.series} node; for {wanted}: `taskq-dev services down` first", err=True)
     typer.echo(services.exports())
 
 
