@@ -15,8 +15,7 @@ from typing import Annotated, NoReturn, Optional
 
 import typer
 
-from taskq_dev import gobuild, tools
-from taskq_dev import bridge_daemon
+from taskq_dev import bridge_daemon, gobuild, rootfs, tools
 from taskq_dev.bridge import WorkerBridge
 from taskq_dev.cluster import DEFAULT_NODES, ClusterError, LocalCluster, default_root
 from taskq_dev.kubeaccess import ClusterAccess
@@ -138,12 +137,13 @@ def bridge_run(
 
 @tools_app.command("build")
 def tools_build() -> None:
-    """Resolve or build every harness tool (kube binaries, etcd, kwok, helm, FerretDB); print their paths."""
+    """Resolve or build every harness tool (kube binaries, etcd, kwok, helm, FerretDB, the RabbitMQ 4.0 root)."""
     started = time.monotonic()
     try:
         resolved = tools.all_cluster_tools()
         resolved["ferretdb"] = tools.ferretdb_binary()
-    except gobuild.GoBuildError as exc:
+        resolved["rabbitmq-trixie"] = rootfs.ensure_root(rootfs.RABBITMQ_TRIXIE)
+    except (gobuild.GoBuildError, rootfs.RootfsError) as exc:
         _fail(str(exc))
     for name, path in resolved.items():
         typer.echo(f"{name:24} {path}")
