@@ -229,7 +229,10 @@ def parse_worker(spec: Mapping[str, Any]) -> WorkerSpec:
     concurrency = _int(worker, "concurrency", path, 4, 1, 1024)
     prefetch = None if worker.get("prefetch") is None else _int(worker, "prefetch", path, 0, 1, 10_000)
     if prefetch is not None and prefetch < concurrency:
-        raise SpecError("spec.worker.prefetch must be >= spec.worker.concurrency")
+        # The CRD rejects this for new and edited objects, but objects stored before the rule (with the
+        # old default prefetch 64 and a larger concurrency) still reach the operator: run them, every
+        # slot busy, instead of giving up on them.
+        prefetch = concurrency
     pool = _choice(worker, "pool", path, POOLS)
     max_tasks = _int(worker, "maxTasksPerChild", path, 0, 0, 1_000_000)
     max_memory = _int(worker, "maxMemoryPerChildMiB", path, 0, 0, 1_048_576)

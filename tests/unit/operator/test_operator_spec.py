@@ -45,6 +45,13 @@ def test_parses_the_worker_runtime_fields() -> None:
     assert (spec.tasks.queue_type, spec.tasks.max_deliveries) == ("quorum", 100)
 
 
+def test_prefetch_below_concurrency_from_an_older_object_is_raised_to_concurrency() -> None:
+    # The CRD rejects prefetch < concurrency now; an object stored under the old default (prefetch 64)
+    # with concurrency 100 is ratcheted by the API server and must still run.
+    spec = parse_taskqueue(taskqueue(worker={"image": "w", "concurrency": 100, "prefetch": 64}))
+    assert (spec.worker.prefetch, spec.worker.concurrency) == (100, 100)
+
+
 def test_thread_and_asyncio_pools_without_recycling() -> None:
     for pool in ("thread", "asyncio"):
         spec = parse_taskqueue(taskqueue(worker={"image": "w", "pool": pool, "maxTasksPerChild": 0}))
@@ -140,7 +147,6 @@ def test_parser_choices_match_the_crd(section: str, key: str) -> None:
         ({"tasks": {"retryBackoff": {"initialSeconds": 10, "maxSeconds": 5}}}, "initialSeconds"),
         ({"tasks": {"retryBackoff": {"initialSeconds": 0}}}, "spec.tasks.retryBackoff.initialSeconds"),
         ({"worker": {"image": "w", "pool": "gevent"}}, "spec.worker.pool"),
-        ({"worker": {"image": "w", "concurrency": 8, "prefetch": 4}}, "spec.worker.prefetch"),
         ({"worker": {"image": "w", "prefetch": 10_001}}, "spec.worker.prefetch"),
         ({"worker": {"image": "w", "pool": "thread", "maxTasksPerChild": 100}}, "spec.worker.maxTasksPerChild"),
         ({"worker": {"image": "w", "pool": "asyncio", "maxMemoryPerChildMiB": 512}},
