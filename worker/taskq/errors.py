@@ -24,6 +24,10 @@ class StoreUnavailable(TaskqError):
     """The MongoDB-protocol store cannot be reached or timed out."""
 
 
+class StoreRefused(TaskqError):
+    """The store refused a write as invalid (a document it cannot encode or store); retrying it won't help."""
+
+
 class TaskNotFound(TaskqError):
     """No task with that id."""
 

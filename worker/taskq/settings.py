@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from taskq.core.limits import default_prefetch
+from taskq.core.message import MAX_TIMEOUT_S
 from taskq.core.retry import RetryPolicy
 from taskq.errors import redact_url
 
@@ -30,10 +33,17 @@ class Settings(BaseSettings):
     database: str = "taskq"
     queue: str = "default"
     task_modules: str = ""
-    prefetch: int = Field(default=64, ge=1, le=10_000)
+    # None: `taskq.core.limits.default_prefetch(concurrency)` (one per slot plus a look-ahead of one per slot).
+    prefetch: int | None = Field(default=None, ge=1, le=10_000)
     concurrency: int = Field(default=4, ge=1, le=1024)
+    pool: Literal["process", "thread", "asyncio"] = "process"
+    max_tasks_per_child: int = Field(default=0, ge=0)
+    max_memory_per_child_mb: int = Field(default=0, ge=0)
+    # The worker's limits: the default for tasks that set nothing, and a cap on what they set.
     max_retries: int = Field(default=3, ge=0, le=100)
-    task_timeout: float = Field(default=300.0, gt=0)
+    task_timeout: float = Field(default=300.0, gt=0, le=MAX_TIMEOUT_S)
+    max_deliveries: int = Field(default=5, ge=1, le=100)
+    queue_type: Literal["classic", "quorum"] = "classic"
     retry_initial: float = Field(default=1.0, gt=0)
     retry_max: float = Field(default=300.0, gt=0)
     retry_factor: float = Field(default=2.0, ge=1)
@@ -50,6 +60,11 @@ class Settings(BaseSettings):
     def task_module_list(self) -> list[str]:
         """The task modules to import, from the comma-separated setting."""
         return [name.strip() for name in self.task_modules.split(",") if name.strip()]
+
+    @property
+    def effective_prefetch(self) -> int:
+        """The prefetch the worker asks for: the setting, or the default for its concurrency."""
+        return self.prefetch if self.prefetch is not None else default_prefetch(self.concurrency)
 
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(initial_s=self.retry_initial, max_s=self.retry_max, factor=self.retry_factor)

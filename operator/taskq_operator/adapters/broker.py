@@ -15,6 +15,7 @@ types whose messages never contain credentials.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -33,14 +34,16 @@ from taskq.errors import BrokerRejected, BrokerUnavailable, redact_url
 
 NOT_FOUND = 404
 LANES = 8
-MANAGEMENT_COLUMNS = ",".join([
-    "name",
-    "messages_ready",
-    "messages_unacknowledged",
-    "consumers",
-    "message_stats.publish_details.rate",
-    "message_stats.deliver_get_details.rate",
-])
+MANAGEMENT_COLUMNS = ",".join(
+    [
+        "name",
+        "messages_ready",
+        "messages_unacknowledged",
+        "consumers",
+        "message_stats.publish_details.rate",
+        "message_stats.deliver_get_details.rate",
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -147,10 +150,8 @@ class BrokerObserver:
     def _drop_connection(self) -> None:
         connection, self._connection, self._lanes = self._connection, None, []
         if connection is not None and connection.is_open:
-            try:
+            with contextlib.suppress(pe.AMQPError, OSError):  # closing a broken connection
                 connection.close()
-            except (pe.AMQPError, OSError):
-                pass
 
     def _pipelined(self, queues: list[str]) -> tuple[dict[str, ReadyCount | None], list[str]]:
         """Passive declares spread over `LANES` channels, all sent before any reply is awaited.
@@ -161,27 +162,28 @@ class BrokerObserver:
         lanes = self._open_lanes()
         assert self._connection is not None
         counts: dict[str, ReadyCount | None] = {}
-        assigned = [queues[i::len(lanes)] for i in range(len(lanes))]
+        assigned = [queues[i :: len(lanes)] for i in range(len(lanes))]
 
         def remember(queue: str) -> Callable[[Any], None]:
             def on_reply(frame: Any) -> None:
                 counts[queue] = ReadyCount(ready=frame.method.message_count, consumers=frame.method.consumer_count)
+
             return on_reply
 
-        for lane, lane_queues in zip(lanes, assigned):
+        for lane, lane_queues in zip(lanes, assigned, strict=True):
             for queue in lane_queues:
                 lane._impl.queue_declare(queue, passive=True, callback=remember(queue))
         deadline = time.monotonic() + self._timeout_s
         while time.monotonic() < deadline:
-            unfinished = [i for i, lane_queues in enumerate(assigned)
-                          if lanes[i].is_open and any(q not in counts for q in lane_queues)]
+            unfinished = [
+                i for i, lane_queues in enumerate(assigned) if lanes[i].is_open and any(q not in counts for q in lane_queues)
+            ]
             if not unfinished:
                 break
             self._connection.process_data_events(time_limit=0.02)
         else:
             raise BrokerUnavailable(f"broker at {self._where} did not answer {len(queues)} queue reads in time")
-        leftovers = [q for i, lane_queues in enumerate(assigned) if not lanes[i].is_open
-                     for q in lane_queues if q not in counts]
+        leftovers = [q for i, lane_queues in enumerate(assigned) if not lanes[i].is_open for q in lane_queues if q not in counts]
         return counts, leftovers
 
     def _one_by_one(self, queues: list[str]) -> dict[str, ReadyCount | None]:
@@ -193,9 +195,7 @@ class BrokerObserver:
                 frame = channel.queue_declare(queue, passive=True)
             except pe.ChannelClosedByBroker as exc:
                 if exc.reply_code != NOT_FOUND:
-                    raise BrokerRejected(
-                        f"broker at {self._where} refused reading {queue!r}: {exc.reply_code}"
-                    ) from None
+                    raise BrokerRejected(f"broker at {self._where} refused reading {queue!r}: {exc.reply_code}") from None
                 counts[queue] = None
                 continue
             counts[queue] = ReadyCount(ready=frame.method.message_count, consumers=frame.method.consumer_count)
@@ -216,8 +216,7 @@ class BrokerObserver:
                 raise
             except (pe.AMQPError, OSError) as exc:
                 self._drop_connection()
-                raise BrokerUnavailable(f"broker at {self._where} lost while reading queues: "
-                                        f"{type(exc).__name__}") from None
+                raise BrokerUnavailable(f"broker at {self._where} lost while reading queues: {type(exc).__name__}") from None
 
     def _read_all(self, queues: list[str]) -> dict[str, ReadyCount | None]:
         counts, leftovers = self._pipelined(queues)
@@ -225,16 +224,16 @@ class BrokerObserver:
             counts.update(self._one_by_one(leftovers))
         return counts
 
-    def declare(self, queue: str, *, max_priority: int, task_timeout_s: float) -> None:
+    def declare(self, queue: str, *, max_priority: int, queue_type: str = "classic", max_deliveries: int = 5) -> None:
         """Declare the queue and its dead-letter queue if missing (idempotent, never re-argues)."""
         connection = connect(self._amqp_url, name="taskq-operator-declare")
         try:
-            declare_queue_topology(connection, queue, max_priority=max_priority, task_timeout_s=task_timeout_s)
+            declare_queue_topology(
+                connection, queue, max_priority=max_priority, queue_type=queue_type, max_deliveries=max_deliveries
+            )
         finally:
-            try:
+            with contextlib.suppress(pe.AMQPError, OSError):  # closing a broken connection
                 connection.close()
-            except (pe.AMQPError, OSError):
-                pass
 
     # -- management API -----------------------------------------------------------------------
 
@@ -265,9 +264,7 @@ class BrokerObserver:
             response.raise_for_status()
             rows = response.json()
         except httpx.HTTPStatusError as exc:
-            raise BrokerUnavailable(
-                f"management API at {redact_url(base)} answered {exc.response.status_code}"
-            ) from None
+            raise BrokerUnavailable(f"management API at {redact_url(base)} answered {exc.response.status_code}") from None
         except (httpx.HTTPError, ValueError) as exc:
             raise BrokerUnavailable(f"management API at {redact_url(base)} unreachable: {type(exc).__name__}") from None
         if not isinstance(rows, list):

@@ -14,7 +14,7 @@ import pika.exceptions as pe
 from pika.adapters.blocking_connection import BlockingChannel
 
 from taskq.broker.connection import translated
-from taskq.core.topology import dead_queue, retry_queue, retry_queue_arguments, work_queue_arguments
+from taskq.core.topology import dead_queue, retry_queue, retry_queue_arguments, side_queue_arguments, work_queue_arguments
 
 NOT_FOUND = 404
 
@@ -37,18 +37,24 @@ def _ensure(connection: pika.BlockingConnection, channel: BlockingChannel, name:
 
 
 def declare_queue_topology(
-    connection: pika.BlockingConnection, queue: str, *, max_priority: int, task_timeout_s: float
+    connection: pika.BlockingConnection,
+    queue: str,
+    *,
+    max_priority: int,
+    queue_type: str = "classic",
+    max_deliveries: int = 5,
 ) -> None:
-    """Make sure the work queue and the dead-letter queue of `queue` exist."""
+    """Make sure the work queue and the dead-letter queue of `queue` exist (created as `queue_type`)."""
     with translated(f"declaring queue {queue!r}", "the broker"):
         channel = connection.channel()
-        _ensure(connection, channel, queue, work_queue_arguments(max_priority, task_timeout_s))
-        _ensure(connection, channel, dead_queue(queue), None)
+        arguments = work_queue_arguments(queue, max_priority=max_priority, queue_type=queue_type, max_deliveries=max_deliveries)
+        _ensure(connection, channel, queue, arguments)
+        _ensure(connection, channel, dead_queue(queue), side_queue_arguments(queue_type))
         channel.close()
 
 
-def declare_retry_queue(channel: BlockingChannel, queue: str, bucket_ms: int) -> str:
+def declare_retry_queue(channel: BlockingChannel, queue: str, bucket_ms: int, queue_type: str = "classic") -> str:
     """Declare (idempotently: the name fixes the arguments) the delay queue for one bucket; return its name."""
     name = retry_queue(queue, bucket_ms)
-    channel.queue_declare(name, durable=True, arguments=retry_queue_arguments(queue, bucket_ms))
+    channel.queue_declare(name, durable=True, arguments=retry_queue_arguments(queue, bucket_ms, queue_type))
     return name

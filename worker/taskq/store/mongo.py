@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
-from pymongo import ASCENDING, DESCENDING, MongoClient, UpdateOne
+from bson.errors import BSONError
+from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument, UpdateOne
 from pymongo.errors import (
     AutoReconnect,
     BulkWriteError,
@@ -31,7 +32,8 @@ from taskq.core.document import queued_document
 from taskq.core.message import TaskMessage
 from taskq.core.states import TaskState
 from taskq.core.transitions import Transition
-from taskq.errors import StoreUnavailable, TaskqError, redact_url
+from taskq.core.storable import safe_text
+from taskq.errors import StoreRefused, StoreUnavailable, TaskqError, redact_url
 
 T = TypeVar("T")
 DUPLICATE_KEY = 11000
@@ -72,8 +74,11 @@ class TaskStore:
             yield
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"store at {self._where} unavailable while {what}: {type(exc).__name__}") from None
+        except (BSONError, OverflowError) as exc:
+            # Raised by the BSON encoder before anything is sent: the document itself is the problem.
+            raise StoreRefused(f"store cannot encode a document while {what}: {type(exc).__name__}: {safe_text(exc, 300)}") from None
         except PyMongoError as exc:
-            raise TaskqError(f"store at {self._where} failed while {what}: {exc}") from None
+            raise TaskqError(f"store at {self._where} failed while {what}: {safe_text(exc, 500)}") from None
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         with self._translated(what):
@@ -194,7 +199,7 @@ class TaskStore:
                 except BulkWriteError as exc:
                     errors = exc.details.get("writeErrors", [])
                     if any(err.get("code") != DUPLICATE_KEY for err in errors):
-                        raise TaskqError(f"store refused a task state write: {errors[0].get('errmsg')}") from None
+                        raise StoreRefused(f"store refused a task state write: {safe_text(errors[0].get('errmsg'), 300)}") from None
                     done = -len(ops)
             if done == len(ops):
                 return [True] * len(ops)
@@ -226,7 +231,7 @@ class TaskStore:
                 except BulkWriteError as exc:
                     errors = exc.details.get("writeErrors", [])
                     if any(err.get("code") != DUPLICATE_KEY for err in errors):
-                        raise TaskqError(f"store refused a task state write: {errors[0].get('errmsg')}") from None
+                        raise StoreRefused(f"store refused a task state write: {safe_text(errors[0].get('errmsg'), 300)}") from None
                     # A duplicate key here: the document appeared meanwhile; re-read what stands.
                     return self._refresh_flags(transitions, applied)
         return applied
@@ -234,6 +239,28 @@ class TaskStore:
     def _refresh_flags(self, transitions: Sequence[Transition], applied: list[bool]) -> list[bool]:
         states = self.states_of({t.task_id for t in transitions})
         return [ok and states.get(t.task_id) == t.target for t, ok in zip(transitions, applied)]
+
+    def note_redelivery(self, task_id: str, attempt: int) -> tuple[TaskState | None, int]:
+        """Count one more delivery of attempt `attempt`; return the task's state and its deliveries so far.
+
+        Classic queues do not count deliveries, so the worker counts redeliveries in the document
+        (`redeliveries.a<attempt>`), filtered by `_id` alone (FerretDB runs that without a scan; it has no
+        projection for findAndModify, so the whole document comes back: redeliveries are rare). A task
+        with no document has no count: (None, 1).
+        """
+        field = f"redeliveries.a{int(attempt)}"
+        with self._translated("counting a redelivery"):
+            found = self.tasks.find_one_and_update(
+                {"_id": task_id},
+                {"$inc": {field: 1}},
+                return_document=ReturnDocument.AFTER,
+            )
+        if found is None:
+            return None, 1
+        counts = found.get("redeliveries") or {}
+        earlier = counts.get(f"a{int(attempt)}", 1) if isinstance(counts, dict) else 1
+        state = found.get("state")
+        return (TaskState(state) if state in {s.value for s in TaskState} else None), int(earlier) + 1
 
     # -- reads --------------------------------------------------------------------------------
 

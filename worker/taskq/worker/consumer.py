@@ -1,14 +1,21 @@
-"""The connection thread: consume with manual acks, dispatch to the executor, ack recorded outcomes.
+"""The connection stage: consume with manual acks, hand deliveries on, perform recorded actions.
 
-`Consumer.run` owns the pika `BlockingConnection` (called on the main thread by `taskq.worker.main`).
-It keeps calling `process_data_events` so heartbeats flow while tasks run in executor threads. Other
-threads never touch the channel: the committer hands finished deliveries over with
-`add_callback_threadsafe`, and the acks (one multiple-ack per batch where tags allow) are sent here.
+`Consumer.run` owns the pika `BlockingConnection` (on the main thread of `taskq-worker`). It keeps
+calling `process_data_events`, so heartbeats flow while tasks run in the pool. Each delivery becomes a
+`Delivery` and goes one of three ways: a fresh task to the pool (`Pool.submit`), a redelivered one to
+the committer to be counted and checked first (`Redelivered`), a body that is not a runnable task to
+the committer with its decision (`Decided`: dead-lettered with a reason). Nothing a message holds
+can raise out of this stage: intake errors of any kind become a dead letter.
 
-Broker lost: reconnect with backoff. Deliveries of the lost channel are void: queued jobs of it are
-dropped (the broker redelivers them), and acks for them are never sent on the new channel.
-SIGTERM (`request_stop`): cancel the consumer, requeue what has not started, let running tasks
-finish within the grace period, flush, ack, and close.
+Other threads never touch the channel: the committer hands finished deliveries back through `send`
+(pika's `add_callback_threadsafe`), and the acks (one multiple-ack per batch where tags allow), retry
+publishes and dead letters are sent here.
+
+Broker lost: reconnect with backoff. Deliveries of the lost channel are void: queued attempts of it
+are dropped from the pool (the broker redelivers them), and their acks are never sent on the new one.
+SIGTERM (`request_stop`): cancel the consumer, requeue what has not started, let running attempts
+finish within the grace period, flush, ack, close. A failed stage (see `Supervisor`): stop at once,
+ack nothing more, close; the broker redelivers everything unacked.
 """
 
 from __future__ import annotations
@@ -16,52 +23,44 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
 
 import pika
 import pika.exceptions as pe
 
 from taskq.broker.connection import connect, translated
 from taskq.broker.topology import declare_queue_topology
-from taskq.core.message import MalformedMessage, TaskMessage, decode, utcnow
+from taskq.core.intake import broker_delivery_count, read_message
+from taskq.core.limits import attempt_limits, consumer_timeout_ms
+from taskq.core.message import MalformedMessage, utcnow
+from taskq.core.outcomes import DeadLetter, Requeue, Retry, malformed_outcome, unknown_task_outcome
+from taskq.core.storable import safe_text
 from taskq.errors import BrokerRejected, BrokerUnavailable, UnknownTask, redact_url
 from taskq.registry import lookup
 from taskq.settings import Settings
 from taskq.worker.acks import AckTracker
-from taskq.worker.committer import Committer, Done
-from taskq.worker.decisions import DeadLetter, Requeue, Retry, malformed_decision, unknown_task_decision
-from taskq.worker.executor import Executor, Job
+from taskq.worker.committer import Committer, Decided, Done, Redelivered
+from taskq.worker.delivery import Delivery
 from taskq.worker.logs import JsonLog
+from taskq.worker.pools import Attempt, Pool
 from taskq.worker.republish import Republisher
+from taskq.worker.supervisor import Supervisor
 
 RECONNECT_INITIAL_S = 0.5
 RECONNECT_MAX_S = 5.0
 LOOP_SLICE_S = 0.1
+CONSUMER_TIMEOUT_ARGUMENT = "x-consumer-timeout"
 _BROKER_ERRORS = (BrokerUnavailable, pe.AMQPError, ConnectionError, OSError)
 
 
-@dataclass(eq=False)
-class Delivery:
-    """One message as delivered on one channel (`generation` names the channel)."""
-
-    tag: int
-    generation: int
-    body: bytes
-    properties: pika.BasicProperties
-    redelivered: bool
-    message: TaskMessage | None = None
-    received_at: float = field(default_factory=time.monotonic)
-
-
 class Consumer:
-    """Consumes one work queue; see the module docstring for the threads and the shutdown."""
+    """Consumes one work queue; see the module docstring for the stages and the shutdown."""
 
-    def __init__(self, settings: Settings, executor: Executor, committer_ref: Callable[[], Committer], log: JsonLog) -> None:
+    def __init__(self, settings: Settings, pool: Pool, supervisor: Supervisor, log: JsonLog) -> None:
         self._settings = settings
-        self._executor = executor
-        self._committer_ref = committer_ref
+        self._pool = pool
+        self._supervisor = supervisor
         self._log = log
+        self._committer: Committer | None = None
         self._where = redact_url(settings.amqp_url)
         self._connection: pika.BlockingConnection | None = None
         self._channel: pika.adapters.blocking_connection.BlockingChannel | None = None
@@ -74,6 +73,14 @@ class Consumer:
         self.draining = False
         self.loop_at = time.monotonic()
         self.acked = 0
+        self.prefetch = settings.effective_prefetch
+        self.consumer_timeout_ms = consumer_timeout_ms(
+            prefetch=self.prefetch, concurrency=settings.concurrency, timeout_s=settings.task_timeout
+        )
+
+    def attach(self, committer: Committer) -> None:
+        """Link the committer stage (built after this one: it needs this stage as its ack sink)."""
+        self._committer = committer
 
     # -- status for health and heartbeats (read from other threads) ---------------------------------
 
@@ -87,41 +94,75 @@ class Consumer:
     # -- entry point ------------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Consume until `request_stop`, reconnecting on broker loss; then drain."""
+        """Consume until `request_stop` or a stage failure, reconnecting on broker loss; then drain."""
         backoff = RECONNECT_INITIAL_S
-        while not self._stop.is_set():
-            try:
-                self._open()
-                backoff = RECONNECT_INITIAL_S
-                while not self._stop.is_set():
-                    assert self._connection is not None
-                    self._connection.process_data_events(time_limit=LOOP_SLICE_S)
+        try:
+            while not self._should_end():
+                try:
+                    self._open()
+                    backoff = RECONNECT_INITIAL_S
+                    while not self._should_end():
+                        assert self._connection is not None
+                        self._connection.process_data_events(time_limit=LOOP_SLICE_S)
+                        self.loop_at = time.monotonic()
+                        self._check_pool()
+                except _BROKER_ERRORS as exc:
+                    self._lost(exc)
+                    self._stop.wait(backoff * (0.5 + random.random() / 2))
+                    backoff = min(RECONNECT_MAX_S, backoff * 2)
                     self.loop_at = time.monotonic()
-            except _BROKER_ERRORS as exc:
-                self._lost(exc)
-                self._stop.wait(backoff * (0.5 + random.random() / 2))
-                backoff = min(RECONNECT_MAX_S, backoff * 2)
-                self.loop_at = time.monotonic()
-        self._drain()
+        except Exception as exc:  # noqa: BLE001 - anything else escaping the connection stage fails the worker
+            self._supervisor.fail("connection", exc)
+        if self._supervisor.failed:
+            self._abandon()
+        else:
+            self._drain()
+
+    def _should_end(self) -> bool:
+        return self._stop.is_set() or self._supervisor.failed
+
+    def _check_pool(self) -> None:
+        failure = self._pool.failure()
+        if failure is not None and not self._supervisor.failed:
+            self._supervisor.fail("pool", failure)
 
     def _open(self) -> None:
         settings = self._settings
         connection = connect(settings.amqp_url, name=f"taskq-worker {settings.worker_id}")
         try:
-            declare_queue_topology(connection, settings.queue, max_priority=settings.max_priority, task_timeout_s=settings.task_timeout)
+            declare_queue_topology(
+                connection,
+                settings.queue,
+                max_priority=settings.max_priority,
+                queue_type=settings.queue_type,
+                max_deliveries=settings.max_deliveries,
+            )
             with translated("opening the consumer channel", self._where):
                 channel = connection.channel()
-                channel.basic_qos(prefetch_count=settings.prefetch)
-                republisher = Republisher(connection, settings.queue)
+                channel.basic_qos(prefetch_count=self.prefetch)
+                republisher = Republisher(connection, settings.queue, settings.queue_type)
                 self.generation += 1
                 self._tracker.reset()
                 self._connection, self._channel, self._republisher = connection, channel, republisher
-                self._consumer_tag = channel.basic_consume(settings.queue, self._on_message, auto_ack=False)
+                # Per consumer (RabbitMQ >= 3.12 honours it; older brokers ignore it): long enough for
+                # the worst wait of a prefetched message, whatever the queue was first declared with.
+                self._consumer_tag = channel.basic_consume(
+                    settings.queue,
+                    self._on_message,
+                    auto_ack=False,
+                    arguments={CONSUMER_TIMEOUT_ARGUMENT: self.consumer_timeout_ms},
+                )
         except BaseException:
             _close_quietly(connection)
             raise
         self.connected = True
-        self._log.event("broker.connected", broker=self._where, queue=settings.queue, prefetch=settings.prefetch)
+        self._log.event(
+            "broker.connected",
+            broker=self._where,
+            queue=settings.queue,
+            prefetch=self.prefetch,
+            consumer_timeout_ms=self.consumer_timeout_ms,
+        )
 
     def _lost(self, exc: BaseException) -> None:
         was_connected = self.connected
@@ -129,48 +170,79 @@ class Consumer:
         self.generation += 1  # acks for the old channel are void from now on
         self._tracker.reset()
         current = self.generation
-        dropped = self._executor.discard_queued(lambda job: _delivery(job).generation != current)
+        dropped = self._pool.take_queued(lambda attempt: _delivery(attempt).generation != current)
         if self._connection is not None:
             _close_quietly(self._connection)
         self._connection = self._channel = self._republisher = None
         level = "warning" if was_connected else "info"
-        self._log.event("broker.lost", level, broker=self._where, error=f"{type(exc).__name__}: {exc}"[:300], dropped_queued=len(dropped))
+        error = safe_text(f"{type(exc).__name__}: {exc}", 300)
+        self._log.event("broker.lost", level, broker=self._where, error=error, dropped_queued=len(dropped))
 
     # -- deliveries (connection thread) -----------------------------------------------------------
 
     def _on_message(self, channel: object, method: pika.spec.Basic.Deliver, properties: pika.BasicProperties, body: bytes) -> None:
         delivery = Delivery(method.delivery_tag, self.generation, body, properties, bool(method.redelivered))
         self._tracker.delivered(delivery.tag)
-        committer = self._committer_ref()
+        committer = self._committer
+        assert committer is not None
         try:
-            message = decode(body)
-        except MalformedMessage as exc:
-            committer.decided(delivery, malformed_decision(body, exc.reason, utcnow()))
-            return
-        try:
-            lookup(message.name)
-        except UnknownTask as exc:
-            committer.decided(delivery, unknown_task_decision(message, body, str(exc), utcnow()))
-            return
-        delivery.message = message
-        if delivery.redelivered:
-            committer.precheck(delivery, message)
+            item = self._intake(delivery)
+        except Exception as exc:  # noqa: BLE001 - a message must never be able to stop this stage
+            reason = safe_text(f"intake failed: {type(exc).__name__}: {exc}", 300)
+            item = Decided(delivery, malformed_outcome(_bytes(body), reason, utcnow()))
+        if item is None:
+            self.admit(delivery)
         else:
-            self.admit(delivery, message)
+            committer.inbox.put(item)
 
-    def admit(self, token: Hashable, message: TaskMessage) -> None:
-        """Hand a delivery to the executor (called here, or by the committer after a redelivery check)."""
-        assert isinstance(token, Delivery)
-        if token.generation != self.generation:
+    def _intake(self, delivery: Delivery) -> Decided | Redelivered | None:
+        """Read a delivery: a decision to record, a redelivery to check, or None (run it)."""
+        body = delivery.body
+        try:
+            message = read_message(body)
+            delivery.broker_deliveries = broker_delivery_count(delivery.properties.headers)
+        except MalformedMessage as exc:
+            return Decided(delivery, malformed_outcome(_bytes(body), exc.reason, utcnow()))
+        try:
+            spec = lookup(message.name)
+        except UnknownTask as exc:
+            return Decided(delivery, unknown_task_outcome(message, _bytes(body), str(exc), utcnow()))
+        delivery.message = message
+        delivery.limits = attempt_limits(
+            message_timeout=message.timeout,
+            message_retries=message.max_retries,
+            task_timeout=spec.timeout,
+            task_retries=spec.max_retries,
+            worker_timeout=self._settings.task_timeout,
+            worker_retries=self._settings.max_retries,
+        )
+        if delivery.redelivered or (delivery.broker_deliveries or 0) > 0:
+            return Redelivered(delivery)
+        return None
+
+    def admit(self, delivery: Delivery) -> None:
+        """Hand a delivery to the pool (from here, or from the committer after a redelivery check; any thread)."""
+        if delivery.generation != self.generation:
             return  # its channel is gone; the broker redelivers it
         if self.draining:
-            self.complete([Done(token, Requeue(), None)])
+            self.send([Done(delivery, Requeue(), None)])
             return
-        spec = lookup(message.name)
-        timeout = message.timeout if spec.timeout is None else min(message.timeout, spec.timeout)
-        self._executor.submit(Job(message, spec.function, timeout, token))
+        message, limits = delivery.message, delivery.limits
+        assert message is not None and limits is not None
+        self._pool.submit(
+            Attempt(
+                key=delivery,
+                task_id=message.id,
+                name=message.name,
+                attempt=message.attempt,
+                queue=message.queue,
+                args=list(message.args),
+                kwargs=dict(message.kwargs),
+                timeout_s=limits.timeout_s,
+            )
+        )
 
-    def complete(self, done: list[Done]) -> None:
+    def send(self, done: list[Done]) -> None:
         """Schedule the acks/publishes of recorded deliveries on the connection thread (any thread)."""
         connection = self._connection
         if connection is None:
@@ -182,12 +254,11 @@ class Consumer:
 
     def _perform(self, done: list[Done]) -> None:
         channel, republisher = self._channel, self._republisher
-        if channel is None or republisher is None:
+        if channel is None or republisher is None or self._supervisor.failed:
             return
         settled: list[int] = []
         for item in done:
-            delivery = item.token
-            assert isinstance(delivery, Delivery)
+            delivery = item.delivery
             if delivery.generation != self.generation or not self._tracker.is_pending(delivery.tag):
                 continue
             action = item.action
@@ -199,7 +270,8 @@ class Consumer:
                     with translated("publishing a dead letter", self._where):
                         republisher.dead_letter(action, delivery.properties)
             except BrokerRejected as exc:
-                self._log.event("broker.republish_refused", "error", error=str(exc), task_id=delivery.message.id if delivery.message else None)
+                task_id = delivery.message.id if delivery.message else None
+                self._log.event("broker.republish_refused", "error", error=str(exc), task_id=task_id)
                 action = Requeue()
             if isinstance(action, Requeue):
                 if self._tracker.forget(delivery.tag):
@@ -212,8 +284,6 @@ class Consumer:
         for tag in singles:
             channel.basic_ack(tag)
         self.acked += len(settled)
-        if self._log.enabled("debug"):
-            self._log.event("acks.sent", "debug", settled=len(settled), multiple_up_to=top, singles=len(singles), of=len(done))
 
     # -- shutdown ---------------------------------------------------------------------------------
 
@@ -222,43 +292,56 @@ class Consumer:
         grace = self._settings.grace_seconds
         deadline = time.monotonic() + grace
         connection, channel = self._connection, self._channel
+        committer = self._committer
+        assert committer is not None
         requeued = 0
         try:
             if channel is not None and self._consumer_tag is not None:
                 channel.basic_cancel(self._consumer_tag)
-            for job in self._executor.drain_queued():
-                delivery = _delivery(job)
+            for attempt in self._pool.take_queued():
+                delivery = _delivery(attempt)
                 if channel is not None and delivery.generation == self.generation and self._tracker.forget(delivery.tag):
                     channel.basic_nack(delivery.tag, requeue=True)
                     requeued += 1
-            self._log.event("worker.draining", running=self._executor.running_count(), requeued=requeued, grace_s=grace)
-            committer = self._committer_ref()
-            while time.monotonic() < deadline and (self._executor.running_count() or committer.pending_count()):
+            self._log.event("worker.draining", running=self._pool.running(), requeued=requeued, grace_s=grace)
+            while time.monotonic() < deadline and (self._pool.running() or committer.pending_count()) and not self._supervisor.failed:
                 if connection is not None:
                     connection.process_data_events(time_limit=0.05)
                 else:
                     time.sleep(0.05)
             flushed = committer.stop(max(1.0, deadline - time.monotonic()))
             if connection is not None:
-                connection.process_data_events(time_limit=0.05)  # send the acks of the last flush
+                connection.process_data_events(time_limit=0.1)  # send the acks of the last flush
             if not flushed:
                 self._log.event("worker.unflushed", "error", pending=committer.pending_count())
         except _BROKER_ERRORS as exc:
-            self._log.event("broker.lost", "warning", broker=self._where, error=f"{type(exc).__name__}", during="drain")
-            self._committer_ref().stop(max(1.0, deadline - time.monotonic()))
+            self._log.event("broker.lost", "warning", broker=self._where, error=type(exc).__name__, during="drain")
+            committer.stop(max(1.0, deadline - time.monotonic()))
         finally:
-            left = self._executor.running_count()
+            left = self._pool.running()
             if left:
                 self._log.event("worker.grace_expired", "warning", running=left)
             if connection is not None:
                 _close_quietly(connection)
             self.connected = False
 
+    def _abandon(self) -> None:
+        """A stage failed: ack nothing more and close; every unacked delivery is redelivered elsewhere."""
+        self.draining = True
+        if self._connection is not None:
+            _close_quietly(self._connection)
+        self._connection = self._channel = self._republisher = None
+        self.connected = False
 
-def _delivery(job: Job) -> Delivery:
-    token = job.token
-    assert isinstance(token, Delivery)
-    return token
+
+def _delivery(attempt: Attempt) -> Delivery:
+    key = attempt.key
+    assert isinstance(key, Delivery)
+    return key
+
+
+def _bytes(body: object) -> bytes:
+    return bytes(body) if isinstance(body, (bytes, bytearray)) else repr(body).encode("utf-8", "replace")
 
 
 def _close_quietly(connection: pika.BlockingConnection) -> None:
@@ -267,4 +350,3 @@ def _close_quietly(connection: pika.BlockingConnection) -> None:
             connection.close()
     except Exception:  # noqa: BLE001 - closing a broken connection may fail in many ways; it is gone either way
         pass
-

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from taskq.worker.decisions import Decision
+from taskq.core.outcomes import Decision
 
 
 class WorkerMetrics:
@@ -69,10 +69,10 @@ class HealthServer:
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, name="taskq-health", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
+    def serve(self) -> None:
+        """Serve requests until `stop` (run by the supervisor in its own thread)."""
+        self._server.serve_forever()
 
     def stop(self) -> None:
         self._server.shutdown()

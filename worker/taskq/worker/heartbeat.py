@@ -1,6 +1,6 @@
 """Worker heartbeats: every few seconds, write this worker's in-flight count to the `workers` collection.
 
-The operator reads `inflight` for fresh unacked counts. Runs in a daemon thread started by
+The operator reads `inflight` for fresh unacked counts. Runs in a supervised thread started by
 `taskq.worker.main`; a store outage is logged once and retried on the next beat.
 """
 
@@ -41,11 +41,7 @@ class Heartbeat:
         self._interval_s = interval_s
         self._started_at: datetime = utcnow()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="taskq-heartbeat", daemon=True)
         self._failing = False
-
-    def start(self) -> None:
-        self._thread.start()
 
     def beat(self) -> None:
         """Write one heartbeat now (raises `TaskqError` when the store is down)."""
@@ -53,7 +49,8 @@ class Heartbeat:
             self._worker_id, self._queue, inflight=self._inflight(), processed=self._processed(), started_at=self._started_at, now=utcnow()
         )
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Beat until `stop` (run by the supervisor in its own thread; store errors are retried)."""
         while not self._stop.is_set():
             try:
                 self.beat()
@@ -65,9 +62,11 @@ class Heartbeat:
             self._stop.wait(self._interval_s)
 
     def stop(self) -> None:
-        """Stop beating and remove this worker's document (best effort)."""
+        """Stop beating (the loop ends within one interval)."""
         self._stop.set()
-        self._thread.join(self._interval_s + 6.0)
+
+    def remove(self) -> None:
+        """Remove this worker's document after a clean stop (best effort)."""
         try:
             self._store.remove_worker(self._worker_id)
         except TaskqError as exc:

@@ -1,36 +1,38 @@
 """`taskq-worker`: the command that runs a worker process (console script in pyproject).
 
-Wires the parts together: settings from `TASKQ_*` (command-line flags override them), task modules
-imported into the registry, the executor, the committer, the consumer on the main thread, the
-heartbeat and the health server; SIGTERM/SIGINT start the graceful drain. Exit status: 0 after a
-clean drain, 1 when outcomes could not be flushed to the store, 2 for a configuration error.
+Wires the stages together: settings from `TASKQ_*` (command-line flags override them), task modules
+imported into the registry, the pool (`taskq.worker.pools`), the committer, the connection stage
+(`Consumer`) on the main thread, the heartbeat and the health server, all under one `Supervisor`; SIGTERM/SIGINT start the graceful drain. Exit status: 0 after a
+clean drain, 1 when outcomes could not be flushed to the store, 2 for a configuration error, 3 when
+a stage failed (see `taskq.worker.supervisor`).
 """
 
 from __future__ import annotations
 
 import argparse
-import random
+import queue
 import signal
 import sys
 import time
 from collections.abc import Sequence
-from datetime import timedelta
 from types import FrameType
 
-from taskq.core.message import utcnow
+from taskq.core.outcomes import Decision
 from taskq.errors import TaskqError, redact_url
-from taskq.registry import import_task_modules, registered_names
+from taskq.registry import import_task_modules, lookup, registered_names
 from taskq.settings import Settings
 from taskq.store.mongo import TaskStore
-from taskq.worker.committer import Committer, Finished
+from taskq.worker.committer import Committer
 from taskq.worker.consumer import Consumer
-from taskq.worker.decisions import Decision, outcome_decision
-from taskq.worker.executor import Executor, Job, Outcome
 from taskq.worker.health import HealthServer, WorkerMetrics
 from taskq.worker.heartbeat import Heartbeat
 from taskq.worker.logs import JsonLog
+from taskq.worker.pools import PoolEvent, make_pool
+from taskq.worker.supervisor import Supervisor
 
 LIVENESS_STALL_S = 30.0
+FATAL_DRAIN_S = 2.0
+EXIT_STAGE_FAILED = 3
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -40,7 +42,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("modules", nargs="*", help="task modules to import (added to TASKQ_TASK_MODULES)")
     parser.add_argument("--queue", help="queue to consume (TASKQ_QUEUE)")
-    parser.add_argument("--concurrency", type=int, help="task threads (TASKQ_CONCURRENCY)")
+    parser.add_argument("--concurrency", type=int, help="attempts run at once: pool size (TASKQ_CONCURRENCY)")
+    parser.add_argument("--pool", choices=["process", "thread", "asyncio"], help="where tasks run (TASKQ_POOL, default process)")
     parser.add_argument("--prefetch", type=int, help="unacked messages held at once (TASKQ_PREFETCH)")
     parser.add_argument("--health-port", type=int, help="port of /livez, /readyz, /metrics; 0 = any free port (TASKQ_HEALTH_PORT)")
     parser.add_argument("--grace-seconds", type=float, help="SIGTERM drain budget (TASKQ_GRACE_SECONDS)")
@@ -54,6 +57,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
         for key, value in {
             "queue": args.queue,
             "concurrency": args.concurrency,
+            "pool": args.pool,
             "prefetch": args.prefetch,
             "health_port": args.health_port,
             "grace_seconds": args.grace_seconds,
@@ -71,8 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"taskq-worker: invalid settings: {exc}", file=sys.stderr)
         return 2
     log = JsonLog(worker=settings.worker_id, level=args.log_level)
+    modules = list(dict.fromkeys([*args.modules, *settings.task_module_list()]))
+    settings = settings.model_copy(update={"task_modules": ",".join(modules)})  # the pool's children import them too
     try:
-        import_task_modules([*args.modules, *settings.task_module_list()])
+        import_task_modules(modules)
     except TaskqError as exc:
         log.event("worker.config_error", "error", error=str(exc))
         return 2
@@ -83,62 +89,49 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(settings: Settings, log: JsonLog) -> int:
-    """Run the worker until SIGTERM/SIGINT; return the exit status."""
+    """Run the worker until SIGTERM/SIGINT or a stage failure; return the exit status."""
+    warn_capped_tasks(settings, log)
+    supervisor = Supervisor(log)
     store = TaskStore(settings.mongodb_uri, settings.database)
     try:
         store.ensure_indexes()
     except TaskqError as exc:
         log.event("store.unavailable", "warning", error=str(exc), during="startup")
-    policy = settings.retry_policy()
-    worker_id = settings.worker_id
-    committer: Committer
-
-    def decide(item: Finished, start_recorded: bool) -> Decision:
-        return outcome_decision(
-            item.message,
-            error=item.error,
-            value=item.value,
-            duration_s=item.duration_s,
-            worker_id=worker_id,
-            policy=policy,
-            now=utcnow(),
-            started_at=item.started_at,
-            start_recorded=start_recorded,
-            unit_random=random.random(),
-        )
-
-    def on_start(job: Job) -> None:
-        committer.started(job.token, job.message, utcnow())
-
-    def on_outcome(outcome: Outcome) -> None:
-        started_at = utcnow() - timedelta(seconds=outcome.duration_s)
-        job = outcome.job
-        committer.finished(Finished(job.token, job.message, outcome.value, outcome.error, outcome.duration_s, started_at))
-
-    executor = Executor(settings.concurrency, on_start=on_start, on_outcome=on_outcome)
-    consumer = Consumer(settings, executor, lambda: committer, log)
+    # The pool starts first: the process pool's children start before any other thread exists.
+    events: queue.Queue[PoolEvent] = queue.Queue()
+    pool = make_pool(
+        settings.pool,
+        size=settings.concurrency,
+        events=events,
+        task_modules=settings.task_module_list(),
+        max_tasks_per_child=settings.max_tasks_per_child,
+        max_memory_per_child_mb=settings.max_memory_per_child_mb,
+    )
+    pool.start()
+    consumer = Consumer(settings, pool, supervisor, log)
     metrics = WorkerMetrics(lambda: consumer.inflight)
 
     def recorded(decision: Decision) -> None:
         metrics.recorded(decision)
-        level = "info" if decision.event == "task.succeeded" else "warning"
+        level = "info" if decision.event in ("task.succeeded", "task.redelivered_final") else "warning"
         log.event(decision.event, level, **decision.fields)
 
     committer = Committer(
         store,
-        worker_id,
-        decide=decide,
-        on_done=consumer.complete,
-        on_admit=consumer.admit,
-        is_busy=executor.busy,
+        settings.worker_id,
+        policy=settings.retry_policy(),
+        max_deliveries=settings.max_deliveries,
+        sink=consumer,
         log=log,
         on_recorded=recorded,
     )
-    heartbeat = Heartbeat(store, worker_id, settings.queue, inflight=lambda: consumer.inflight, processed=lambda: consumer.acked, log=log)
+    committer.inbox = events  # the pool's events and the connection stage's items share one inbox
+    consumer.attach(committer)
+    heartbeat = Heartbeat(store, settings.worker_id, settings.queue, inflight=lambda: consumer.inflight, processed=lambda: consumer.acked, log=log)
     health = HealthServer(
         settings.health_port,
-        alive=lambda: time.monotonic() - consumer.loop_at < LIVENESS_STALL_S,
-        ready=lambda: consumer.connected and committer.healthy and not consumer.draining,
+        alive=lambda: not supervisor.failed and time.monotonic() - consumer.loop_at < LIVENESS_STALL_S,
+        ready=lambda: consumer.connected and committer.healthy and not consumer.draining and not supervisor.failed,
         metrics=metrics,
     )
 
@@ -148,28 +141,51 @@ def run(settings: Settings, log: JsonLog) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    executor.start()
-    committer.start_thread()
-    heartbeat.start()
-    health.start()
+    supervisor.start("committer", committer.run)
+    supervisor.start("heartbeat", heartbeat.run)
+    supervisor.start("health", health.serve)
     log.event(
         "worker.started",
         queue=settings.queue,
         broker=redact_url(settings.amqp_url),
         store=redact_url(settings.mongodb_uri),
+        pool=settings.pool,
         concurrency=settings.concurrency,
-        prefetch=settings.prefetch,
+        prefetch=consumer.prefetch,
+        consumer_timeout_ms=consumer.consumer_timeout_ms,
+        task_timeout_s=settings.task_timeout,
+        max_retries=settings.max_retries,
+        max_deliveries=settings.max_deliveries,
+        queue_type=settings.queue_type,
         health_port=health.port,
         tasks=registered_names(),
     )
     consumer.run()
-    executor.stop()
+    if supervisor.failed:
+        log.event("worker.fatal", "error", stage=supervisor.failed_stage, error=supervisor.failure)
+        pool.stop(FATAL_DRAIN_S)
+        heartbeat.stop()
+        health.stop()
+        store.close()
+        return EXIT_STAGE_FAILED
+    pool.stop(max(1.0, settings.grace_seconds / 10))
     heartbeat.stop()
+    heartbeat.remove()
     health.stop()
     store.close()
-    status = 1 if committer.failed_final_flush else 0
-    log.event("worker.stopped", exit_status=status, acked=consumer.acked, running_abandoned=executor.running_count())
+    status = 0 if committer.unflushed == 0 else 1
+    log.event("worker.stopped", exit_status=status, acked=consumer.acked)
     return status
+
+
+def warn_capped_tasks(settings: Settings, log: JsonLog) -> None:
+    """Log each registered task whose decorator asks for more than this worker's limits allow."""
+    for name in registered_names():
+        spec = lookup(name)
+        if spec.timeout is not None and spec.timeout > settings.task_timeout:
+            log.event("task.limit_capped", "warning", name=name, setting="timeout", asked=spec.timeout, used=settings.task_timeout)
+        if spec.max_retries is not None and spec.max_retries > settings.max_retries:
+            log.event("task.limit_capped", "warning", name=name, setting="max_retries", asked=spec.max_retries, used=settings.max_retries)
 
 
 if __name__ == "__main__":

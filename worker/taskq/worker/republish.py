@@ -12,7 +12,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from taskq.broker.topology import declare_retry_queue
 from taskq.core.topology import DEAD_REASON_HEADER, dead_queue
-from taskq.worker.decisions import DeadLetter, Retry
+from taskq.core.outcomes import DeadLetter, Retry
 
 DEAD_HEADER_LIMIT_CHARS = 1000
 
@@ -20,8 +20,9 @@ DEAD_HEADER_LIMIT_CHARS = 1000
 class Republisher:
     """A confirm-mode channel for the retry and dead-letter publishes of one work queue."""
 
-    def __init__(self, connection: pika.BlockingConnection, queue: str) -> None:
+    def __init__(self, connection: pika.BlockingConnection, queue: str, queue_type: str = "classic") -> None:
         self._queue = queue
+        self._queue_type = queue_type
         self._channel: BlockingChannel = connection.channel()
         self._channel.confirm_delivery()
 
@@ -29,7 +30,7 @@ class Republisher:
         """Put the next attempt into its delay queue; it returns to the work queue when it expires."""
         # Declared on every retry: the delay queue deletes itself when idle (`x-expires`), and a
         # publish to a missing queue would be dropped. Retries are rare enough for one extra round trip.
-        name = declare_retry_queue(self._channel, self._queue, retry.bucket_ms)
+        name = declare_retry_queue(self._channel, self._queue, retry.bucket_ms, self._queue_type)
         properties = pika.BasicProperties(
             delivery_mode=2,
             content_type="application/json",
