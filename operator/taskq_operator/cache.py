@@ -1,14 +1,22 @@
 """What the operator's watches have seen: TaskQueue objects and their Deployments' replica counts.
 
-Filled by the kopf event handlers in `taskq_operator.handlers`; read by the scaler every tick, so a tick
-needs no Kubernetes reads. Also caches Secrets (credentials stay in memory only) for a short time.
+`WatchCache` is owned by the event loop: the kopf watch handlers in `taskq_operator.handlers` (async,
+on the loop) write it, and the scaler's loop (`taskq_operator.scaler.Scaler.tick_once`, also on the
+loop) takes an immutable `CacheSnapshot` before each tick and hands only the snapshot to the tick's
+worker thread, so a tick needs no Kubernetes reads and never sees a dict change under it. Replica
+counts the tick set are written back on the loop (`record_scaled`).
+
+`SecretCache` keeps Secret data (credentials stay in memory only) for a short time; the tick thread and
+the reconcile threads both read it, so it is guarded by a lock.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Any
 
 Key = tuple[str, str]
@@ -23,28 +31,39 @@ class DeploymentView:
     status_replicas: int
 
 
+@dataclass(frozen=True)
+class CacheSnapshot:
+    """The cache at one moment, read-only. The bodies are the watch events' own dicts, which no one mutates."""
+
+    taskqueues: Mapping[Key, dict[str, Any]]
+    deployments: Mapping[Key, DeploymentView]
+
+
 class WatchCache:
-    """TaskQueue bodies and Deployment views by (namespace, name)."""
+    """TaskQueue bodies and Deployment views by (namespace, name). Event-loop only: no locks."""
 
     def __init__(self) -> None:
         self.taskqueues: dict[Key, dict[str, Any]] = {}
         self.deployments: dict[Key, DeploymentView] = {}
 
     @staticmethod
-    def key(body: dict[str, Any]) -> Key:
+    def key(body: Mapping[str, Any]) -> Key:
         meta = body.get("metadata") or {}
         return str(meta.get("namespace") or "default"), str(meta.get("name"))
 
-    def upsert_taskqueue(self, body: dict[str, Any]) -> None:
+    def snapshot(self) -> CacheSnapshot:
+        return CacheSnapshot(MappingProxyType(dict(self.taskqueues)), MappingProxyType(dict(self.deployments)))
+
+    def upsert_taskqueue(self, body: Mapping[str, Any]) -> None:
         if (body.get("metadata") or {}).get("deletionTimestamp"):
             self.taskqueues.pop(self.key(body), None)
             return
-        self.taskqueues[self.key(body)] = body
+        self.taskqueues[self.key(body)] = dict(body)
 
     def remove_taskqueue(self, key: Key) -> None:
         self.taskqueues.pop(key, None)
 
-    def upsert_deployment(self, body: dict[str, Any]) -> None:
+    def upsert_deployment(self, body: Mapping[str, Any]) -> None:
         spec = body.get("spec") or {}
         status = body.get("status") or {}
         replicas = spec.get("replicas")
@@ -57,6 +76,13 @@ class WatchCache:
     def remove_deployment(self, key: Key) -> None:
         self.deployments.pop(key, None)
 
+    def record_scaled(self, scaled: Mapping[Key, int]) -> None:
+        """Replica counts a tick just patched, so the next tick starts from them before the watch event comes."""
+        for key, replicas in scaled.items():
+            view = self.deployments.get(key)
+            if view is not None:
+                self.deployments[key] = replace(view, replicas=replicas)
+
 
 class SecretCache:
     """Secret data by (namespace, name), re-read after `ttl_s` so rotated credentials are picked up."""
@@ -65,15 +91,19 @@ class SecretCache:
         self._read = read
         self._ttl_s = ttl_s
         self._entries: dict[Key, tuple[float, dict[str, str]]] = {}
+        self._lock = threading.Lock()
 
     def get(self, namespace: str, name: str) -> dict[str, str]:
         now = time.monotonic()
-        entry = self._entries.get((namespace, name))
+        with self._lock:
+            entry = self._entries.get((namespace, name))
         if entry is not None and now - entry[0] < self._ttl_s:
             return entry[1]
-        data = self._read(namespace, name)
-        self._entries[(namespace, name)] = (now, data)
+        data = self._read(namespace, name)  # outside the lock: a slow read never blocks the other thread
+        with self._lock:
+            self._entries[(namespace, name)] = (now, data)
         return data
 
     def forget(self, namespace: str, name: str) -> None:
-        self._entries.pop((namespace, name), None)
+        with self._lock:
+            self._entries.pop((namespace, name), None)

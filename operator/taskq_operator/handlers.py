@@ -3,7 +3,15 @@
 - start-up: settings (annotation-based progress, no finalizers, one active replica), the scaler loop;
 - watch events on TaskQueues and on the worker Deployments fill the in-memory cache the scaler reads;
 - create/update(spec)/resume: declare the queue topology and create or update the Deployment;
-- probe: `/healthz` reports how many TaskQueues are tracked and the age of the last scaler tick.
+- probes: `/healthz` reports how many TaskQueues are tracked and the age of the last completed scaler
+  tick, and fails when that tick has stalled (`taskq_operator.liveness`).
+
+State: everything lives in one `OperatorState` in kopf's operator memo (`memo.taskq`), made by
+`taskq_operator.main` (or at start-up when run otherwise); kopf shallow-copies the memo into each
+resource's memo, so every handler reaches the same object. Threads: every handler that touches the
+watch cache or wakes the scaler is `async def` and runs on kopf's event loop, where the scaler loop
+also lives; blocking work (secrets, declares, Deployment writes) goes to worker threads with
+`asyncio.to_thread` and comes back to the loop before the cache is touched.
 
 Imported by `taskq_operator.main` (registration happens at import).
 """
@@ -12,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -22,100 +30,116 @@ from taskq_operator.adapters.kube import ClusterError, Kube, load_api_client
 from taskq_operator.cache import WatchCache
 from taskq_operator.core.deployment import MANAGED_BY
 from taskq_operator.core.spec import GROUP, PLURAL, VERSION, SpecError, parse_taskqueue
+from taskq_operator.liveness import TickHealth, TickStalled
 from taskq_operator.reconcile import apply_deployment, declare_topology
 from taskq_operator.scaler import Scaler
 
 RETRY_DELAY_S = 5
+STOP_TIMEOUT_S = 10.0
+MEMO_KEY = "taskq"
 
 
 @dataclass
-class Runtime:
-    """The operator's live parts, created at start-up."""
+class Running:
+    """The scaler and its loop task, from start-up to cleanup."""
 
-    cache: WatchCache
     scaler: Scaler
     stopped: asyncio.Event
     task: asyncio.Task[None]
 
 
-RUNTIME: dict[str, Runtime] = {}
-CACHE = WatchCache()
+@dataclass
+class OperatorState:
+    """The operator's runtime state: the watch cache, tick health and, once started, the scaler."""
+
+    cache: WatchCache = field(default_factory=WatchCache)
+    health: TickHealth = field(default_factory=TickHealth)
+    running: Running | None = None
 
 
-def _runtime() -> Runtime:
-    runtime = RUNTIME.get("current")
-    if runtime is None:
+def state_of(memo: Any) -> OperatorState:
+    """The `OperatorState` in a kopf memo (operator or per-resource: both hold the same object)."""
+    state = memo.get(MEMO_KEY) if hasattr(memo, "get") else None
+    if not isinstance(state, OperatorState):
         raise kopf.TemporaryError("operator still starting", delay=1)
-    return runtime
+    return state
+
+
+def _scaler(memo: Any) -> Scaler:
+    running = state_of(memo).running
+    if running is None:
+        raise kopf.TemporaryError("operator still starting", delay=1)
+    return running.scaler
 
 
 @kopf.on.startup()
-async def start(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="taskq.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="taskq.io", key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="taskq.io", key="last-handled-configuration")
     settings.persistence.finalizer = "taskq.io/finalizer"
     settings.posting.level = logging.WARNING
     settings.peering.standalone = True
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 8
+    state = memo.get(MEMO_KEY)
+    if not isinstance(state, OperatorState):  # not started through taskq_operator.main (e.g. `kopf run`)
+        state = memo[MEMO_KEY] = OperatorState()
     try:
         api = await asyncio.to_thread(load_api_client)
     except ClusterError as exc:
         raise kopf.PermanentError(str(exc)) from None
-    scaler = Scaler(CACHE, Kube(api))
+    scaler = Scaler(state.cache, Kube(api), health=state.health)
     stopped = asyncio.Event()
-    task = asyncio.create_task(scaler.run(stopped), name="taskq-scaler")
-    RUNTIME["current"] = Runtime(CACHE, scaler, stopped, task)
+    state.running = Running(scaler, stopped, asyncio.create_task(scaler.run(stopped), name="taskq-scaler"))
     logger.info("taskq operator started")
 
 
 @kopf.on.cleanup()
-async def stop(logger: logging.Logger, **_: Any) -> None:
-    runtime = RUNTIME.pop("current", None)
-    if runtime is None:
+async def stop(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    state = memo.get(MEMO_KEY)
+    if not isinstance(state, OperatorState) or state.running is None:
         return
-    runtime.stopped.set()
+    running, state.running = state.running, None
+    running.stopped.set()
     try:
-        await asyncio.wait_for(runtime.task, timeout=10)
-    except asyncio.TimeoutError:
-        runtime.task.cancel()
-    await asyncio.to_thread(runtime.scaler.observers.close)
+        await asyncio.wait_for(running.task, timeout=STOP_TIMEOUT_S)
+    except TimeoutError:
+        running.task.cancel()
+    await asyncio.to_thread(running.scaler.observers.close)
     logger.info("taskq operator stopped")
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def track_taskqueue(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+async def track_taskqueue(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    state = state_of(memo)
     if event.get("type") == "DELETED":
-        CACHE.remove_taskqueue(WatchCache.key(dict(body)))
+        state.cache.remove_taskqueue(WatchCache.key(body))
         return
-    CACHE.upsert_taskqueue(dict(body))
-    runtime = RUNTIME.get("current")
-    if runtime is not None and event.get("type") == "ADDED":
-        runtime.scaler.wake.set()
+    state.cache.upsert_taskqueue(body)
+    if state.running is not None and event.get("type") == "ADDED":
+        state.running.scaler.wake.set()
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
-def track_deployment(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+async def track_deployment(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    cache = state_of(memo).cache
     if event.get("type") == "DELETED":
-        CACHE.remove_deployment(WatchCache.key(dict(body)))
+        cache.remove_deployment(WatchCache.key(body))
     else:
-        CACHE.upsert_deployment(dict(body))
+        cache.upsert_deployment(body)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-async def reconcile(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+async def reconcile(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """Declare the queues and create/update the Deployment; invalid specs fail permanently."""
     try:
         spec = parse_taskqueue(dict(body))
     except SpecError as exc:
         raise kopf.PermanentError(f"invalid TaskQueue: {exc}") from None
-    runtime = _runtime()
-    scaler = runtime.scaler
+    scaler = _scaler(memo)
     try:
         await asyncio.to_thread(declare_topology, spec, scaler.secrets, scaler.observers)
     except TaskqError as exc:
@@ -124,10 +148,19 @@ async def reconcile(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
         deployment = await asyncio.to_thread(apply_deployment, spec, scaler.kube)
     except ClusterError as exc:
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY_S) from None
-    CACHE.upsert_deployment(deployment)
+    state_of(memo).cache.upsert_deployment(deployment)  # back on the loop
     scaler.wake.set()
 
 
 @kopf.on.probe(id="taskqueues")
-def count_taskqueues(**_: Any) -> int:
-    return len(CACHE.taskqueues)
+async def count_taskqueues(memo: kopf.Memo, **_: Any) -> int:
+    return len(state_of(memo).cache.taskqueues)
+
+
+@kopf.on.probe(id="scaler")
+async def scaler_tick_age(memo: kopf.Memo, **_: Any) -> dict[str, float | int]:
+    """The last completed tick's age; a stalled tick fails the probe (kopf answers /healthz with an error)."""
+    try:
+        return state_of(memo).health.report()
+    except TickStalled as exc:
+        raise kopf.PermanentError(str(exc)) from None

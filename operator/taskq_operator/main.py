@@ -1,7 +1,9 @@
 """`taskq-operator`: run the TaskQueue operator (kopf) with its metrics and health endpoints.
 
 Deployed as one replica (Deployment strategy Recreate; kopf runs standalone, without peering objects).
-Reads `KUBECONFIG` or the pod's service account.
+Reads `KUBECONFIG` or the pod's service account. The operator's runtime state is one
+`taskq_operator.handlers.OperatorState`, handed to kopf as its operator memo. Started through
+`taskq_operator.entry` (the console script), which names the missing extra when kopf is absent.
 """
 
 from __future__ import annotations
@@ -12,18 +14,26 @@ import logging
 
 import kopf
 
-from taskq_operator import handlers
+from taskq_operator import handlers  # registers the handlers with kopf on import
+from taskq_operator.liveness import DEFAULT_STALL_AFTER_S, TickHealth
 from taskq_operator.metrics import start_metrics_server
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="taskq-operator", description=__doc__.splitlines()[0])
     scope = parser.add_mutually_exclusive_group()
-    scope.add_argument("--namespace", "-n", action="append", default=[],
-                       help="namespace to watch (repeatable); default: all namespaces")
+    scope.add_argument(
+        "--namespace", "-n", action="append", default=[], help="namespace to watch (repeatable); default: all namespaces"
+    )
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
     parser.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics port (0: off)")
     parser.add_argument("--health-port", type=int, default=8081, help="liveness /healthz port (0: off)")
+    parser.add_argument(
+        "--tick-stall-seconds",
+        type=float,
+        default=DEFAULT_STALL_AFTER_S,
+        help="/healthz fails when no scaler tick completed for this long",
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return parser.parse_args(argv)
 
@@ -38,13 +48,16 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     start_metrics_server(args.metrics_port)
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
-    assert handlers.RUNTIME is not None  # handlers register with kopf on import
-    asyncio.run(kopf.operator(
-        clusterwide=not args.namespace,
-        namespaces=args.namespace,
-        standalone=True,
-        liveness_endpoint=liveness,
-    ))
+    state = handlers.OperatorState(health=TickHealth(stall_after_s=args.tick_stall_seconds))
+    asyncio.run(
+        kopf.operator(
+            clusterwide=not args.namespace,
+            namespaces=args.namespace,
+            standalone=True,
+            liveness_endpoint=liveness,
+            memo=kopf.Memo({handlers.MEMO_KEY: state}),
+        )
+    )
 
 
 if __name__ == "__main__":

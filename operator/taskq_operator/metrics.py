@@ -5,6 +5,7 @@ Updated by `taskq_operator.scaler`; served by `taskq-operator --metrics-port` (`
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
@@ -52,10 +53,8 @@ class QueueGauges:
 
 def forget(namespace: str, name: str) -> None:
     for gauge in (BACKLOG_READY, BACKLOG_UNACKED, DESIRED_REPLICAS, BROKER_REACHABLE):
-        try:
+        with contextlib.suppress(KeyError):  # never recorded
             gauge.remove(namespace, name)
-        except KeyError:
-            pass
 
 
 def start_metrics_server(port: int, address: str = "0.0.0.0") -> None:

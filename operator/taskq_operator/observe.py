@@ -2,16 +2,18 @@
 
 Per broker: passive declares for every due queue, pipelined (exact ready counts and consumers),
 plus one management-API request per vhost (cached for the statistics interval). Per store: one
-heartbeat query (fresh in-flight counts) and, less often, one task-count aggregation. The unacked figure
-comes from worker heartbeats when the queue has live workers, else from the management API (served
-from a cache refreshed in the background, so a slow management API never delays a tick; without
-heartbeats or recent management figures a queue with consumers is not acted on).
+heartbeat query (fresh in-flight counts) and, less often, one task-count aggregation. Which unacked
+figure to trust, and whether a reading is actionable, is the pure rule `taskq_operator.core.measure`
+(heartbeats, else the management API served from a cache refreshed in the background so a slow
+management API never delays a tick, else nothing when no consumer could hold work).
 
-Called by `taskq_operator.scaler` once per tick, in a worker thread (everything here blocks).
+Called by `taskq_operator.scaler` once per tick, in a worker thread (everything here blocks), and by
+`taskq_operator.reconcile` (declares, also in a worker thread): the observer maps are guarded by a lock.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from taskq.errors import TaskqError
 from taskq_operator.adapters.broker import BrokerObserver
 from taskq_operator.adapters.store import StoreObserver, WorkerLoad
+from taskq_operator.core.measure import SOURCE_NONE, Sources, measure
 from taskq_operator.core.policy import Observation
 
 TASK_COUNTS_EVERY_S = 10.0
@@ -58,8 +61,15 @@ class MissingSecretKey(TaskqError):
     """A Secret a TaskQueue refers to lacks a key the operator needs (the message names Secret and key)."""
 
 
-def target_for(queue: str, namespace: str, broker_secret: str, broker_data: dict[str, str],
-               store_secret: str, store_data: dict[str, str], database: str) -> Target:
+def target_for(
+    queue: str,
+    namespace: str,
+    broker_secret: str,
+    broker_data: dict[str, str],
+    store_secret: str,
+    store_data: dict[str, str],
+    database: str,
+) -> Target:
     """The `Target` of one TaskQueue from its Secrets' data (keys from docs/architecture.md)."""
     if not broker_data.get("amqp-url"):
         raise MissingSecretKey(f"Secret {namespace}/{broker_secret} has no key amqp-url")
@@ -81,26 +91,31 @@ class Observers:
         self.brokers: dict[tuple[str, str | None], BrokerObserver] = {}
         self.stores: dict[tuple[str, str], StoreObserver] = {}
         self._counts_at: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()  # the tick thread and reconcile threads both look observers up
 
     def broker(self, target: Target) -> BrokerObserver:
-        observer = self.brokers.get(target.broker_key)
-        if observer is None:
-            observer = self.brokers[target.broker_key] = BrokerObserver(target.amqp_url, target.management_url)
-        return observer
+        with self._lock:
+            observer = self.brokers.get(target.broker_key)
+            if observer is None:
+                observer = self.brokers[target.broker_key] = BrokerObserver(target.amqp_url, target.management_url)
+            return observer
 
     def store(self, target: Target) -> StoreObserver:
-        observer = self.stores.get(target.store_key)
-        if observer is None:
-            observer = self.stores[target.store_key] = StoreObserver(target.mongodb_uri, target.database)
-        return observer
+        with self._lock:
+            observer = self.stores.get(target.store_key)
+            if observer is None:
+                observer = self.stores[target.store_key] = StoreObserver(target.mongodb_uri, target.database)
+            return observer
 
     def close(self) -> None:
-        for broker in self.brokers.values():
+        with self._lock:
+            brokers, stores = list(self.brokers.values()), list(self.stores.values())
+            self.brokers.clear()
+            self.stores.clear()
+        for broker in brokers:
             broker.close()
-        for store in self.stores.values():
+        for store in stores:
             store.close()
-        self.brokers.clear()
-        self.stores.clear()
 
     def _store_batch(self, targets: Sequence[Target]) -> tuple[dict[str, WorkerLoad], dict[str, dict[str, int]] | None]:
         store = self.store(targets[0])
@@ -119,41 +134,38 @@ class Observers:
                 counts = None
         return loads, counts
 
-    def _broker_batch(self, targets: Sequence[Target], loads: dict[str, WorkerLoad],
-                      counts: dict[str, dict[str, int]] | None) -> dict[str, Reading]:
+    def _broker_batch(
+        self, targets: Sequence[Target], loads: dict[str, WorkerLoad], counts: dict[str, dict[str, int]] | None
+    ) -> dict[str, Reading]:
         broker = self.broker(targets[0])
         queues = sorted({t.queue for t in targets})
         try:
             ready = broker.ready_counts(queues)
         except TaskqError as exc:
-            return {q: Reading(None, "none", str(exc), loads.get(q, WorkerLoad()),
-                               counts.get(q) if counts else None) for q in queues}
+            return {
+                q: Reading(None, SOURCE_NONE, str(exc), loads.get(q, WorkerLoad()), counts.get(q) if counts else None)
+                for q in queues
+            }
         management, management_error = broker.management_recent(broker.vhost)
         readings: dict[str, Reading] = {}
         for queue in queues:
             count = ready.get(queue)
             load = loads.get(queue, WorkerLoad())
             figures = management.get(queue)
-            task_counts = counts.get(queue) if counts else None
-            consumers = count.consumers if count else 0
-            if load.inflight_by_worker:
-                unacked, source = load.inflight, "amqp+heartbeats"
-            elif figures is not None:
-                unacked, source = figures.unacked, "amqp+management"
-            elif consumers == 0 or not broker.has_management:
-                unacked, source = 0, "amqp"  # no consumer holds deliveries (or no other source exists)
-            else:  # consumers may hold work we cannot count: do not act on a partial picture
-                readings[queue] = Reading(None, "none", management_error or "waiting for the management API",
-                                          load, task_counts)
-                continue
-            observation = Observation(
-                ready=count.ready if count else 0,
-                unacked=unacked,
-                consumers=consumers,
-                publish_rate=figures.publish_rate if figures else None,
-                deliver_rate=figures.deliver_rate if figures else None,
+            measured = measure(
+                Sources(
+                    ready=count.ready if count else None,
+                    consumers=count.consumers if count else 0,
+                    heartbeat_inflight=load.inflight if load.inflight_by_worker else None,
+                    management_unacked=figures.unacked if figures else None,
+                    management_configured=broker.has_management,
+                    management_error=management_error,
+                    publish_rate=figures.publish_rate if figures else None,
+                    deliver_rate=figures.deliver_rate if figures else None,
+                )
             )
-            readings[queue] = Reading(observation, source, None, load, task_counts)
+            task_counts = counts.get(queue) if counts else None
+            readings[queue] = Reading(measured.observation, measured.source, measured.error, load, task_counts)
         return readings
 
     def read(self, targets: Sequence[Target]) -> dict[tuple[tuple[str, str | None], str], Reading]:

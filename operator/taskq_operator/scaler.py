@@ -6,7 +6,12 @@ store reads (`taskq_operator.observe`). Acting lowers replicas only after settin
 `pod-deletion-cost` from the workers' in-flight counts; reporting patches the status only when it
 changed and posts an Event for every replica change and broker reachability flip.
 
-Started by `taskq_operator.handlers` at operator start-up; `tick()` is also driven directly by tests.
+Threads: `run` and `tick_once` live on the event loop. Each tick takes a `CacheSnapshot` of the watch
+cache on the loop, does all its blocking I/O in one worker thread on that snapshot (the tick thread
+alone touches `states`), and hands the replica counts it patched back to the loop, which writes them
+into the cache and marks the tick completed for the liveness probe (`taskq_operator.liveness`).
+
+Started by `taskq_operator.handlers` at operator start-up; tests drive `tick_once()` directly.
 """
 
 from __future__ import annotations
@@ -15,18 +20,19 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from taskq.errors import TaskqError
 from taskq_operator import metrics
 from taskq_operator.adapters.kube import Kube, now_iso
 from taskq_operator.adapters.store import WorkerLoad
-from taskq_operator.cache import Key, SecretCache, WatchCache
+from taskq_operator.cache import CacheSnapshot, Key, SecretCache, WatchCache
 from taskq_operator.core.conditions import Tick, build_status
 from taskq_operator.core.deployment import DELETION_COST_ANNOTATION, deployment_name, selector_string
 from taskq_operator.core.policy import History, decide, remember
 from taskq_operator.core.spec import SpecError, TaskQueueSpec, parse_taskqueue
+from taskq_operator.liveness import TickHealth
 from taskq_operator.observe import Observers, Reading, Target, target_for
 
 log = logging.getLogger("taskq_operator.scaler")
@@ -45,37 +51,67 @@ class QueueState:
     fingerprint: tuple[Any, ...] | None = None
 
 
+@dataclass(frozen=True)
+class TickResult:
+    """What one tick hands back to the loop: seconds to the next poll slot, and the replicas it patched."""
+
+    pause_s: float
+    scaled: dict[Key, int] = field(default_factory=dict)
+
+
+FAILED_TICK_PAUSE_S = 1.0
+
+
 class Scaler:
     """Observe → decide → act → report for every TaskQueue in the watch cache."""
 
-    def __init__(self, cache: WatchCache, kube: Kube, observers: Observers | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        cache: WatchCache,
+        kube: Kube,
+        observers: Observers | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        health: TickHealth | None = None,
+    ) -> None:
         self.cache = cache
         self.kube = kube
         self.observers = observers or Observers()
         self.secrets = SecretCache(kube.read_secret)
         self.clock = clock
+        self.health = health or TickHealth()
         self.states: dict[Key, QueueState] = {}
         self.wake = asyncio.Event()
 
-    # -- loop ---------------------------------------------------------------------------------
+    # -- loop (event loop) ----------------------------------------------------------------------
+
+    async def tick_once(self) -> TickResult:
+        """Snapshot the cache, tick in a worker thread, write the patched replicas back, mark the tick done."""
+        snapshot = self.cache.snapshot()
+        started = time.monotonic()
+        try:
+            result = await asyncio.to_thread(self.tick, snapshot)
+        finally:
+            metrics.TICK_SECONDS.observe(time.monotonic() - started)
+        self.cache.record_scaled(result.scaled)
+        self.health.tick_completed()
+        return result
 
     async def run(self, stopped: asyncio.Event) -> None:
-        """Tick until `stopped` is set; each tick runs in a worker thread (all I/O here blocks)."""
+        """Tick until `stopped` is set, sleeping to the next poll slot unless woken (`wake`) earlier."""
         while not stopped.is_set():
-            started = time.monotonic()
             try:
-                pause = await asyncio.to_thread(self.tick)
-            except Exception:  # keep scaling the other TaskQueues whatever one tick hit
+                pause = (await self.tick_once()).pause_s
+            except Exception:  # keep the loop alive whatever one tick hit; the probe sees no completed tick
                 log.exception("scaler tick failed")
                 metrics.ERRORS.labels("tick").inc()
-                pause = 1.0
-            metrics.TICK_SECONDS.observe(time.monotonic() - started)
+                pause = FAILED_TICK_PAUSE_S
             self.wake.clear()
             waiters = [asyncio.ensure_future(stopped.wait()), asyncio.ensure_future(self.wake.wait())]
-            _, pending = await asyncio.wait(waiters, timeout=pause, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiters, timeout=pause, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:
                 waiter.cancel()
+
+    # -- one tick (worker thread) ---------------------------------------------------------------
 
     def _spec(self, state: QueueState, body: dict[str, Any]) -> TaskQueueSpec | None:
         version = f"{id(body)}/{(body.get('metadata') or {}).get('resourceVersion')}"  # a new event = a new dict
@@ -88,15 +124,16 @@ class Scaler:
         state.parsed = (version, spec)
         return spec
 
-    def tick(self) -> float:
-        """One pass: handle every TaskQueue whose poll slot changed; returns seconds to the next slot."""
+    def tick(self, snapshot: CacheSnapshot) -> TickResult:
+        """One pass over `snapshot`: handle every TaskQueue whose poll slot changed (blocking I/O)."""
         now = self.clock()
-        for gone in set(self.states) - set(self.cache.taskqueues):
+        for gone in set(self.states) - set(snapshot.taskqueues):
             del self.states[gone]
             metrics.forget(*gone)
         due: list[tuple[Key, TaskQueueSpec, Target | None, str | None, dict[str, Any]]] = []
         intervals: list[int] = []
-        for key, body in list(self.cache.taskqueues.items()):
+        scaled: dict[Key, int] = {}
+        for key, body in snapshot.taskqueues.items():
             state = self.states.setdefault(key, QueueState())
             spec = self._spec(state, body)
             if spec is None:
@@ -117,7 +154,7 @@ class Scaler:
             if reading is None:
                 reading = Reading(None, "none", error or "broker not read")
             try:
-                tick, before = self._decide_and_act(key, spec, reading, now)
+                tick, before = self._decide_and_act(key, spec, reading, now, snapshot, scaled)
             except TaskqError as exc:
                 metrics.ERRORS.labels("kubernetes").inc()
                 log.warning("TaskQueue %s/%s: %s", key[0], key[1], exc)
@@ -130,25 +167,28 @@ class Scaler:
                 metrics.ERRORS.labels("kubernetes").inc()
                 log.warning("TaskQueue %s/%s: %s", key[0], key[1], exc)
         shortest = min(intervals, default=1)
-        return max(0.05, shortest - (self.clock() % shortest))
+        return TickResult(max(0.05, shortest - (self.clock() % shortest)), scaled)
 
     def _target(self, spec: TaskQueueSpec) -> tuple[Target | None, str | None]:
         try:
             broker = self.secrets.get(spec.namespace, spec.broker_secret)
             store = self.secrets.get(spec.namespace, spec.store_secret)
-            return target_for(spec.queue, spec.namespace, spec.broker_secret, broker,
-                              spec.store_secret, store, spec.database), None
+            return target_for(
+                spec.queue, spec.namespace, spec.broker_secret, broker, spec.store_secret, store, spec.database
+            ), None
         except TaskqError as exc:
             metrics.ERRORS.labels("secret").inc()
             return None, str(exc)
 
     # -- one TaskQueue ------------------------------------------------------------------------
 
-    def _decide_and_act(self, key: Key, spec: TaskQueueSpec, reading: Reading, now: float) -> tuple[Tick, int]:
-        """Decide and, when the count changes, patch the Deployment; returns the tick and the old count."""
+    def _decide_and_act(
+        self, key: Key, spec: TaskQueueSpec, reading: Reading, now: float, snapshot: CacheSnapshot, patched: dict[Key, int]
+    ) -> tuple[Tick, int]:
+        """Decide and, when the count changes, patch the Deployment (noted in `patched`); returns the tick and the old count."""
         state = self.states[key]
         name = deployment_name(spec)
-        view = self.cache.deployments.get((spec.namespace, name))
+        view = snapshot.deployments.get((spec.namespace, name))
         current = view.replicas if view is not None else 0
         history = History(current, state.history.recommendations)
         decision = decide(spec.scaling, reading.observation, history, now)
@@ -157,17 +197,25 @@ class Scaler:
         observation = reading.observation
         if state.gauges is None:
             state.gauges = metrics.QueueGauges.of(spec.namespace, spec.name)
-        state.gauges.record(observation.ready if observation else None,
-                            observation.unacked if observation else None, decision.replicas)
+        state.gauges.record(
+            observation.ready if observation else None, observation.unacked if observation else None, decision.replicas
+        )
         scaled = False
         if view is not None and decision.replicas != current:
             if decision.replicas < current:
                 self._spare_busy_pods(spec, reading.loads)
             self.kube.scale_deployment(spec.namespace, name, decision.replicas)
-            self.cache.deployments[(spec.namespace, name)] = replace(view, replicas=decision.replicas)
+            patched[(spec.namespace, name)] = decision.replicas
             scaled = True
-            log.info("TaskQueue %s/%s: %s %d -> %d: %s", spec.namespace, spec.name, decision.reason, current,
-                     decision.replicas, decision.message)
+            log.info(
+                "TaskQueue %s/%s: %s %d -> %d: %s",
+                spec.namespace,
+                spec.name,
+                decision.reason,
+                current,
+                decision.replicas,
+                decision.message,
+            )
             metrics.SCALINGS.labels(spec.namespace, spec.name, decision.reason).inc()
         tick = Tick(
             spec=spec,
@@ -188,13 +236,27 @@ class Scaler:
         state = self.states[key]
         spec, decision = tick.spec, tick.decision
         if tick.scaled:
-            self._event(spec, "Warning" if decision.reason == "Fallback" else "Normal", decision.reason,
-                        f"{before} -> {decision.replicas} replicas: {decision.message}")
+            self._event(
+                spec,
+                "Warning" if decision.reason == "Fallback" else "Normal",
+                decision.reason,
+                f"{before} -> {decision.replicas} replicas: {decision.message}",
+            )
         self._report_reachability(spec, state, reading)
         counts = tuple(sorted(tick.task_counts.items())) if tick.task_counts is not None else None
-        fingerprint = (tick.observation, tick.observation_source, tick.broker_error, decision.replicas,
-                       decision.reason, decision.limited, tick.replicas, tick.ready_replicas, counts,
-                       spec.generation, spec.scaling.paused)
+        fingerprint = (
+            tick.observation,
+            tick.observation_source,
+            tick.broker_error,
+            decision.replicas,
+            decision.reason,
+            decision.limited,
+            tick.replicas,
+            tick.ready_replicas,
+            counts,
+            spec.generation,
+            spec.scaling.paused,
+        )
         if not tick.scaled and fingerprint == state.fingerprint:
             return  # same inputs as last tick: same status, nothing to build or send
         previous = state.last_status if state.last_status is not None else dict(body.get("status") or {})
@@ -210,8 +272,7 @@ class Scaler:
             if reachable:
                 self._event(spec, "Normal", "BrokerReachable", f"queue {spec.queue} readable again")
             else:
-                self._event(spec, "Warning", "BrokerUnreachable",
-                            f"{reading.error or 'broker not read'}; holding replicas")
+                self._event(spec, "Warning", "BrokerUnreachable", f"{reading.error or 'broker not read'}; holding replicas")
         state.reachable = reachable
 
     def _spare_busy_pods(self, spec: TaskQueueSpec, loads: WorkerLoad) -> None:
@@ -236,4 +297,3 @@ class Scaler:
             self.kube.post_event(spec.namespace, spec.name, spec.uid, type_, reason, message)
         except TaskqError as exc:
             log.warning("TaskQueue %s/%s: event %s not posted: %s", spec.namespace, spec.name, reason, exc)
-

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -54,7 +54,7 @@ def _api_message(raw: bytes | None) -> str:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Kube:
@@ -63,8 +63,15 @@ class Kube:
     def __init__(self, api: ApiClient) -> None:
         self._api = api
 
-    def _call(self, method: str, path: str, what: str, body: Any = None,
-              content_type: str = "application/json", query: dict[str, str] | None = None) -> dict[str, Any]:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        body: Any = None,
+        content_type: str = "application/json",
+        query: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
         try:
             verb, url, headers, payload, form = self._api.param_serialize(
                 method,
@@ -74,8 +81,7 @@ class Kube:
                 body=body,
                 auth_settings=["BearerToken"],
             )
-            response = self._api.call_api(verb, url, header_params=headers, body=payload, post_params=form,
-                                          _request_timeout=15)
+            response = self._api.call_api(verb, url, header_params=headers, body=payload, post_params=form, _request_timeout=15)
             raw = response.read()
         except ApiException as exc:
             raise ClusterError(f"Kubernetes refused to {what}: {exc.status} {exc.reason}", exc.status or 0) from None
@@ -124,23 +130,35 @@ class Kube:
             "metadata": {"labels": meta["labels"], "ownerReferences": meta["ownerReferences"]},
             "spec": spec,
         }
-        return self._call("PATCH", self._deployment_path(namespace, name), f"update Deployment {namespace}/{name}",
-                          patch, MERGE_PATCH)
+        return self._call(
+            "PATCH", self._deployment_path(namespace, name), f"update Deployment {namespace}/{name}", patch, MERGE_PATCH
+        )
 
     def scale_deployment(self, namespace: str, name: str, replicas: int) -> dict[str, Any]:
-        return self._call("PATCH", self._deployment_path(namespace, name), f"scale Deployment {namespace}/{name}",
-                          {"spec": {"replicas": replicas}}, MERGE_PATCH)
+        return self._call(
+            "PATCH",
+            self._deployment_path(namespace, name),
+            f"scale Deployment {namespace}/{name}",
+            {"spec": {"replicas": replicas}},
+            MERGE_PATCH,
+        )
 
     # -- Pods ---------------------------------------------------------------------------------
 
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
-        listing = self._call("GET", f"/api/v1/namespaces/{namespace}/pods", f"list pods in {namespace}",
-                             query={"labelSelector": selector})
+        listing = self._call(
+            "GET", f"/api/v1/namespaces/{namespace}/pods", f"list pods in {namespace}", query={"labelSelector": selector}
+        )
         return list(listing.get("items") or [])
 
     def annotate_pod(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
-        self._call("PATCH", f"/api/v1/namespaces/{namespace}/pods/{quote(name)}", f"annotate pod {namespace}/{name}",
-                   {"metadata": {"annotations": annotations}}, MERGE_PATCH)
+        self._call(
+            "PATCH",
+            f"/api/v1/namespaces/{namespace}/pods/{quote(name)}",
+            f"annotate pod {namespace}/{name}",
+            {"metadata": {"annotations": annotations}},
+            MERGE_PATCH,
+        )
 
     # -- TaskQueues ---------------------------------------------------------------------------
 
@@ -155,8 +173,13 @@ class Kube:
             "apiVersion": "v1",
             "kind": "Event",
             "metadata": {"name": f"{name}.{time.time_ns():x}", "namespace": namespace},
-            "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": name,
-                               "namespace": namespace, "uid": uid},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": name,
+                "namespace": namespace,
+                "uid": uid,
+            },
             "reason": reason,
             "message": message[:1000],
             "type": type_,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from taskq.store.mongo import TaskStore
 
@@ -35,7 +35,7 @@ class StoreObserver:
 
     def worker_loads(self, queues: Sequence[str], now: datetime | None = None) -> dict[str, WorkerLoad]:
         """In-flight counts from heartbeats fresher than `HEARTBEAT_FRESH_S`, for every queue asked."""
-        moment = now or datetime.now(timezone.utc)
+        moment = now or datetime.now(UTC)
         loads: dict[str, dict[str, int]] = {queue: {} for queue in queues}
         for doc in self._store.live_workers(list(queues), moment - timedelta(seconds=HEARTBEAT_FRESH_S)):
             queue = doc.get("queue")

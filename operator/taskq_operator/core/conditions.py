@@ -1,7 +1,8 @@
 """Condition bookkeeping in the `metav1.Condition` shape, and the TaskQueue status built from one tick.
 
 `set_condition` keeps `lastTransitionTime` when a condition's status does not change, so a status
-that has not changed compares equal and the handler skips the patch. Called by `taskq_operator.handlers`.
+that has not changed compares equal and the scaler skips the patch. Called by `taskq_operator.scaler`
+(`build_status`, once per TaskQueue and tick); tested in `tests/unit/operator/test_operator_conditions.py`.
 """
 
 from __future__ import annotations
@@ -35,23 +36,27 @@ def set_condition(
             continue
         found = True
         moved = existing.get("status") != wanted
-        result.append({
-            "type": type_,
-            "status": wanted,
-            "observedGeneration": generation,
-            "lastTransitionTime": now_iso if moved else existing.get("lastTransitionTime", now_iso),
-            "reason": reason,
-            "message": message,
-        })
+        result.append(
+            {
+                "type": type_,
+                "status": wanted,
+                "observedGeneration": generation,
+                "lastTransitionTime": now_iso if moved else existing.get("lastTransitionTime", now_iso),
+                "reason": reason,
+                "message": message,
+            }
+        )
     if not found:
-        result.append({
-            "type": type_,
-            "status": wanted,
-            "observedGeneration": generation,
-            "lastTransitionTime": now_iso,
-            "reason": reason,
-            "message": message,
-        })
+        result.append(
+            {
+                "type": type_,
+                "status": wanted,
+                "observedGeneration": generation,
+                "lastTransitionTime": now_iso,
+                "reason": reason,
+                "message": message,
+            }
+        )
     return result
 
 
@@ -85,40 +90,65 @@ def _conditions(tick: Tick, previous: Sequence[Mapping[str, Any]], now_iso: str)
     conditions: list[dict[str, Any]] = [dict(c) for c in previous]
     ready = tick.ready_replicas >= decision.replicas
     conditions = set_condition(
-        conditions, "Ready", ready,
+        conditions,
+        "Ready",
+        ready,
         "WorkersReady" if ready else "WorkersNotReady",
-        f"{tick.ready_replicas}/{decision.replicas} worker replicas ready", now_iso, gen,
+        f"{tick.ready_replicas}/{decision.replicas} worker replicas ready",
+        now_iso,
+        gen,
     )
     backlog = tick.observation.backlog if tick.observation is not None else None
     active = decision.replicas > 0 or bool(backlog)
     conditions = set_condition(
-        conditions, "Active", active,
+        conditions,
+        "Active",
+        active,
         "WorkPending" if active else "Idle",
-        f"backlog {backlog if backlog is not None else 'unknown'}, {decision.replicas} replicas", now_iso, gen,
+        f"backlog {backlog if backlog is not None else 'unknown'}, {decision.replicas} replicas",
+        now_iso,
+        gen,
     )
     reachable = tick.observation is not None
     conditions = set_condition(
-        conditions, "BrokerReachable", reachable,
+        conditions,
+        "BrokerReachable",
+        reachable,
         "QueueRead" if reachable else "BrokerUnreachable",
-        f"queue {tick.spec.queue} read via {tick.observation_source}" if reachable
-        else (tick.broker_error or "broker could not be read"), now_iso, gen,
+        f"queue {tick.spec.queue} read via {tick.observation_source}"
+        if reachable
+        else (tick.broker_error or "broker could not be read"),
+        now_iso,
+        gen,
     )
     conditions = set_condition(
-        conditions, "ScalingLimited", decision.limited,
+        conditions,
+        "ScalingLimited",
+        decision.limited,
         "LimitReached" if decision.limited else "WithinLimits",
-        decision.message if decision.limited else "desired replicas within limits", now_iso, gen,
+        decision.message if decision.limited else "desired replicas within limits",
+        now_iso,
+        gen,
     )
     fallback = decision.reason == "Fallback"
     conditions = set_condition(
-        conditions, "Fallback", fallback,
+        conditions,
+        "Fallback",
+        fallback,
         "FallbackReplicas" if fallback else "NotInFallback",
-        decision.message if fallback else "scaling on observed backlog", now_iso, gen,
+        decision.message if fallback else "scaling on observed backlog",
+        now_iso,
+        gen,
     )
     paused = tick.spec.scaling.paused
     conditions = set_condition(
-        conditions, "Paused", paused,
+        conditions,
+        "Paused",
+        paused,
         "ScalingPaused" if paused else "ScalingActive",
-        decision.message if paused else "operator scales on backlog", now_iso, gen,
+        decision.message if paused else "operator scales on backlog",
+        now_iso,
+        gen,
     )
     return conditions
 

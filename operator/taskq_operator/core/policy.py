@@ -5,7 +5,7 @@ within the step limit (lowest recommendation in the up window), scale down only 
 recommendation seen in the down stabilization window and within the down step limit; wake from zero
 only above `activationBacklog`; without an observation hold the current replicas or `fallbackReplicas`.
 
-Called by the operator's per-TaskQueue loop (`taskq_operator.handlers`) and the benchmark; tested by
+Called by the operator's scaling loop (`taskq_operator.scaler`, once per TaskQueue and tick); tested by
 tables in `tests/unit/operator/test_operator_policy.py`.
 """
 
@@ -114,8 +114,13 @@ def decide(policy: ScalingSpec, observation: Observation | None, history: Histor
 
     if current > policy.max_replicas or current < policy.min_replicas:
         replicas = _clamp(current, policy.min_replicas, policy.max_replicas)
-        return Decision(replicas, "OutOfBounds", f"{current} replicas outside [{policy.min_replicas}, "
-                        f"{policy.max_replicas}] -> {replicas}; {explained}", recommendation, limited)
+        return Decision(
+            replicas,
+            "OutOfBounds",
+            f"{current} replicas outside [{policy.min_replicas}, {policy.max_replicas}] -> {replicas}; {explained}",
+            recommendation,
+            limited,
+        )
 
     up_floor = min(_window(history, now, policy.scale_up.stabilization_window_s) + [recommendation])
     down_ceiling = max(_window(history, now, policy.scale_down.stabilization_window_s) + [recommendation])
@@ -134,9 +139,19 @@ def decide(policy: ScalingSpec, observation: Observation | None, history: Histor
             explained += f", step limit -{step}"
         return Decision(replicas, "ScaleDown", f"{explained} -> {replicas}", recommendation, limited or step_limited)
     if recommendation < current:
-        return Decision(current, "StabilizingDown", f"{explained}; holding {current} (highest in "
-                        f"{policy.scale_down.stabilization_window_s}s window)", recommendation, limited)
+        return Decision(
+            current,
+            "StabilizingDown",
+            f"{explained}; holding {current} (highest in {policy.scale_down.stabilization_window_s}s window)",
+            recommendation,
+            limited,
+        )
     if recommendation > current:
-        return Decision(current, "StabilizingUp", f"{explained}; holding {current} (lowest in "
-                        f"{policy.scale_up.stabilization_window_s}s window)", recommendation, limited)
+        return Decision(
+            current,
+            "StabilizingUp",
+            f"{explained}; holding {current} (lowest in {policy.scale_up.stabilization_window_s}s window)",
+            recommendation,
+            limited,
+        )
     return Decision(current, "Steady", f"{explained}; steady at {current}", recommendation, limited)

@@ -8,17 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
+import inspect
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
+import kopf
 import pytest
 from kubernetes.client import ApiClient, Configuration
 
 from operator_manifests import taskqueue
+from taskq_operator import handlers
 from taskq_operator.adapters.kube import Kube
 from taskq_operator.adapters.store import WorkerLoad
 from taskq_operator.cache import WatchCache
 from taskq_operator.core.policy import Observation
 from taskq_operator.core.spec import parse_taskqueue
+from taskq_operator.liveness import TickHealth
 from taskq_operator.observe import Observers, Reading, Target
 from taskq_operator.reconcile import apply_deployment
 from taskq_operator.scaler import Scaler
@@ -110,7 +118,7 @@ async def test_backlog_scales_up_with_event_and_status_once(kmock: Any) -> None:
     scaler, readings, clock = _scaler(kmock, body, replicas=0)
     readings.readings["emails"] = _observed(ready=180)
 
-    await asyncio.to_thread(scaler.tick)
+    await scaler.tick_once()
     assert _requests(kmock, "PATCH", "deployments/emails-worker")[-1].data == {"spec": {"replicas": 4}}
     events = [r.data for r in _requests(kmock, "POST", "/events")]
     assert [(e["reason"], e["type"]) for e in events] == [("ScaleUp", "Normal")]
@@ -121,7 +129,7 @@ async def test_backlog_scales_up_with_event_and_status_once(kmock: Any) -> None:
     assert status_patches[-1].data["status"]["lastScaleReason"].startswith("ScaleUp")
 
     clock.now += 2  # next poll slot, same backlog: steady, nothing to patch
-    await asyncio.to_thread(scaler.tick)
+    await scaler.tick_once()
     assert len(_requests(kmock, "PATCH", "/status")) == len(status_patches)
     assert len(_requests(kmock, "PATCH", "deployments/emails-worker")) == 1
 
@@ -132,13 +140,13 @@ async def test_ticks_follow_the_poll_interval(kmock: Any) -> None:
     _seed(kmock, body)
     scaler, readings, clock = _scaler(kmock, body, replicas=1)
     readings.readings["emails"] = _observed(ready=10)
-    pause = await asyncio.to_thread(scaler.tick)
+    pause = (await scaler.tick_once()).pause_s
     assert 0 < pause <= 5
     clock.now += 1
-    await asyncio.to_thread(scaler.tick)
+    await scaler.tick_once()
     assert len(readings.asked) == 1
     clock.now += 5
-    await asyncio.to_thread(scaler.tick)
+    await scaler.tick_once()
     assert len(readings.asked) == 2
 
 
@@ -148,10 +156,10 @@ async def test_unreachable_broker_holds_replicas_and_says_so(kmock: Any) -> None
     _seed(kmock, body)
     scaler, readings, clock = _scaler(kmock, body, replicas=3)
     readings.readings["emails"] = _observed(ready=150)
-    await asyncio.to_thread(scaler.tick)
+    await scaler.tick_once()
     readings.readings["emails"] = Reading(None, "none", "broker at amqp://u:***@127.0.0.1:1/ unreachable")
     clock.now += 2
-    await asyncio.to_thread(scaler.tick)
+    await scaler.tick_once()
 
     assert _requests(kmock, "PATCH", "deployments/emails-worker") == []
     status = _requests(kmock, "PATCH", "/status")[-1].data["status"]
@@ -173,7 +181,7 @@ async def test_scale_down_marks_busy_pods_expensive_first(kmock: Any) -> None:
         kmock.objects["v1/pods", NS, pod] = {"metadata": {"name": pod, "namespace": NS,
                                                          "labels": {"app.kubernetes.io/instance": "emails"}}}
     readings.readings["emails"] = _observed(ready=0, unacked=3, loads={"emails-worker-a": 3})
-    await asyncio.to_thread(scaler.tick)
+    await scaler.tick_once()
 
     annotations = {str(r.url).rsplit("/", 1)[-1]: r.data["metadata"]["annotations"]
                    for r in _requests(kmock, "PATCH", "/pods/")}
@@ -193,7 +201,7 @@ async def test_missing_secret_key_is_reported_not_fatal(kmock: Any) -> None:
     _seed(kmock, body)
     kmock.objects["v1/secrets", NS, "rabbit"] = _secret("rabbit", {"management-url": "http://x"})
     scaler, readings, _ = _scaler(kmock, body, replicas=1)
-    await asyncio.to_thread(scaler.tick)
+    await scaler.tick_once()
     assert readings.asked == []
     status = _requests(kmock, "PATCH", "/status")[-1].data["status"]
     reachable = next(c for c in status["conditions"] if c["type"] == "BrokerReachable")
@@ -204,3 +212,104 @@ def test_target_keys_are_per_broker_and_store() -> None:
     a = Target("q1", "amqp://h/%2F", None, "mongodb://m/", "db")
     b = Target("q2", "amqp://h/%2F", None, "mongodb://m/", "db")
     assert a.broker_key == b.broker_key and a.store_key == b.store_key
+
+
+# --- state in kopf's memo, the tick on a snapshot, the liveness probe -------------------------------
+
+
+class BlockingReadings(FixedReadings):
+    """Readings whose `read` waits for the test to release it: a stalled tick."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def read(self, targets: Any) -> dict[Any, Reading]:
+        self.entered.set()
+        if not self.release.wait(timeout=30):
+            raise AssertionError("the test never released the stalled tick")
+        return super().read(targets)
+
+
+def _memo(state: handlers.OperatorState) -> kopf.Memo:
+    return kopf.Memo({handlers.MEMO_KEY: state})
+
+
+async def _until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
+
+
+def test_handlers_that_touch_the_cache_run_on_the_event_loop() -> None:
+    for handler in (handlers.track_taskqueue, handlers.track_deployment, handlers.reconcile,
+                    handlers.count_taskqueues, handlers.scaler_tick_age):
+        assert inspect.iscoroutinefunction(handler), handler.__name__
+    assert not {"CACHE", "RUNTIME"} & set(vars(handlers)), "runtime state lives in kopf's memo, not in module globals"
+
+
+@pytest.mark.asyncio
+async def test_watch_handlers_fill_the_cache_in_the_memo() -> None:
+    state = handlers.OperatorState()
+    memo = _memo(state)
+    await handlers.track_taskqueue(event={"type": "ADDED"}, body=kopf.Body(taskqueue()), memo=memo)
+    deployment = {"metadata": {"name": "emails-worker", "namespace": NS}, "spec": {"replicas": 2}, "status": {}}
+    await handlers.track_deployment(event={"type": "MODIFIED"}, body=kopf.Body(deployment), memo=memo)
+    assert set(state.cache.taskqueues) == {(NS, "emails")}
+    assert state.cache.deployments[(NS, "emails-worker")].replicas == 2
+    assert await handlers.count_taskqueues(memo=copy.copy(memo)) == 1  # a resource memo: same state
+    await handlers.track_taskqueue(event={"type": "DELETED"}, body=kopf.Body(taskqueue()), memo=memo)
+    assert state.cache.taskqueues == {}
+
+
+@pytest.mark.asyncio
+async def test_tick_works_on_a_snapshot_and_hands_the_replicas_back(kmock: Any) -> None:
+    body = taskqueue()
+    _seed(kmock, body)
+    scaler, readings, _ = _scaler(kmock, body, replicas=0)
+    readings.readings["emails"] = _observed(ready=180)
+    original = readings.read
+
+    def read_while_the_cache_changes(targets: Any) -> dict[Any, Reading]:
+        scaler.cache.taskqueues.clear()  # what a DELETED event would do while the tick runs
+        return original(targets)
+
+    readings.read = read_while_the_cache_changes  # type: ignore[method-assign]
+    result = await scaler.tick_once()
+    assert result.scaled == {(NS, "emails-worker"): 4}
+    assert _requests(kmock, "PATCH", "deployments/emails-worker")[-1].data == {"spec": {"replicas": 4}}
+    assert scaler.cache.deployments[(NS, "emails-worker")].replicas == 4
+    assert (await scaler.tick_once()).scaled == {} and scaler.states == {}
+
+
+@pytest.mark.asyncio
+async def test_liveness_probe_fails_while_the_tick_stalls_and_recovers(kmock: Any) -> None:
+    body = taskqueue()
+    _seed(kmock, body)
+    scaler, _, _ = _scaler(kmock, body, replicas=1)
+    blocking = BlockingReadings()
+    blocking.readings["emails"] = _observed(ready=10)
+    scaler.observers = blocking
+    state = handlers.OperatorState(cache=scaler.cache, health=TickHealth(stall_after_s=0.3))
+    scaler.health = state.health
+    memo = _memo(state)
+
+    assert (await handlers.scaler_tick_age(memo=memo))["ticks"] == 0  # fresh start-up: healthy
+    stopped = asyncio.Event()
+    loop = asyncio.create_task(scaler.run(stopped))
+    try:
+        await asyncio.to_thread(blocking.entered.wait, 10)
+        await asyncio.sleep(0.5)
+        with pytest.raises(kopf.PermanentError, match=r"no scaler tick completed [0-9.]+ s ago \(limit 0.3 s\)"):
+            await handlers.scaler_tick_age(memo=memo)
+        blocking.release.set()
+        await _until(lambda: state.health.completed >= 1)
+        report = await handlers.scaler_tick_age(memo=memo)
+        assert report["ticks"] >= 1 and report["last_tick_age_s"] < 0.3
+    finally:
+        blocking.release.set()
+        stopped.set()
+        await asyncio.wait_for(loop, timeout=10)
