@@ -27,7 +27,8 @@ from taskq.broker.topology import declare_queue_topology
 from taskq.core.message import TaskMessage, utcnow
 from taskq.core.states import TaskState
 from taskq.core.topology import dead_queue
-from taskq.errors import BrokerRejected, BrokerUnavailable, InvalidTask, QueueNotFound, TaskNotFound, TaskqError
+from taskq.errors import BrokerRejected, BrokerUnavailable, InvalidTask, QueueNotFound, TaskNotFound, TaskqError, UnknownTask
+from taskq.registry import lookup
 from taskq.settings import Settings
 from taskq.store.mongo import TaskStore
 from taskq.submission import build_message, message_from_mapping
@@ -35,6 +36,14 @@ from taskq.submission import build_message, message_from_mapping
 T = TypeVar("T")
 DEFAULT_BATCH = 500
 Progress = Callable[[int], None]
+
+
+def registered_queue(name: str) -> str | None:
+    """The `queue=` of task `name`'s decorator when this process has it registered, else None."""
+    try:
+        return lookup(name).queue
+    except UnknownTask:
+        return None
 
 
 @dataclass(frozen=True)
@@ -154,7 +163,11 @@ class Client:
             return
         self._with_admin(
             lambda conn: declare_queue_topology(
-                conn, queue, max_priority=self.settings.max_priority, task_timeout_s=self.settings.task_timeout
+                conn,
+                queue,
+                max_priority=self.settings.max_priority,
+                queue_type=self.settings.queue_type,
+                max_deliveries=self.settings.max_deliveries,
             )
         )
         self._declared.add(queue)
@@ -173,16 +186,21 @@ class Client:
         max_retries: int | None = None,
         timeout: float | None = None,
     ) -> TaskMessage:
-        """Build and validate a task message with this client's defaults (raises `InvalidTask`)."""
+        """Build and validate a task message (raises `InvalidTask`).
+
+        `max_retries`/`timeout` left None are decided by the worker: the task decorator's value, else
+        the worker's own limit (which also caps what is given here). The queue, when not given, is
+        the decorator's `queue=` if this process has the task registered, else this client's default.
+        """
         return build_message(
             name,
             args=list(args) if not isinstance(args, (str, bytes, Mapping)) else args,
             kwargs=kwargs,
-            queue=queue or self.settings.queue,
+            queue=queue or registered_queue(name) or self.settings.queue,
             priority=priority,
             task_id=task_id,
-            max_retries=self.settings.max_retries if max_retries is None else max_retries,
-            timeout=self.settings.task_timeout if timeout is None else timeout,
+            max_retries=max_retries,
+            timeout=timeout,
             now=utcnow(),
         )
 
@@ -210,9 +228,9 @@ class Client:
             return task
         return message_from_mapping(
             task,
-            default_queue=queue or self.settings.queue,
-            default_max_retries=self.settings.max_retries,
-            default_timeout=self.settings.task_timeout,
+            default_queue=queue or registered_queue(str(task.get("name", ""))) or self.settings.queue,
+            default_max_retries=None,
+            default_timeout=None,
             now=utcnow(),
         )
 

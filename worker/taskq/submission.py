@@ -9,67 +9,19 @@ and size.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
+from taskq.core.intake import MAX_BODY_BYTES
 from taskq.core.message import TaskMessage, new_task_id
+from taskq.core.storable import MAX_NESTING, storable_problem
 from taskq.errors import InvalidTask
 
-MAX_MESSAGE_BYTES = 1024 * 1024
-MAX_NESTING = 32
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
+MAX_MESSAGE_BYTES = MAX_BODY_BYTES
 SUBMISSION_FIELDS = frozenset({"name", "args", "kwargs", "queue", "priority", "task_id", "id", "max_retries", "timeout"})
-
-
-def _check_value(value: Any, where: str, depth: int) -> None:
-    if depth > MAX_NESTING:
-        raise InvalidTask(f"{where}: nested deeper than {MAX_NESTING} levels")
-    if value is None or isinstance(value, bool):
-        return
-    if isinstance(value, str):
-        _check_text(value, where)
-        return
-    if isinstance(value, int):
-        if not INT64_MIN <= value <= INT64_MAX:
-            raise InvalidTask(f"{where}: integer outside the 64-bit range")
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidTask(f"{where}: {value} is not a JSON number")
-        return
-    if isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            if isinstance(item, (list, tuple)):
-                # FerretDB (one of the two stores taskq supports) refuses arrays directly inside arrays.
-                raise InvalidTask(f"{where}[{index}]: an array directly inside an array cannot be stored; wrap it in an object")
-            _check_value(item, f"{where}[{index}]", depth + 1)
-        return
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            _check_key(key, where)
-            _check_value(item, f"{where}.{key}", depth + 1)
-        return
-    raise InvalidTask(f"{where}: {type(value).__name__} is not JSON data")
-
-
-def _check_text(text: str, where: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidTask(f"{where}: string is not valid Unicode (lone surrogate)") from None
-
-
-def _check_key(key: Any, where: str) -> None:
-    if not isinstance(key, str):
-        raise InvalidTask(f"{where}: key {key!r} is not a string")
-    _check_text(key, where)
-    if "\x00" in key or key.startswith("$") or "." in key:
-        raise InvalidTask(f"{where}: key {key!r} may not contain NUL or '.', nor start with '$'")
 
 
 def check_arguments(args: Any, kwargs: Any) -> None:
@@ -78,8 +30,10 @@ def check_arguments(args: Any, kwargs: Any) -> None:
         raise InvalidTask(f"args must be a list, not {type(args).__name__}")
     if not isinstance(kwargs, Mapping):
         raise InvalidTask(f"kwargs must be an object, not {type(kwargs).__name__}")
-    _check_value(list(args), "args", 0)
-    _check_value(dict(kwargs), "kwargs", 0)
+    for value, where in ((list(args), "args"), (dict(kwargs), "kwargs")):
+        problem = storable_problem(value, where)
+        if problem is not None:
+            raise InvalidTask(problem)
 
 
 def _validation_reason(exc: ValidationError) -> str:
@@ -121,7 +75,7 @@ def build_message(
 
 
 def message_from_mapping(
-    data: Mapping[str, Any], *, default_queue: str, default_max_retries: int, default_timeout: float, now: datetime
+    data: Mapping[str, Any], *, default_queue: str, default_max_retries: int | None, default_timeout: float | None, now: datetime
 ) -> TaskMessage:
     """A `TaskMessage` from a dict such as one JSON line of `taskq submit --file` (`id` or `task_id` optional)."""
     if not isinstance(data, Mapping):
