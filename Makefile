@@ -88,7 +88,7 @@ tools: install ## build (once, into ~/.cache/taskq/tools) or find kube binaries,
 	$(PYTHON) -m taskq_dev.cli tools build
 
 cluster-up: install ## start the local control plane with 3 kwok nodes in the background; prints `export KUBECONFIG=...`
-	$(PYTHON) -m taskq_dev.cli cluster up
+	$(PYTHON) -m taskq_dev.cli cluster up $(if $(REAL_NODES),--real-nodes $(REAL_NODES))
 
 cluster-down: install ## stop the local control plane and delete its state
 	$(PYTHON) -m taskq_dev.cli cluster down

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from taskq.errors import TaskqError
-from taskq_dev import kwok, paths, pki, ports, tools
+from taskq_dev import kwok, paths, pki, ports, realnodes, tools
 from taskq_dev.processes import BackgroundProcess
 
 DEFAULT_NODES = 3
@@ -166,7 +166,9 @@ class LocalCluster:
         return time.monotonic() - started
 
     def down(self) -> None:
-        """Stop every process (kwok first, etcd last) and delete the cluster folder."""
+        """Stop every process (kwok first, etcd last), remove real-node containers, delete the folder."""
+        if (self.root / "real-nodes").exists():
+            realnodes.remove_for_cluster(self.root)
         for name in reversed(list(self._processes)):
             self._processes[name].terminate(timeout=10.0)
         self._processes.clear()
@@ -229,6 +231,8 @@ class LocalCluster:
             "controller-manager": ("system:kube-controller-manager", None),
             "scheduler": ("system:kube-scheduler", None),
             "kwok": ("kwok", "system:masters"),
+            # the API server's identity towards kubelets (exec, logs) of the real nodes
+            "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", "system:masters"),
         }
         for stem, (common_name, group) in clients.items():
             pair = ca.issue(stem, common_name, organization=group)
@@ -264,7 +268,11 @@ class LocalCluster:
                 f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
                 f"--service-account-key-file={pki_dir / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki_dir / 'sa.key'}",
-                "--authorization-mode=RBAC", f"--service-cluster-ip-range={SERVICE_CIDR}",
+                # Node: the authorizer for real nodes' kubelets (system:node:<name>); everyone else RBAC
+                "--authorization-mode=Node,RBAC", f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--kubelet-client-certificate={pki_dir / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={pki_dir / 'apiserver-kubelet-client.key'}",
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
                 "--endpoint-reconciler-type=none", "--allow-privileged=true", "--profiling=false",
                 f"--cert-dir={pki_dir}",
             ]

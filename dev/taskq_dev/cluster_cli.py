@@ -15,7 +15,7 @@ from typing import Annotated, NoReturn, Optional
 
 import typer
 
-from taskq_dev import bridge_daemon, gobuild, rootfs, tools
+from taskq_dev import bridge_daemon, docker, gobuild, realnodes, rootfs, tools
 from taskq_dev.bridge import WorkerBridge
 from taskq_dev.cluster import DEFAULT_NODES, ClusterError, LocalCluster, default_root
 from taskq_dev.kubeaccess import ClusterAccess
@@ -37,14 +37,38 @@ def _running() -> LocalCluster | None:
     return found
 
 
+def _start_real_nodes(cluster: LocalCluster, count: int) -> None:
+    """Start `count` real nodes (Docker containers with containerd and a kubelet) for `cluster`."""
+    nodes = realnodes.RealNodes(cluster.root, cluster.layout.apiserver_port if cluster.layout else 0)
+    if nodes.names():
+        typer.echo(f"real nodes already up: {', '.join(nodes.names())}")
+        return
+    try:
+        if not docker.image_exists(docker.IMAGE):
+            docker.build_image()
+        seconds = nodes.start(count)
+    except (realnodes.RealNodeError, docker.DockerError, gobuild.GoBuildError) as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"{count} real nodes Ready in {seconds:.1f} s (label and NoSchedule taint {realnodes.REAL_NODE_LABEL}=true; "
+        f"`taskq-dev cluster expose PORT` makes a loopback port reachable from pods at {realnodes.GATEWAY}:PORT)"
+    )
+
+
 @cluster_app.command("up")
 def cluster_up(
     nodes: Annotated[int, typer.Option(help="Number of simulated (kwok) nodes.")] = DEFAULT_NODES,
+    real_nodes: Annotated[
+        int, typer.Option(help="Number of real nodes (Docker containers running containerd and a kubelet).")
+    ] = 0,
 ) -> None:
-    """Start etcd, kube-apiserver, controller-manager, scheduler and kwok nodes in the background."""
+    """Start etcd, kube-apiserver, controller-manager, scheduler and kwok nodes in the background,
+    and optionally real nodes that run the pods' containers."""
     running = _running()
     if running is not None:
         typer.echo(f"cluster already up ({len(running.node_names())} nodes)")
+        if real_nodes:
+            _start_real_nodes(running, real_nodes)
     else:
         stale = LocalCluster.load(default_root())
         if stale is not None:
@@ -58,6 +82,8 @@ def cluster_up(
             f"cluster up in {seconds:.1f} s: {cluster.server}, {nodes} kwok nodes, "
             f"{cluster.resident_bytes() / 2**20:.0f} MiB resident"
         )
+        if real_nodes:
+            _start_real_nodes(cluster, real_nodes)
     typer.echo(f"export KUBECONFIG={default_root() / 'admin.kubeconfig'}")
 
 
@@ -86,6 +112,17 @@ def cluster_status() -> None:
     typer.echo(f"kubeconfig: {found.kubeconfig}")
     listed = ClusterAccess(found.kubeconfig).kubectl("get", "nodes", check=False, timeout=15)
     typer.echo(listed.stdout or listed.stderr)
+
+
+@cluster_app.command("expose")
+def cluster_expose(port: int) -> None:
+    """Make a loopback port (RabbitMQ, the store, ...) reachable from real nodes' pods at the gateway."""
+    found = _running_or_fail()
+    try:
+        address = realnodes.expose(port, realnodes.cluster_key(found.root))
+    except realnodes.RealNodeError as exc:
+        _fail(str(exc))
+    typer.echo(f"127.0.0.1:{port} is reachable from real nodes and their pods at {address}")
 
 
 @cluster_app.command("lose-node")

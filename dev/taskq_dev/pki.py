@@ -73,6 +73,19 @@ class CertificateAuthority:
         self.pair.cert.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
         _write_key(self._key, self.pair.key)
 
+    @classmethod
+    def load(cls, folder: Path) -> CertificateAuthority:
+        """The CA an earlier `CertificateAuthority(folder)` wrote (to issue more certs for a running cluster)."""
+        ca = cls.__new__(cls)
+        ca.folder = folder
+        ca.pair = CertPair(folder / "ca.crt", folder / "ca.key")
+        ca._cert = x509.load_pem_x509_certificate(ca.pair.cert.read_bytes())
+        key = serialization.load_pem_private_key(ca.pair.key.read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise TypeError(f"{ca.pair.key} is not the EC key this module writes")
+        ca._key = key
+        return ca
+
     def issue(
         self,
         stem: str,
@@ -128,8 +141,13 @@ def write_kubeconfig(
     client: CertPair | None = None,
     token: str | None = None,
     user: str = "admin",
+    tls_server_name: str | None = None,
 ) -> Path:
-    """A kubeconfig with one cluster, user and context (`taskq-local`) using a client cert or a token."""
+    """A kubeconfig with one cluster, user and context (`taskq-local`) using a client cert or a token.
+
+    `tls_server_name` is the name to check the server certificate against when `server` is an address
+    the certificate does not list (a real node reaches the API server through the Docker gateway).
+    """
     credentials: dict[str, str] = {}
     if client is not None:
         credentials = {"client-certificate": str(client.cert), "client-key": str(client.key)}
@@ -138,7 +156,10 @@ def write_kubeconfig(
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "taskq-local", "cluster": {"server": server, "certificate-authority": str(ca_cert)}}],
+        "clusters": [{"name": "taskq-local", "cluster": {
+            "server": server, "certificate-authority": str(ca_cert),
+            **({"tls-server-name": tls_server_name} if tls_server_name else {}),
+        }}],
         "users": [{"name": user, "user": credentials}],
         "contexts": [{"name": "taskq-local", "context": {"cluster": "taskq-local", "user": user}}],
         "current-context": "taskq-local",

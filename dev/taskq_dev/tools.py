@@ -145,30 +145,47 @@ def _from_environment(
     return None
 
 
-def _kubernetes_build() -> dict[str, Path]:
-    """All four kube binaries from the pinned k8s.io/kubernetes (staging modules pinned to v0.X.Y)."""
-    out_dir = paths.tool_dir("kubernetes", versions.KUBERNETES)
+def _kube_version_ldflags() -> tuple[str, ...]:
+    """Without these the binaries report v0.0.0-master, and kubeVersion checks (Helm charts) fail."""
     major, minor = versions.KUBERNETES.split(".")[:2]
+    return tuple(
+        f"-X {pkg}.{var}={value}"
+        for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
+        for var, value in (
+            ("gitVersion", f"v{versions.KUBERNETES}"),
+            ("gitMajor", major),
+            ("gitMinor", minor),
+            ("gitTreeState", "clean"),
+        )
+    )
+
+
+def _kubernetes_module_build(cache_name: str, binaries: tuple[str, ...]) -> dict[str, Path]:
+    """`binaries` (cmd/<name> mains) from the pinned k8s.io/kubernetes (staging modules pinned to
+    v0.X.Y), cached in their own tool folder with their own build stamp."""
+    out_dir = paths.tool_dir(cache_name, versions.KUBERNETES)
     tool = gobuild.GoTool(
         module=KUBERNETES_MODULE,
         version=versions.KUBERNETES,
-        packages=[f"{KUBERNETES_MODULE}/cmd/{name}" for name in KUBE_BINARIES],
-        # Without these the binaries report v0.0.0-master, and kubeVersion checks (Helm charts) fail.
-        ldflags=tuple(
-            f"-X {pkg}.{var}={value}"
-            for pkg in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
-            for var, value in (
-                ("gitVersion", f"v{versions.KUBERNETES}"),
-                ("gitMajor", major),
-                ("gitMinor", minor),
-                ("gitTreeState", "clean"),
-            )
-        ),
+        packages=[f"{KUBERNETES_MODULE}/cmd/{name}" for name in binaries],
+        ldflags=_kube_version_ldflags(),
     )
-    if gobuild.is_current(tool, out_dir, KUBE_BINARIES):
-        return {name: out_dir / name for name in KUBE_BINARIES}
+    if gobuild.is_current(tool, out_dir, binaries):
+        return {name: out_dir / name for name in binaries}
     tool = dataclasses.replace(tool, replaces=gobuild.staging_replaces(versions.KUBERNETES))
-    return gobuild.build(tool, out_dir, KUBE_BINARIES)
+    return gobuild.build(tool, out_dir, binaries)
+
+
+def _kubernetes_build() -> dict[str, Path]:
+    """All four control-plane and client binaries."""
+    return _kubernetes_module_build("kubernetes", KUBE_BINARIES)
+
+
+def kubelet_binary() -> Path:
+    """The kubelet for the harness's real nodes, from the same k8s.io/kubernetes module as the other
+    kube binaries but its own build and cache folder (`tools/kubelet`), so building it never
+    invalidates theirs. Static (CGO off): it runs inside the Debian trixie node containers."""
+    return _kubernetes_module_build("kubelet", ("kubelet",))["kubelet"]
 
 
 def kube_binary(name: str) -> Path:

@@ -1,0 +1,3 @@
+module taskq.local/pause
+
+go 1.22
