@@ -113,7 +113,8 @@ def report_progress(fraction: float, message: str | None = None) -> bool:
 def running(context: TaskContext, sink: ProgressSink) -> Iterator[None]:
     """Make `context` the current attempt (and `sink` its progress channel) inside the block.
 
-    After the block, reports from anything the task left running are dropped.
+    After the block, anything the task left running (a helper thread holding a copy of the
+    context) gets `RuntimeError` from `current()`/`report_progress()`; nothing more is sent.
     """
     active = _Active(context, sink)
     token = _active.set(active)

@@ -94,11 +94,14 @@ async def _bounded(awaitable: Awaitable[Any], timeout_s: float | None) -> Any:
     limit = asyncio.timeout(timeout_s)
     try:
         async with limit:
-            return await awaitable
+            value = await awaitable
     except TimeoutError:
         if limit.expired():
             raise TaskTimeout(f"the task exceeded its time limit of {timeout_s:g} s") from None
         raise
+    if limit.expired():  # the coroutine swallowed the cancellation and returned anyway
+        raise TaskTimeout(f"the task exceeded its time limit of {timeout_s:g} s")
+    return value
 
 
 def call_sync(
