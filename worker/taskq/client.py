@@ -9,10 +9,11 @@ Used directly by Python producers, and by the `taskq` CLI and the HTTP intake se
 from __future__ import annotations
 
 import builtins
+import contextlib
 import threading
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain, islice
 from typing import Any, TypeVar
@@ -91,7 +92,9 @@ def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
 class Client:
     """A producer and administrator of taskq queues; thread-safe, one per process is enough."""
 
-    def __init__(self, settings: Settings | None = None, *, window: int = DEFAULT_WINDOW, batch_size: int = DEFAULT_BATCH) -> None:
+    def __init__(
+        self, settings: Settings | None = None, *, window: int = DEFAULT_WINDOW, batch_size: int = DEFAULT_BATCH
+    ) -> None:
         self.settings = settings or Settings()
         self.batch_size = batch_size
         self._store: TaskStore | None = None
@@ -119,10 +122,8 @@ class Client:
         self._publisher.close()
         with self._admin_lock:
             if self._admin is not None and self._admin.is_open:
-                try:
+                with contextlib.suppress(pika.exceptions.AMQPError, OSError):  # already broken: nothing to close
                     self._admin.close()
-                except (pika.exceptions.AMQPError, OSError):
-                    pass
             self._admin = None
         if self._store is not None:
             self._store.close()
@@ -152,6 +153,7 @@ class Client:
     def ping(self) -> None:
         """Raise `StoreUnavailable` / `BrokerUnavailable` unless both answer (the HTTP readiness check)."""
         self.store.ping()
+
         def probe(conn: pika.BlockingConnection) -> None:
             with translated("pinging", "the broker"):
                 conn.process_data_events(time_limit=0)
@@ -303,10 +305,8 @@ class Client:
     def _forget_unpublished(self, task_ids: set[str]) -> None:
         """After a failed publish, drop the `queued` documents of what the broker did not confirm, so
         that submitting the same ids again publishes them (best effort: the store may be down too)."""
-        try:
+        with contextlib.suppress(TaskqError):
             self.store.forget_unpublished(task_ids)
-        except TaskqError:
-            pass
 
     # -- reading ------------------------------------------------------------------------------
 
