@@ -68,6 +68,8 @@ class Services:
             "TASKQ_RETRY_INITIAL": "0.2",
             "TASKQ_RETRY_MAX": "1",
             "TASKQ_GRACE_SECONDS": "10",
+            # The test task modules next to this file (worker_test_tasks) import in workers and their children.
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])),
         }
         env.update({f"TASKQ_{key.upper()}": str(value) for key, value in overrides.items()})
         return env

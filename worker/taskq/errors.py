@@ -6,6 +6,7 @@ Messages name the component and the host but never credentials (see `redact_url`
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote
 
 
 class TaskqError(Exception):
@@ -22,6 +23,10 @@ class BrokerRejected(TaskqError):
 
 class StoreUnavailable(TaskqError):
     """The MongoDB-protocol store cannot be reached or timed out."""
+
+
+class InvalidStoreURI(TaskqError):
+    """The store URI (or one of its options) is not valid: a configuration error, not an outage."""
 
 
 class StoreRefused(TaskqError):
@@ -93,3 +98,29 @@ def redact_url(url: str) -> str:
         return f"{scheme}://{authority}{tail}"
     except Exception:  # noqa: BLE001 - a redactor must never be the reason a log line or an error fails
         return "<unparseable url>"
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secret values inside `url` (its password, secret-bearing query values), longest first."""
+    found: list[str] = []
+    try:
+        _, sep, rest = url.partition("://")
+        authority = rest.rsplit("@", 1)[0] if sep and "@" in rest else ""
+        if ":" in authority:
+            found.append(authority.split(":", 1)[1])
+        query = url.split("?", 1)[1].split("#", 1)[0] if "?" in url else ""
+        for item in query.split("&"):
+            key, eq, value = item.partition("=")
+            if eq and value and any(word in key.lower() for word in _SECRET_QUERY_WORDS):
+                found.append(value)
+    except Exception:  # noqa: BLE001 - best effort: redact_url stays the first line of defence
+        return []
+    expanded = set(found) | {unquote(value) for value in found}
+    return sorted((value for value in expanded if value), key=len, reverse=True)
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` (say, a library's error message about `url`) with every secret of `url` replaced by `***`."""
+    for secret in url_secrets(url):
+        text = text.replace(secret, _MASK)
+    return text

@@ -33,7 +33,7 @@ from taskq.core.message import TaskMessage
 from taskq.core.states import TaskState
 from taskq.core.transitions import Transition
 from taskq.core.storable import safe_text
-from taskq.errors import StoreRefused, StoreUnavailable, TaskqError, redact_url
+from taskq.errors import InvalidStoreURI, StoreRefused, StoreUnavailable, TaskqError, redact_url, scrub
 
 T = TypeVar("T")
 DUPLICATE_KEY = 11000
@@ -52,15 +52,19 @@ class TaskStore:
 
     def __init__(self, uri: str, database: str = "taskq", *, timeout_ms: int = 5000) -> None:
         self._where = redact_url(uri)
-        self._client: MongoClient[dict[str, Any]] = MongoClient(
-            uri,
-            serverSelectionTimeoutMS=timeout_ms,
-            connectTimeoutMS=timeout_ms,
-            socketTimeoutMS=max(timeout_ms * 3, 10_000),
-            retryWrites=False,
-            tz_aware=True,
-            appname="taskq",
-        )
+        try:
+            self._client: MongoClient[dict[str, Any]] = MongoClient(
+                uri,
+                serverSelectionTimeoutMS=timeout_ms,
+                connectTimeoutMS=timeout_ms,
+                socketTimeoutMS=max(timeout_ms * 3, 10_000),
+                retryWrites=False,
+                tz_aware=True,
+                appname="taskq",
+            )
+        except (PyMongoError, ValueError, TypeError) as exc:  # pymongo validates the URI and its options here
+            reason = safe_text(scrub(str(exc), uri), 300)
+            raise InvalidStoreURI(f"invalid store URI {self._where}: {type(exc).__name__}: {reason}") from None
         db = self._client[database]
         self.tasks = db["tasks"]
         self.workers = db["workers"]

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from taskq.core.outcomes import Decision
-from taskq.errors import TaskqError, redact_url
+from taskq.errors import InvalidStoreURI, TaskqError, redact_url
 from taskq.registry import import_task_modules, lookup, registered_names
 from taskq.settings import Settings
 from taskq.store.mongo import TaskStore
@@ -92,7 +92,11 @@ def run(settings: Settings, log: JsonLog) -> int:
     """Run the worker until SIGTERM/SIGINT or a stage failure; return the exit status."""
     warn_capped_tasks(settings, log)
     supervisor = Supervisor(log)
-    store = TaskStore(settings.mongodb_uri, settings.database)
+    try:
+        store = TaskStore(settings.mongodb_uri, settings.database)
+    except InvalidStoreURI as exc:
+        log.event("worker.config_error", "error", error=str(exc))
+        return 2
     try:
         store.ensure_indexes()
     except TaskqError as exc:
