@@ -13,7 +13,7 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from taskq_dev import ports, versions
+from taskq_dev.ports import poll
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -33,16 +34,6 @@ IMAGE_VALUES = ["--set", "image.repository=taskq", "--set", "image.tag=dev", "--
 WAIT_S = 90.0
 INSTALL_OUTPUT: dict[str, str] = {}
 """What `helm install` printed (NOTES.txt included), by release."""
-
-
-def _wait_for(predicate: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -158,13 +149,18 @@ def test_operator_runs_the_example_taskqueue_with_the_chart_rbac(
             ).stdout)
             return bool(listing["items"])
 
-        _wait_for(worker_deployment, "the operator (chart ServiceAccount) to create the worker Deployment")
+        poll(
+            worker_deployment,
+            timeout=WAIT_S,
+            what="the operator (chart ServiceAccount) to create the worker Deployment",
+            interval=0.5,
+        )
 
         def status_written() -> bool:
             body = json.loads(cluster.kubectl("get", "tq", "demo", "-n", namespace, "-o", "json").stdout)
             return bool(body.get("status", {}).get("conditions"))
 
-        _wait_for(status_written, "the operator to write the TaskQueue status")
+        poll(status_written, timeout=WAIT_S, what="the operator to write the TaskQueue status", interval=0.5)
     finally:
         cluster.kubectl("delete", "tq", "demo", "-n", namespace, "--wait=true", "--timeout=60s", check=False)
         cluster.kubectl("delete", "secret", "taskq-connection", "-n", namespace, check=False)
@@ -192,7 +188,7 @@ def test_uninstall_leaves_nothing_but_the_crd(cluster: Any, namespace: str, rele
     def namespace_is_clean() -> bool:
         return set(cluster.kubectl(*leftovers_query).stdout.split()) <= expected
 
-    _wait_for(namespace_is_clean, f"namespace {namespace} to hold nothing of the release")
+    poll(namespace_is_clean, timeout=WAIT_S, what=f"namespace {namespace} to hold nothing of the release", interval=0.5)
     cluster_scoped = cluster.kubectl(
         "get", "clusterroles,clusterrolebindings", "-l", f"app.kubernetes.io/instance={release}", "-o", "name"
     ).stdout.split()

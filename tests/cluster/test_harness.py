@@ -9,21 +9,20 @@ from __future__ import annotations
 import json
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pika
 import pytest
 import yaml
 from kubernetes import client as k8s
 
-from taskq_dev import ports
 from taskq_dev.bridge import WorkerBridge
 from taskq_dev.kubeaccess import ClusterAccess
+from taskq_dev.ports import poll
 
 HERE = Path(__file__).parent
-T = TypeVar("T")
 
 CEL_CRD = """
 apiVersion: apiextensions.k8s.io/v1
@@ -56,21 +55,6 @@ LOST_NODE_TOLERATIONS = [
     {"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5}
     for key in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
 ]
-
-
-def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.5) -> T:
-    """Poll `probe` until it returns something truthy (bounded by `timeout` seconds); return it."""
-    found: list[T] = []
-
-    def check() -> bool:
-        value = probe()
-        if value:
-            found.append(value)
-            return True
-        return False
-
-    ports.wait_until(check, timeout=timeout, what=what, interval=interval)
-    return found[-1]
 
 
 @pytest.fixture
@@ -154,7 +138,7 @@ def test_deployment_becomes_available_on_kwok_nodes_and_is_garbage_collected(
         left = cluster.kubectl("get", "deployments,replicasets,pods", "-n", namespace, "-o", "name").stdout
         return not left.strip()
 
-    wait_for(collected, 60, "the garbage collector to delete the Deployment, ReplicaSet and pods")
+    poll(collected, timeout=60, what="the garbage collector to delete the Deployment, ReplicaSet and pods", interval=0.5)
 
 
 def test_bridge_runs_a_process_per_pod_and_node_loss_kills_and_replaces_it(
@@ -185,13 +169,17 @@ def test_bridge_runs_a_process_per_pod_and_node_loss_kills_and_replaces_it(
     def consumers() -> int:
         return int(channel.queue_declare(queue_name, passive=True).method.consumer_count)
 
-    placement = wait_for(lambda: (lambda p: p if len(p) == 3 else None)(running_pods(cluster, namespace, selector)),
-                         60, "3 Running pods")
-    wait_for(lambda: set(bridge.processes()) == set(placement), 30, "a bridged process per pod")
-    wait_for(lambda: consumers() == 3, 30, "3 consumers on the queue")
+    placement = poll(
+        lambda: (lambda p: p if len(p) == 3 else None)(running_pods(cluster, namespace, selector)),
+        timeout=60,
+        what="3 Running pods",
+        interval=0.5,
+    )
+    poll(lambda: set(bridge.processes()) == set(placement), timeout=30, what="a bridged process per pod", interval=0.5)
+    poll(lambda: consumers() == 3, timeout=30, what="3 consumers on the queue", interval=0.5)
     log_of = {pod: bridge.log_dir / f"{namespace}_{pod}.log" for pod in placement}
     for pod, node in placement.items():
-        wait_for(lambda: "holding message-" in log_of[pod].read_text(), 15, f"{pod} to hold a message")
+        poll(lambda: "holding message-" in log_of[pod].read_text(), timeout=15, what=f"{pod} to hold a message", interval=0.5)
         assert f"as {pod} on {node}" in log_of[pod].read_text()
 
     victim_pod, victim_node = sorted(placement.items())[0]
@@ -200,20 +188,24 @@ def test_bridge_runs_a_process_per_pod_and_node_loss_kills_and_replaces_it(
 
     assert not Path(f"/proc/{victim_pid}").exists(), "the lost node's process must die at once"
     assert victim_pod not in bridge.processes()
-    wait_for(lambda: consumers() == 2, 15, "the broker to drop the dead consumer")
+    poll(lambda: consumers() == 2, timeout=15, what="the broker to drop the dead consumer", interval=0.5)
 
     def replaced() -> dict[str, str] | None:
         now = running_pods(cluster, namespace, selector)
         return now if len(now) == 3 and victim_pod not in now else None
 
-    after = wait_for(replaced, 90, f"a replacement for {victim_pod} off node {victim_node}", interval=1.0)
+    after = poll(replaced, timeout=90, what=f"a replacement for {victim_pod} off node {victim_node}", interval=1.0)
     assert victim_node not in after.values()
     (replacement,) = set(after) - set(placement)
-    wait_for(lambda: replacement in bridge.processes(), 30, "a process for the replacement pod")
-    wait_for(lambda: consumers() == 3, 30, "the replacement to consume")
+    poll(lambda: replacement in bridge.processes(), timeout=30, what="a process for the replacement pod", interval=0.5)
+    poll(lambda: consumers() == 3, timeout=30, what="the replacement to consume", interval=0.5)
     replacement_log = bridge.log_dir / f"{namespace}_{replacement}.log"
-    wait_for(lambda: "holding message-" in replacement_log.read_text(), 15,
-             "the dead consumer's message to be redelivered to the replacement")
+    poll(
+        lambda: "holding message-" in replacement_log.read_text(),
+        timeout=15,
+        what="the dead consumer's message to be redelivered to the replacement",
+        interval=0.5,
+    )
     connection.close()
 
 
@@ -260,7 +252,11 @@ def test_service_account_tokens_authenticate_and_rbac_authorizes(
     cluster.kubectl("create", "role", "read-secrets", "--verb=list", "--resource=secrets", "-n", namespace)
     cluster.kubectl("create", "rolebinding", "read-secrets", "--role=read-secrets",
                     f"--serviceaccount={namespace}:default", "-n", namespace)
-    wait_for(lambda: account.kubectl("get", "secrets", "-n", namespace, check=False).returncode == 0, 15,
-             "the new RoleBinding to take effect")
+    poll(
+        lambda: account.kubectl("get", "secrets", "-n", namespace, check=False).returncode == 0,
+        timeout=15,
+        what="the new RoleBinding to take effect",
+        interval=0.5,
+    )
     listed = k8s.CoreV1Api(cluster.api_client()).list_namespace().items
     assert {"default", "kube-system", namespace} <= {item.metadata.name for item in listed if item.metadata}

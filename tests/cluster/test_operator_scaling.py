@@ -15,9 +15,9 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -26,23 +26,11 @@ from taskq.client import Client
 from taskq.settings import Settings
 from taskq.store.mongo import TaskStore
 from taskq_dev.operator_process import running_operator
+from taskq_dev.ports import poll
 
 pytestmark = [pytest.mark.cluster, pytest.mark.services, pytest.mark.slow]
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "taskqueue.yaml"
-T = TypeVar("T")
-
-
-def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.5) -> T:
-    """Poll `check` until it returns something truthy; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 class TcpRelay:
@@ -202,7 +190,12 @@ def test_taskqueue_gets_a_hardened_owned_deployment_and_spec_changes_roll_it(
     broker, store = _secrets(cluster, namespace, "a", amqp_url, rabbitmq.management_url, mongodb_uri)
     body = _taskqueue("shape", namespace, queue_name, broker, store, database_name, {"minReplicas": 1})
     cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
-    deployment = wait_for(lambda: _get(cluster, namespace, "deployment", "shape-worker"), 30, "the Deployment")
+    deployment = poll(
+        lambda: _get(cluster, namespace, "deployment", "shape-worker"),
+        timeout=30,
+        what="the Deployment",
+        interval=0.5,
+    )
     owner = deployment["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["name"], owner["controller"]) == ("TaskQueue", "shape", True)
     pod = deployment["spec"]["template"]["spec"]
@@ -213,7 +206,7 @@ def test_taskqueue_gets_a_hardened_owned_deployment_and_spec_changes_roll_it(
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     assert {t["key"]: t["tolerationSeconds"] for t in pod["tolerations"]}["node.kubernetes.io/unreachable"] <= 30
-    assert wait_for(lambda: _replicas(cluster, namespace, "shape-worker") == 1, 20, "minReplicas 1")
+    assert poll(lambda: _replicas(cluster, namespace, "shape-worker") == 1, timeout=20, what="minReplicas 1", interval=0.5)
 
     generation = deployment["metadata"]["generation"]
     cluster.kubectl("patch", "-n", namespace, "tq", "shape", "--type=merge",
@@ -225,14 +218,18 @@ def test_taskqueue_gets_a_hardened_owned_deployment_and_spec_changes_roll_it(
             return current
         return None
 
-    rolled_out = wait_for(rolled, 30, "the Deployment template to change")
+    rolled_out = poll(rolled, timeout=30, what="the Deployment template to change", interval=0.5)
     env = {e["name"]: e.get("value") for e in rolled_out["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["TASKQ_CONCURRENCY"] == "3"
     assert rolled_out["spec"]["replicas"] == 1
 
     cluster.kubectl("delete", "-n", namespace, "tq", "shape")
-    wait_for(lambda: _get(cluster, namespace, "deployment", "shape-worker") is None, 60,
-             "garbage collection of the Deployment")
+    poll(
+        lambda: _get(cluster, namespace, "deployment", "shape-worker") is None,
+        timeout=60,
+        what="garbage collection of the Deployment",
+        interval=0.5,
+    )
     secrets = cluster.kubectl("get", "-n", namespace, "events", "-o", "json").stdout
     assert "guest:guest" not in secrets and "mongodb://" not in secrets
 
@@ -246,7 +243,7 @@ def test_backlog_scales_up_workers_drain_and_it_scales_back_down(
                "scaleDown": {"stabilizationWindowSeconds": 10}}
     body = _taskqueue("burst", namespace, queue_name, broker, store, database_name, scaling)
     cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
-    wait_for(lambda: _get(cluster, namespace, "deployment", "burst-worker"), 30, "the Deployment")
+    poll(lambda: _get(cluster, namespace, "deployment", "burst-worker"), timeout=30, what="the Deployment", interval=0.5)
     assert _replicas(cluster, namespace, "burst-worker") == 0
 
     settings = Settings(amqp_url=amqp_url, mongodb_uri=mongodb_uri, database=database_name, queue=queue_name)
@@ -260,7 +257,7 @@ def test_backlog_scales_up_workers_drain_and_it_scales_back_down(
         seen.append(replicas)
         return replicas == 10
 
-    wait_for(at_ten, 30, "10 replicas for 1000 tasks at 100 per replica", interval=0.25)
+    poll(at_ten, timeout=30, what="10 replicas for 1000 tasks at 100 per replica", interval=0.25)
     assert seen == sorted(seen), f"replicas went down while the backlog was high: {seen}"
 
     table = cluster.kubectl("get", "-n", namespace, "tq", "burst").stdout.splitlines()
@@ -270,12 +267,20 @@ def test_backlog_scales_up_workers_drain_and_it_scales_back_down(
 
     task_store = TaskStore(mongodb_uri, database_name)
     try:
-        wait_for(lambda: task_store.counts_by_state(queue_name).get("succeeded") == 1000, 600,
-                 "the bridged workers to finish all 1000 tasks", interval=2)
+        poll(
+            lambda: task_store.counts_by_state(queue_name).get("succeeded") == 1000,
+            timeout=600,
+            what="the bridged workers to finish all 1000 tasks",
+            interval=2,
+        )
     finally:
         task_store.close()
-    wait_for(lambda: _replicas(cluster, namespace, "burst-worker") == 0, 60,
-             "scale-down to minReplicas after the 10 s window")
+    poll(
+        lambda: _replicas(cluster, namespace, "burst-worker") == 0,
+        timeout=60,
+        what="scale-down to minReplicas after the 10 s window",
+        interval=0.5,
+    )
 
     events = _events(cluster, namespace, "burst")
     reasons = [e["reason"] for e in events]
@@ -298,15 +303,22 @@ def test_vanished_broker_sets_condition_and_holds_replicas(
         body = _taskqueue("fragile", namespace, queue_name, broker, store, database_name,
                           {"minReplicas": 2, "maxReplicas": 5, "scaleDown": {"stabilizationWindowSeconds": 0}})
         cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
-        wait_for(lambda: _replicas(cluster, namespace, "fragile-worker") == 2, 30, "2 replicas")
-        wait_for(lambda: (_condition(cluster, namespace, "fragile", "BrokerReachable") or {}).get("status") == "True",
-                 20, "BrokerReachable=True")
+        poll(lambda: _replicas(cluster, namespace, "fragile-worker") == 2, timeout=30, what="2 replicas", interval=0.5)
+        poll(
+            lambda: (_condition(cluster, namespace, "fragile", "BrokerReachable") or {}).get("status") == "True",
+            timeout=20,
+            what="BrokerReachable=True",
+            interval=0.5,
+        )
     finally:
         amqp_relay.close()
         management_relay.close()
-    unreachable = wait_for(
+    unreachable = poll(
         lambda: (c := _condition(cluster, namespace, "fragile", "BrokerReachable")) and c["status"] == "False" and c,
-        20, "BrokerReachable=False")
+        timeout=20,
+        what="BrokerReachable=False",
+        interval=0.5,
+    )
     assert "unreachable" in unreachable["message"] or "lost" in unreachable["message"]
     assert "guest:guest" not in unreachable["message"]
     time.sleep(3)
@@ -332,14 +344,19 @@ def test_node_loss_with_work_in_flight_loses_no_task(
                   if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")}
         return placed if len(placed) == 3 else None
 
-    placement = wait_for(running_pods, 60, "3 running worker pods")
+    placement = poll(running_pods, timeout=60, what="3 running worker pods", interval=0.5)
     total = 120
     settings = Settings(amqp_url=amqp_url, mongodb_uri=mongodb_uri, database=database_name, queue=queue_name)
     task_store = TaskStore(mongodb_uri, database_name)
     try:
         with Client(settings) as client:
             client.submit_many([{"name": "sleep", "kwargs": {"seconds": 0.5}} for _ in range(total)])
-        wait_for(lambda: task_store.counts_by_state(queue_name).get("running", 0) >= 3, 60, "tasks in flight")
+        poll(
+            lambda: task_store.counts_by_state(queue_name).get("running", 0) >= 3,
+            timeout=60,
+            what="tasks in flight",
+            interval=0.5,
+        )
         victim = sorted(placement.values())[0]
         lost_pods = {pod for pod, node in placement.items() if node == victim}
         cluster.lose_node(victim)
@@ -350,9 +367,13 @@ def test_node_loss_with_work_in_flight_loses_no_task(
                 return now
             return None
 
-        wait_for(rescheduled, 90, f"the pods of lost node {victim} to run elsewhere", interval=1)
-        wait_for(lambda: task_store.counts_by_state(queue_name).get("succeeded") == total, 600,
-                 "every task to succeed after the node loss", interval=2)
+        poll(rescheduled, timeout=90, what=f"the pods of lost node {victim} to run elsewhere", interval=1)
+        poll(
+            lambda: task_store.counts_by_state(queue_name).get("succeeded") == total,
+            timeout=600,
+            what="every task to succeed after the node loss",
+            interval=2,
+        )
         counts = task_store.counts_by_state(queue_name)
         assert counts["succeeded"] == total and sum(counts.values()) == total, counts
     finally:

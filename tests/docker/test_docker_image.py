@@ -18,6 +18,7 @@ import pytest
 from taskq import Client
 from taskq.settings import Settings
 from taskq_dev import docker
+from taskq_dev.ports import poll
 
 pytestmark = [pytest.mark.docker, pytest.mark.services, pytest.mark.slow]
 
@@ -69,16 +70,6 @@ def run_worker(
         subprocess.run([docker.docker_binary(), "rm", "--force", name], capture_output=True, timeout=60)
 
 
-def _wait_for(predicate: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(POLL_S)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def _states(client: Client, ids: list[str]) -> list[str]:
     return [client.status(task_id)["state"] for task_id in ids]
 
@@ -120,13 +111,18 @@ def test_worker_container_runs_tasks_and_drains_on_sigterm(
     worker = run_worker(TASKQ_CONCURRENCY="1", TASKQ_PREFETCH="4", TASKQ_GRACE_SECONDS="20")
 
     quick = [client.submit("echo", [index]) for index in range(20)]
-    _wait_for(lambda: set(_states(client, quick)) == {"succeeded"}, "20 echo tasks to succeed in the container")
+    poll(
+        lambda: set(_states(client, quick)) == {"succeeded"},
+        timeout=WAIT_S,
+        what="20 echo tasks to succeed in the container",
+        interval=POLL_S,
+    )
     assert client.status(quick[0])["result"] is not None
 
     # One long task starts; the ones behind it are prefetched or still queued when SIGTERM arrives.
     long_task = client.submit("sleep", kwargs={"seconds": 4})
     behind = [client.submit("sleep", kwargs={"seconds": 0.1}) for _ in range(3)]
-    _wait_for(lambda: client.status(long_task)["state"] == "running", "the long task to start")
+    poll(lambda: client.status(long_task)["state"] == "running", timeout=WAIT_S, what="the long task to start", interval=POLL_S)
     stop_started = time.monotonic()
     subprocess.run([docker.docker_binary(), "stop", "--time", "30", worker], check=True, capture_output=True, timeout=60)
     stop_seconds = time.monotonic() - stop_started
@@ -141,4 +137,9 @@ def test_worker_container_runs_tasks_and_drains_on_sigterm(
 
     # What the first worker handed back is delivered to the next one (at-least-once, nothing lost).
     run_worker(TASKQ_CONCURRENCY="2")
-    _wait_for(lambda: set(_states(client, behind)) == {"succeeded"}, "the handed-back tasks to succeed")
+    poll(
+        lambda: set(_states(client, behind)) == {"succeeded"},
+        timeout=WAIT_S,
+        what="the handed-back tasks to succeed",
+        interval=POLL_S,
+    )
