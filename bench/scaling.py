@@ -33,6 +33,7 @@ from typing import Any
 
 import pika
 
+from taskq.broker.admin import queue_depth
 from taskq_dev.operator_process import running_operator
 from taskq_dev.ports import poll
 from taskq_dev.tools import kube_binary
@@ -142,7 +143,8 @@ class Broker:
         self.connection.process_data_events(0)
 
     def ready(self, queue: str) -> int:
-        return int(self.channel.queue_declare(queue, passive=True).method.message_count)
+        depth = queue_depth(self.connection, queue)
+        return depth.messages if depth is not None else 0
 
     def purge(self, queue: str) -> None:
         self.channel.queue_purge(queue)

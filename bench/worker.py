@@ -38,6 +38,7 @@ from urllib.parse import quote
 import httpx
 import pika
 
+from taskq.broker.admin import queue_depth
 from taskq.broker.connection import connect
 from taskq.client import Client
 from taskq.core.states import TaskState
@@ -66,12 +67,8 @@ class Broker:
         self._connection = connect(amqp_url, name="taskq-bench-observer")
 
     def ready_and_consumers(self, queue: str) -> tuple[int, int]:
-        channel = self._connection.channel()
-        try:
-            ok = channel.queue_declare(queue, passive=True)
-            return ok.method.message_count, ok.method.consumer_count
-        finally:
-            channel.close()
+        depth = queue_depth(self._connection, queue)
+        return (depth.messages, depth.consumers) if depth is not None else (0, 0)
 
     def unacked(self, queue: str) -> int:
         url = f"{self._management}/api/queues/{quote(self._vhost, safe='')}/{quote(queue, safe='')}"

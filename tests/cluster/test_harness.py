@@ -18,6 +18,7 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
+from taskq.broker.admin import queue_depth
 from taskq_dev.bridge import WorkerBridge
 from taskq_dev.kubeaccess import ClusterAccess
 from taskq_dev.ports import poll
@@ -167,7 +168,8 @@ def test_bridge_runs_a_process_per_pod_and_node_loss_kills_and_replaces_it(
     selector = "app.kubernetes.io/instance=bridged"
 
     def consumers() -> int:
-        return int(channel.queue_declare(queue_name, passive=True).method.consumer_count)
+        depth = queue_depth(connection, queue_name)
+        return depth.consumers if depth is not None else 0
 
     placement = poll(
         lambda: (lambda p: p if len(p) == 3 else None)(running_pods(cluster, namespace, selector)),

@@ -13,6 +13,7 @@ import pymongo
 import pytest
 from pymongo import InsertOne, UpdateOne
 
+from taskq.broker.admin import queue_depth
 from taskq_dev import ports
 from taskq_dev.mongo import ExternalMongo, PrivateMongo
 from taskq_dev.rabbitmq import ExternalRabbitMQ, PrivateRabbitMQ
@@ -80,10 +81,8 @@ def test_cleanup_deletes_only_the_test_queues(rabbitmq: RabbitMQService, queue_n
     for name in [*ours, other]:
         channel.queue_declare(name, durable=True)
     assert sorted(delete_queues(rabbitmq, queue_name)) == sorted(ours)
-    for name in ours:
-        with pytest.raises(pika.exceptions.ChannelClosedByBroker):
-            channel.queue_declare(name, passive=True)
-        channel = connection.channel()
+    assert [queue_depth(connection, name) for name in ours] == [None] * len(ours)
+    assert queue_depth(connection, other) is not None
     channel.queue_delete(other)
     connection.close()
 

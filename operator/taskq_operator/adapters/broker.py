@@ -28,11 +28,11 @@ import pika
 import pika.exceptions as pe
 from pika.adapters.blocking_connection import BlockingChannel
 
+from taskq.broker.admin import queue_depth
 from taskq.broker.connection import connect
 from taskq.broker.topology import declare_queue_topology
-from taskq.errors import BrokerRejected, BrokerUnavailable, redact_url
+from taskq.errors import BrokerUnavailable, redact_url
 
-NOT_FOUND = 404
 LANES = 8
 MANAGEMENT_COLUMNS = ",".join(
     [
@@ -187,19 +187,12 @@ class BrokerObserver:
         return counts, leftovers
 
     def _one_by_one(self, queues: list[str]) -> dict[str, ReadyCount | None]:
+        """One passive declare per queue (taskq's own `queue_depth`), for the queues of a closed lane."""
         assert self._connection is not None
         counts: dict[str, ReadyCount | None] = {}
         for queue in queues:
-            channel = self._connection.channel()
-            try:
-                frame = channel.queue_declare(queue, passive=True)
-            except pe.ChannelClosedByBroker as exc:
-                if exc.reply_code != NOT_FOUND:
-                    raise BrokerRejected(f"broker at {self._where} refused reading {queue!r}: {exc.reply_code}") from None
-                counts[queue] = None
-                continue
-            counts[queue] = ReadyCount(ready=frame.method.message_count, consumers=frame.method.consumer_count)
-            channel.close()
+            depth = queue_depth(self._connection, queue)
+            counts[queue] = None if depth is None else ReadyCount(ready=depth.messages, consumers=depth.consumers)
         return counts
 
     def ready_counts(self, queues: list[str]) -> dict[str, ReadyCount | None]:
