@@ -342,3 +342,47 @@ def test_a_child_that_cannot_import_its_modules_fails_the_start() -> None:
     with pytest.raises(ChildStartFailed, match="no_such_module_here"):
         pool.start()
     assert pool.failure() is not None
+
+
+PARENT_SCRIPT = """
+import os, queue, sys, time
+from taskq.worker.pools import Attempt, make_pool
+
+def main() -> None:
+    events = queue.Queue()
+    pool = make_pool("process", size=2, events=events, task_modules=["taskq.examples"])
+    pool.start()
+    pool.submit(Attempt("k", "t", "ledger", 1, "q", [sys.argv[2], 30], {}, 60.0))
+    events.get(timeout=30)  # Started
+    print(" ".join(str(pid) for pid in pool.child_pids()), flush=True)
+    if sys.argv[1] == "hang":
+        time.sleep(60)
+    # "exit": leave without stop(), with a task running in a child that ignores SIGTERM
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+@pytest.mark.parametrize("how", ["exit", "sigkill"])
+def test_no_child_outlives_its_worker(tmp_path: Path, how: str) -> None:
+    import subprocess
+    import sys
+
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT_SCRIPT)
+    mode = "hang" if how == "sigkill" else "exit"
+    parent = subprocess.Popen([sys.executable, str(script), mode, str(tmp_path / "l")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        line = parent.stdout.readline()
+        pids = [int(pid) for pid in line.split()]
+        assert len(pids) == 2, line
+        if how == "sigkill":
+            parent.kill()
+        assert parent.wait(timeout=20) in (0, -signal.SIGKILL)
+        assert wait_gone(pids, timeout_s=10) == [], f"children outlived the worker ({how})"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(5)

@@ -4,14 +4,15 @@ Started by `ProcessPool` (forkserver context) with `serve` as its target. Protoc
 parent → child: a `Request` tuple or None (exit); child → parent: ("ready", pid) or
 ("failed", message) once, then per attempt ("started", at), any ("progress", fraction, message, at)
 and one ("done", result_json, error, duration_s). The child ignores SIGINT/SIGTERM (the parent owns
-shutdown), dies with its forkserver parent (PR_SET_PDEATHSIG), and turns SIGUSR1 into
+shutdown), kills itself as soon as the worker process is gone (a thread waits on a pidfd of the
+worker, so even a task that is still running cannot outlive it), and turns SIGUSR1 into
 `SoftTimeLimitExceeded` inside the running task.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
+import select
 import signal
 import threading
 import time
@@ -25,7 +26,6 @@ from taskq.registry import TaskSpec, import_task_modules, lookup
 from taskq.worker.pools.outcome import MESSAGE_MAX, call_sync, encode_result, error_info
 
 SOFT_SIGNAL = signal.SIGUSR1
-_PR_SET_PDEATHSIG = 1
 
 # (task_id, name, attempt, queue, args, kwargs, timeout_s): a plain tuple pickles fastest.
 Request = tuple[str, str, int, str, list[Any], dict[str, Any], float]
@@ -65,20 +65,27 @@ class _Channel:
             self.conn.send(message)
 
 
-def _die_with_parent() -> None:
+def _die_with(worker_pid: int) -> None:
+    """Start a thread that SIGKILLs this process when `worker_pid` exits (the forkserver is not the worker)."""
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        return
+        pidfd = os.pidfd_open(worker_pid)
+    except ProcessLookupError:
+        os._exit(1)  # the worker is already gone
+    except (AttributeError, OSError):
+        return  # no pidfd (old kernel): the pipe's EOF still ends an idle child
+
+    def watch() -> None:
+        # Keep process signals (the soft limit) for the main thread, where they interrupt the task.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {SOFT_SIGNAL, signal.SIGINT, signal.SIGTERM})
+        select.select([pidfd], [], [])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="taskq-child-lifeline", daemon=True).start()
 
 
-def serve(conn: Connection, task_modules: list[str]) -> None:
+def serve(conn: Connection, task_modules: list[str], worker_pid: int) -> None:
     """The child's main function (the `Process` target)."""
-    parent = os.getppid()
-    _die_with_parent()
-    if os.getppid() != parent:  # the parent died before the death signal was armed
-        os._exit(1)
+    _die_with(worker_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     channel = _Channel(conn)

@@ -13,9 +13,13 @@ reports with bounded polls. It enforces, from outside the child:
   it is killed (MemoryLimitExceeded), and a child left over the limit after a task is recycled;
 - `max_tasks_per_child`: the child is replaced after that many attempts.
 
-A lost child is replaced at once and the pool keeps serving. Children ignore SIGINT/SIGTERM; `stop`
-lets them finish, then kills what is left. An exit hook kills children of pools never stopped, and
-children die with their forkserver (which exits with the worker), so none outlives the worker.
+A lost child is replaced at once and the pool keeps serving. As in any multiprocessing program
+that does not fork directly, each child imports the worker's main module as `__mp_main__`: it must
+not start work at import time (the `taskq-worker` script and `python -m` entry points are guarded).
+
+Children ignore SIGINT/SIGTERM; `stop` lets them finish, then kills what is left. An exit hook
+kills children of pools never stopped, and each child kills itself when the worker process is gone
+(even SIGKILLed), so none outlives it.
 """
 
 from __future__ import annotations
@@ -280,16 +284,22 @@ class ProcessPool:
                 return None
             parent_conn, child_conn = self._context.Pipe(duplex=True)
             process = self._context.Process(
-                target=child_main.serve, args=(child_conn, self._task_modules), name=f"taskq-pool-child-{slot}", daemon=True
+                target=child_main.serve,
+                args=(child_conn, self._task_modules, os.getpid()),
+                name=f"taskq-pool-child-{slot}",
+                daemon=True,
             )
             process.start()
             child_conn.close()
             assert process.pid is not None
             child = _Child(process, parent_conn, process.pid)
             message: Any = None
+            give_up = time.monotonic() + START_TIMEOUT_S
             try:
-                if parent_conn.poll(START_TIMEOUT_S):
-                    message = parent_conn.recv()
+                while not self._kill_now.is_set() and (left := give_up - time.monotonic()) > 0:
+                    if parent_conn.poll(min(left, IDLE_POLL_S)):
+                        message = parent_conn.recv()
+                        break
             except (EOFError, OSError):
                 message = None
             if isinstance(message, tuple) and message and message[0] == "ready":
