@@ -113,9 +113,7 @@ class _ManagementAccess:
     def management_answers(self) -> bool:
         """Whether `GET /api/overview` succeeds now."""
         try:
-            response = httpx.get(
-                f"{self.management_base}/api/overview", auth=self.management_auth, timeout=2.0
-            )
+            response = httpx.get(f"{self.management_base}/api/overview", auth=self.management_auth, timeout=2.0)
         except httpx.HTTPError:
             return False
         return response.status_code == 200
@@ -323,8 +321,7 @@ class PrivateRabbitMQ(_ManagementAccess):
         if result.returncode != 0:
             detail = (result.stderr or result.stdout).strip().splitlines()[-3:]
             raise ServiceError(
-                f"RabbitMQ node {self.layout.nodename} did not start: {' '.join(detail)}\n"
-                f"{self.process.log_tail()}"
+                f"RabbitMQ node {self.layout.nodename} did not start: {' '.join(detail)}\n{self.process.log_tail()}"
             )
 
     def _check_installed(self) -> None:
@@ -421,4 +418,3 @@ class PrivateRabbitMQ(_ManagementAccess):
         """Stop the node and delete its folder."""
         self.stop()
         shutil.rmtree(self.layout.base_dir, ignore_errors=True)
-

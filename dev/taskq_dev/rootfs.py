@@ -165,8 +165,11 @@ def ensure_root(recipe: RootRecipe = RABBITMQ_TRIXIE) -> Path:
     if is_built(recipe):
         return recipe.root
     with _build_lock(recipe):
-        if not is_built(recipe):  # another session may have finished it while we waited
+        built_now = not is_built(recipe)  # another session may have finished it while we waited
+        if built_now:
             _build(recipe)
+    if built_now:
+        sweep_old_roots(recipe)
     return recipe.root
 
 

@@ -250,9 +250,7 @@ def delete_queues(rabbitmq: RabbitMQService, queue: str) -> list[str]:
                 if response.status_code not in (204, 404):
                     response.raise_for_status()
     except httpx.HTTPError as exc:
-        raise ServiceError(
-            f"could not delete queues {queue}* via {rabbitmq.management_base}: {type(exc).__name__}"
-        ) from exc
+        raise ServiceError(f"could not delete queues {queue}* via {rabbitmq.management_base}: {type(exc).__name__}") from exc
     return doomed
 
 

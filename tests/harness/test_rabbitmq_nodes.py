@@ -25,6 +25,7 @@ import pytest
 from taskq_dev import chroot, ports, rootfs, services
 from taskq_dev.rabbitmq import CHROOT_SERIES, HOST_SERIES, PrivateRabbitMQ, RabbitNodeLayout, selected_series
 from taskq_dev.service_base import ServiceError
+from taskq_dev.services import RabbitMQService
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -105,9 +106,7 @@ def test_series_selection_defaults_to_4_0_and_refuses_unknown_values(monkeypatch
         selected_series()
 
 
-def test_4_0_node_reports_4_0_and_keeps_the_broker_default_consumer_timeout(
-    nodes: list[PrivateRabbitMQ], tmp_path: Path
-) -> None:
+def test_4_0_node_reports_4_0_and_keeps_the_broker_default_consumer_timeout(nodes: list[PrivateRabbitMQ], tmp_path: Path) -> None:
     node = _node(nodes, tmp_path / "a", CHROOT_SERIES)
     assert node.version.startswith("4.0.") and node.version_info[:2] == (4, 0)
     assert "consumer_timeout" not in (node.layout.base_dir / "rabbitmq.conf").read_text()
@@ -116,6 +115,8 @@ def test_4_0_node_reports_4_0_and_keeps_the_broker_default_consumer_timeout(
     # the node writes only to its own folder, never into the shared root
     assert (node.layout.base_dir / "mnesia").is_dir() and any((node.layout.base_dir / "log").glob("*.log"))
     assert not (rootfs.RABBITMQ_TRIXIE.root / "var/lib/rabbitmq/mnesia" / node.layout.nodename).exists()
+    written = node.ctl("eval", 'file:write_file("/usr/lib/taskq-probe", <<"x">>).', timeout=90)
+    assert written.stdout.strip() == "{error,erofs}"  # the shared root is mounted read-only for the node
 
 
 def test_4_0_durable_message_survives_stop_and_start(nodes: list[PrivateRabbitMQ], tmp_path: Path) -> None:
@@ -230,8 +231,28 @@ def test_a_failed_root_build_leaves_no_root_that_looks_done() -> None:
         shutil.rmtree(bogus.home, ignore_errors=True)
 
 
+def test_old_builds_are_removed_unless_a_process_runs_in_them() -> None:
+    current = rootfs.RABBITMQ_TRIXIE
+    old = current.home / f"{current.suite}-000000000000" / "root"
+    (old / "etc").mkdir(parents=True)
+    try:
+        removed = rootfs.sweep_old_roots(current)
+        assert old.parent in removed and not old.parent.exists()
+        assert rootfs.is_built(current)
+    finally:
+        shutil.rmtree(old.parent, ignore_errors=True)
+
+
 def test_a_changed_recipe_builds_elsewhere() -> None:
     current = rootfs.RABBITMQ_TRIXIE
     changed = rootfs.RootRecipe(name=current.name, suite=current.suite, packages=current.packages, revision=current.revision + 1)
     assert changed.root != current.root and changed.root.parent.parent == current.root.parent.parent
     assert not rootfs.is_built(changed)
+
+
+def test_the_session_broker_is_the_selected_series(rabbitmq: RabbitMQService, rabbitmq_version: tuple[int, ...]) -> None:
+    if not isinstance(rabbitmq, PrivateRabbitMQ):
+        pytest.skip("AMQP_URL names the broker: its version is whatever it runs")
+    assert rabbitmq.series == selected_series()
+    assert rabbitmq_version[:2] == tuple(int(part) for part in rabbitmq.series.split("."))
+    assert rabbitmq_version == rabbitmq.version_info
