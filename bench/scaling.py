@@ -34,6 +34,7 @@ from typing import Any
 import pika
 
 from taskq.broker.admin import queue_depth
+from taskq_dev import manifests
 from taskq_dev.operator_process import running_operator
 from taskq_dev.ports import poll
 from taskq_dev.tools import kube_binary
@@ -115,18 +116,9 @@ def rss_mb(pid: int) -> float:
 
 
 def taskqueue(name: str, namespace: str, queue: str, scaling: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "taskq.io/v1alpha1",
-        "kind": "TaskQueue",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "queue": queue,
-            "broker": {"secretRef": {"name": "bench-broker"}},
-            "store": {"secretRef": {"name": "bench-store"}, "database": "bench"},
-            "worker": {"image": "taskq:dev", "taskModules": ["taskq.examples"]},
-            "scaling": scaling,
-        },
-    }
+    return manifests.taskqueue(
+        name, namespace, queue=queue, broker_secret="bench-broker", store_secret="bench-store", database="bench", scaling=scaling
+    )
 
 
 # -- measurements ---------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from taskq_dev import manifests
 from taskq_operator.core.deployment import build_deployment
 from taskq_operator.core.spec import parse_taskqueue
 
@@ -21,16 +22,7 @@ pytestmark = pytest.mark.cluster
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "taskqueue.yaml"
 
-VALID: dict[str, Any] = {
-    "apiVersion": "taskq.io/v1alpha1",
-    "kind": "TaskQueue",
-    "metadata": {"name": "emails"},
-    "spec": {
-        "broker": {"secretRef": {"name": "rabbit"}},
-        "store": {"secretRef": {"name": "mongo"}},
-        "worker": {"image": "taskq:dev"},
-    },
-}
+VALID: dict[str, Any] = manifests.taskqueue("emails", worker={"image": "taskq:dev"})
 
 
 def _with(path: str, value: Any) -> dict[str, Any]:

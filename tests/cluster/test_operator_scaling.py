@@ -25,6 +25,7 @@ import pytest
 from taskq.client import Client
 from taskq.settings import Settings
 from taskq.store.mongo import TaskStore
+from taskq_dev import manifests
 from taskq_dev.operator_process import running_operator
 from taskq_dev.ports import poll
 
@@ -140,20 +141,12 @@ def _secrets(cluster: Any, namespace: str, suffix: str, amqp_url: str, managemen
 
 def _taskqueue(name: str, namespace: str, queue: str, broker: str, store: str, database: str,
                scaling: dict[str, Any], worker: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "apiVersion": "taskq.io/v1alpha1",
-        "kind": "TaskQueue",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "queue": queue,
-            "broker": {"secretRef": {"name": broker}},
-            "store": {"secretRef": {"name": store}, "database": database},
-            "worker": {"image": "taskq:dev", "taskModules": ["taskq.examples"], "prefetch": 4,
-                       "concurrency": 2, **(worker or {})},
-            "tasks": {"timeoutSeconds": 30},
-            "scaling": {"pollIntervalSeconds": 1, **scaling},
-        },
-    }
+    return manifests.taskqueue(
+        name, namespace, queue=queue, broker_secret=broker, store_secret=store, database=database,
+        worker={**manifests.DEFAULT_WORKER, "prefetch": 4, "concurrency": 2, **(worker or {})},
+        tasks={"timeoutSeconds": 30},
+        scaling={"pollIntervalSeconds": 1, **scaling},
+    )
 
 
 def _get(cluster: Any, namespace: str, kind: str, name: str) -> dict[str, Any] | None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from taskq_dev.manifests import example as taskqueue
 from taskq_operator.core.conditions import Tick, build_status, condition_status, set_condition
 from taskq_operator.core.policy import Decision, Observation
 from taskq_operator.core.spec import parse_taskqueue
-
-from operator_manifests import taskqueue
 
 
 def test_transition_time_moves_only_on_flip() -> None:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 
+from taskq_dev.manifests import example as taskqueue
 from taskq_operator.core.deployment import build_deployment, grace_seconds, selector_string
 from taskq_operator.core.spec import parse_taskqueue
-
-from operator_manifests import taskqueue
 
 
 def _build(**changes: object) -> dict:  # type: ignore[type-arg]

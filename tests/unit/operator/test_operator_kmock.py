@@ -19,7 +19,7 @@ import kopf
 import pytest
 from kubernetes.client import ApiClient, Configuration
 
-from operator_manifests import taskqueue
+from taskq_dev.manifests import example as taskqueue
 from taskq_operator import handlers
 from taskq_operator.adapters.kube import Kube
 from taskq_operator.adapters.store import WorkerLoad

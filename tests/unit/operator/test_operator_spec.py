@@ -9,9 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
+from taskq_dev.manifests import example as taskqueue
 from taskq_operator.core.spec import SpecError, parse_taskqueue
-
-from operator_manifests import taskqueue
 
 CRD = Path(__file__).resolve().parents[3] / "crds" / "taskqueue.yaml"
 MINIMAL: dict[str, Any] = {
