@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from taskq.core.states import TaskState
 from taskq.settings import Settings
 from taskq.store.mongo import TaskStore
 from taskq_dev.ports import WaitTimeout, poll
+from taskq_dev.processes import stop_process
 from taskq_dev.services import ServiceSet, delete_queues, session_services
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,13 +96,7 @@ def _start(argv: list[str], env: dict[str, str], log_name: str) -> subprocess.Po
 
 
 def _stop(process: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+    stop_process(process, timeout, group=True)
 
 
 def _drain_time(broker: Broker, queue: str, total: int, timeout: float) -> float:

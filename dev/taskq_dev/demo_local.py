@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from taskq.core.states import FINAL_STATES, TaskState
 from taskq.errors import QueueNotFound, StoreUnavailable, TaskqError
 from taskq.settings import Settings
 from taskq_dev import paths
+from taskq_dev.processes import stop_processes
 from taskq_dev.services import cli_services
 
 QUEUE = "demo"
@@ -93,19 +93,7 @@ def start_workers(settings: Settings, count: int, log_dir: Path) -> list[WorkerP
 
 def stop_workers(workers: list[WorkerProcess]) -> list[int | None]:
     """SIGTERM every worker, wait for the drain (bounded), SIGKILL what is left; exit codes."""
-    for worker in workers:
-        if worker.process.poll() is None:
-            worker.process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    codes: list[int | None] = []
-    for worker in workers:
-        try:
-            codes.append(worker.process.wait(timeout=max(0.1, deadline - time.monotonic())))
-        except subprocess.TimeoutExpired:
-            worker.process.kill()
-            worker.process.wait(timeout=10)
-            codes.append(None)
-    return codes
+    return stop_processes([worker.process for worker in workers], STOP_TIMEOUT_S)
 
 
 @dataclass

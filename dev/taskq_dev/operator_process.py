@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from taskq_dev.ports import wait_until
+from taskq_dev.processes import stop_process
 
 STARTED_LINE = b"taskq operator started"
 
@@ -39,9 +40,4 @@ def running_operator(
         wait_until(lambda: STARTED_LINE in log_path.read_bytes(), timeout=start_timeout, what="the operator to start")
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=stop_timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process, stop_timeout)

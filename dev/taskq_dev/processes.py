@@ -1,12 +1,16 @@
-"""A server process the harness starts in its own session, so it can outlive the starting command.
+"""Processes the harness starts, and the one way it stops them: SIGTERM, a bounded wait, then SIGKILL.
 
-Called by `taskq_dev.rabbitmq` and `taskq_dev.mongo`. A handle can be rebuilt from its recorded pid
-and start time (`taskq-dev services down` in a later command); the start time guards against
-signalling a recycled pid.
+`BackgroundProcess` is a server started in its own session so it can outlive the starting command
+(`taskq_dev.rabbitmq`, `taskq_dev.mongo`); a handle can be rebuilt from its recorded pid and start
+time (`taskq-dev services down` in a later command), and the start time guards against signalling a
+recycled pid. `stop_processes` / `stop_process` stop child processes this command started
+(`subprocess.Popen`: the operator in tests and benchmarks, demo and benchmark workers), all drained in
+parallel within one deadline.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -29,6 +33,42 @@ def process_start_ticks(pid: int) -> int | None:
     """The kernel's start time of `pid` (clock ticks since boot), or None if there is no such process."""
     fields = _stat_fields(pid)
     return int(fields[19]) if fields else None
+
+
+def _send(process: subprocess.Popen[bytes], signum: int, group: bool) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it exited just now
+        if group:
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
+
+
+def stop_processes(
+    processes: Sequence[subprocess.Popen[bytes]], grace_s: float, *, group: bool = False
+) -> list[int | None]:
+    """SIGTERM every running process, wait up to `grace_s` seconds for all, SIGKILL the rest; exit codes.
+
+    `group=True` signals each process's whole process group (for children started with
+    `start_new_session=True`). A process that had to be killed reports None.
+    """
+    for process in processes:
+        if process.poll() is None:
+            _send(process, signal.SIGTERM, group)
+    deadline = time.monotonic() + grace_s
+    codes: list[int | None] = []
+    for process in processes:
+        try:
+            codes.append(process.wait(timeout=max(0.1, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            _send(process, signal.SIGKILL, group)
+            process.wait(timeout=10)
+            codes.append(None)
+    return codes
+
+
+def stop_process(process: subprocess.Popen[bytes], grace_s: float, *, group: bool = False) -> int | None:
+    """`stop_processes` for one process."""
+    return stop_processes([process], grace_s, group=group)[0]
 
 
 @dataclass
