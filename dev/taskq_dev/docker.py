@@ -25,6 +25,7 @@ from pathlib import Path
 
 from taskq_dev.image_requirements import IMAGE_EXTRAS, image_requirements
 from taskq_dev.paths import state_dir
+from taskq_dev.ports import WaitTimeout, wait_until
 
 BASE_IMAGE = "local/debian-python:bookworm"
 """The locally made base image passed to the Dockerfile as `BASE_IMAGE`."""
@@ -97,14 +98,16 @@ def ensure_daemon(timeout: float = 60.0) -> None:
             [dockerd], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         )
     (state_dir("docker") / "dockerd.pid").write_text(f"{process.pid}\n")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise DockerError(f"dockerd exited with {process.returncode}; see {log_path}")
-        if daemon_running():
-            return
-        time.sleep(0.5)
-    raise DockerError(f"dockerd did not answer within {timeout:.0f} s; see {log_path}")
+    try:
+        wait_until(
+            daemon_running,
+            timeout=timeout,
+            what=f"dockerd to answer (log: {log_path})",
+            interval=0.5,
+            give_up=lambda: f"dockerd exited with {process.returncode}" if process.poll() is not None else None,
+        )
+    except WaitTimeout as exc:
+        raise DockerError(str(exc)) from None
 
 
 def image_exists(tag: str) -> bool:

@@ -11,6 +11,7 @@ import pytest
 
 from taskq.errors import BrokerUnavailable
 from taskq.store.mongo import TaskStore
+from taskq_dev.ports import poll
 from taskq_operator.adapters.broker import BrokerObserver
 from taskq_operator.observe import Observers, Target
 
@@ -75,10 +76,12 @@ def test_recent_management_figures_never_wait(amqp_url: str, rabbitmq: Any, queu
         started = time.monotonic()
         figures, error = observer.management_recent(observer.vhost)
         assert (figures, error) == ({}, None) and time.monotonic() - started < 0.1
-        deadline = time.monotonic() + 10
-        while queue_name not in figures and time.monotonic() < deadline:
-            time.sleep(0.05)
-            figures, error = observer.management_recent(observer.vhost)
+        figures, error = poll(
+            lambda: (lambda got: got if queue_name in got[0] else None)(observer.management_recent(observer.vhost)),
+            timeout=10,
+            what="the background management refresh",
+            interval=0.05,
+        )
         assert queue_name in figures and error is None
         assert observer.management_requests == 1
     finally:
