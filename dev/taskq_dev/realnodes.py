@@ -216,6 +216,27 @@ class RealNodes:
         """Start a killed node's container again (fresh tmpfs state: images re-imported, pods gone)."""
         _docker("start", self.container(name))
 
+    def revive_all(self, timeout: float = READY_TIMEOUT) -> list[str]:
+        """Unpause paused nodes and start killed ones again, then wait until all are Ready; return the
+        names that needed it."""
+        revived = []
+        for name in self.names():
+            state = self.state(name)
+            if state == "paused":
+                self.unpause(name)
+            elif state != "running":
+                self.restart(name)
+            else:
+                continue
+            revived.append(name)
+        if revived:
+            self.wait_ready(self.names(), timeout=timeout)
+        return revived
+
+    def state(self, name: str) -> str:
+        """Docker's view of the node container: running, paused, exited, ... (empty if it is gone)."""
+        return _docker("inspect", "--format", "{{.State.Status}}", self.container(name), check=False)
+
     def running(self, name: str) -> bool:
         out = _docker("inspect", "--format", "{{.State.Status}}", self.container(name), check=False)
         return out == "running"

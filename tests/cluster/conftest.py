@@ -5,6 +5,10 @@ scheduler, 3 kwok nodes), started once and torn down at the end even when tests 
 `TASKQ_USE_EXISTING_CLUSTER=1`, the cluster `$KUBECONFIG` names. Nodes a test loses are restored after
 it. `bridge` (per test): a running `WorkerBridge`, stopped (children killed) after the test. Every test
 in this folder gets the `cluster` marker.
+
+`real_nodes` (session, opt-in with `TASKQ_REAL_NODES=1`): two real nodes (Docker containers running
+containerd and a kubelet) joined to that cluster, revived after a test that killed or paused one;
+`pod_services`: the test services' URLs as pods on them see them.
 """
 
 from __future__ import annotations
@@ -12,15 +16,28 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from taskq_dev import paths
+from taskq_dev import docker, paths
 from taskq_dev.bridge import WorkerBridge
 from taskq_dev.cluster import LocalCluster, sweep_orphaned_sessions
 from taskq_dev.kubeaccess import ClusterAccess
+from taskq_dev.pod_services import PodServiceUrls, for_pods
+from taskq_dev.realnodes import RealNodes, cluster_key
 
 HERE = Path(__file__).parent
+REAL_NODE_COUNT = 2
+REAL_NODES_OPT_IN = "TASKQ_REAL_NODES"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"realnodes: runs pods on the harness's real nodes (Docker containers with containerd and a kubelet); "
+        f"opt in with {REAL_NODES_OPT_IN}=1",
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -64,4 +81,39 @@ def bridge(cluster: ClusterAccess, tmp_path: Path) -> Iterator[WorkerBridge]:
     finally:
         cluster.node_loss_listeners.remove(running.node_lost)
         running.stop()
+
+
+@pytest.fixture(scope="session")
+def real_nodes(cluster: ClusterAccess) -> Iterator[RealNodes]:
+    """Two real nodes (containerd + kubelet in Docker containers) joined to the session's cluster, with
+    the current tree's `taskq:dev` image imported; removed at the end of the session."""
+    if os.environ.get(REAL_NODES_OPT_IN) != "1":
+        pytest.skip(f"real-node tests are opt-in: set {REAL_NODES_OPT_IN}=1")
+    if cluster.local is None or cluster.local.layout is None:
+        pytest.skip("real nodes join the harness's own control plane (TASKQ_USE_EXISTING_CLUSTER is set)")
+    docker.build_image()
+    nodes = RealNodes(cluster.local.root, cluster.local.layout.apiserver_port)
+    nodes.start(REAL_NODE_COUNT)
+    try:
+        yield nodes
+    finally:
+        nodes.remove_all()
+
+
+@pytest.fixture(autouse=True)
+def _revive_real_nodes(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test that killed or paused real nodes, start them again and wait until they are Ready."""
+    yield
+    if "real_nodes" in request.fixturenames:
+        nodes: RealNodes = request.getfixturevalue("real_nodes")
+        nodes.revive_all()
+
+
+@pytest.fixture(scope="session")
+def pod_services(real_nodes: RealNodes, rabbitmq: Any, mongodb_uri: str) -> PodServiceUrls:
+    """RabbitMQ and the store as pods on the real nodes reach them (gateway address, a pod broker user)."""
+    return for_pods(
+        rabbitmq.amqp_url, rabbitmq.management_url, rabbitmq.management_base, rabbitmq.management_auth,
+        rabbitmq.vhost, mongodb_uri, cluster_key(real_nodes.root),
+    )
 
