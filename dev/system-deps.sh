@@ -10,9 +10,14 @@ need=()
 [ -x /usr/sbin/dockerd ] || need+=(docker.io)
 [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
 command -v ip >/dev/null || need+=(iproute2)
-# Debian's own python3 ships venv's ensurepip in python3-venv; a pyenv or python.org build has it.
+# The project virtualenv (.venv, made by the Makefile) needs venv with ensurepip: Debian's own python3
+# has it only with python3-venv, a pyenv or python.org build always. Checked by making a throwaway one.
 PYTHON3="${PYTHON3:-python3}"
-"$PYTHON3" -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+if [ ! -x .venv/bin/python ]; then
+  probe_dir="$(mktemp -d)"
+  "$PYTHON3" -m venv "$probe_dir/venv" >/dev/null 2>&1 || need+=(python3-venv)
+  rm -rf "$probe_dir"
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing system packages: ${need[*]}"
   sudo_=""
