@@ -214,6 +214,16 @@ def test_exit_is_worker_lost_and_the_pool_keeps_serving(tmp_path: Path) -> None:
     assert len(ledger_lines(marks)) == 20
 
 
+def test_a_segfault_is_worker_lost_naming_the_signal() -> None:
+    with process_pool() as (pool, events):
+        pool.submit(attempt("crash", "segfault"))
+        pool.submit(attempt("after", "echo", 1))
+        done = completions(collect(events, 2))
+    crash = done["crash"].error
+    assert crash is not None and (crash.type, crash.message) == ("WorkerLost", "child process killed by signal SIGSEGV")
+    assert done["after"].error is None
+
+
 def test_child_killed_from_outside_is_worker_lost_naming_the_signal(tmp_path: Path) -> None:
     with process_pool() as (pool, events):
         pool.submit(attempt("victim", "ledger", str(tmp_path / "x"), 30, timeout_s=60))

@@ -1,6 +1,6 @@
 """Example tasks shipped with taskq: `sleep`, `echo`, `fail`, `cpu`, `noop`, `flaky`, and for the pools'
 fault tests `exit`, `allocate`, `ledger`, `progress`, `async_sleep`, `unstorable`, `reject`, `picky`,
-`stubborn`, `context`, `bad_exception`.
+`stubborn`, `context`, `bad_exception`, `segfault`.
 
 Imported by a worker with `TASKQ_TASK_MODULES=taskq.examples`; used by the demo, the tests and the
 benchmark. Every task is deterministic given its arguments.
@@ -90,6 +90,14 @@ def flaky(counter_path: str, failures: int = 1) -> int:
 def exit_process(code: int = 1) -> None:
     """End the process running it at once with `os._exit(code)` (no cleanup): a lost worker child."""
     os._exit(int(code))
+
+
+@task(name="segfault")
+def segfault() -> None:
+    """Crash the process running it with SIGSEGV (a C read of address 0): a lost worker child."""
+    import ctypes
+
+    ctypes.string_at(0)
 
 
 @task(name="allocate")
