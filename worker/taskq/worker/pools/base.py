@@ -95,7 +95,12 @@ class Pool(Protocol):
     def queued(self) -> int: ...
 
     def stop(self, timeout_s: float) -> None:
-        """No new starts; running attempts get `timeout_s` to finish, then are killed or abandoned."""
+        """No new starts; running attempts get `timeout_s` to finish, then are killed or abandoned.
+
+        A killed or abandoned attempt still gets its `Completed` (WorkerLost, kind "lost"). Attempts
+        not started stay queued: take them back with `take_queued`. Process pool children have
+        exited when this returns.
+        """
         ...
 
     def failure(self) -> BaseException | None:
