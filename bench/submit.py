@@ -33,7 +33,9 @@ def _purge(amqp_url: str, queue: str) -> None:
     connection = connect(amqp_url, name="taskq-bench-purge")
     try:
         defaults = Settings()
-        declare_queue_topology(connection, queue, max_priority=defaults.max_priority, queue_type=defaults.queue_type)
+        declare_queue_topology(
+            connection, queue, max_priority=defaults.max_priority, task_timeout_s=defaults.task_timeout, queue_type=defaults.queue_type
+        )
         connection.channel().queue_purge(queue)
     finally:
         connection.close()

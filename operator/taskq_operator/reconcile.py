@@ -32,6 +32,7 @@ def declare_topology(spec: TaskQueueSpec, secrets: SecretCache, observers: Obser
     observers.broker(target).declare(
         spec.queue,
         max_priority=spec.tasks.max_priority,
+        task_timeout_s=spec.tasks.timeout_s,
         queue_type=spec.tasks.queue_type,
         max_deliveries=spec.tasks.max_deliveries,
     )

@@ -43,8 +43,8 @@ def test_passive_reads_are_exact_and_survive_missing_queues(amqp_url: str, rabbi
     others = [f"{queue_name}-{i}" for i in range(20)]
     try:
         for queue in [queue_name, *others]:
-            observer.declare(queue, max_priority=10)
-        observer.declare(queue_name, max_priority=3)  # other arguments: left alone, no error
+            observer.declare(queue, max_priority=10, task_timeout_s=60)
+        observer.declare(queue_name, max_priority=3, task_timeout_s=5)  # other arguments: left alone, no error
         _publish(amqp_url, queue_name, 37)
         counts = observer.ready_counts([queue_name, f"{queue_name}-missing", *others, f"{queue_name}.dead"])
         assert counts[queue_name] is not None and counts[queue_name].ready == 37
@@ -59,7 +59,7 @@ def test_passive_reads_are_exact_and_survive_missing_queues(amqp_url: str, rabbi
 def test_one_management_request_serves_every_queue(amqp_url: str, rabbitmq: Any, queue_name: str) -> None:
     observer = BrokerObserver(amqp_url, rabbitmq.management_url, management_ttl_s=60)
     try:
-        observer.declare(queue_name, max_priority=10)
+        observer.declare(queue_name, max_priority=10, task_timeout_s=60)
         first = observer.management(observer.vhost)
         second = observer.management(observer.vhost)
         assert queue_name in first and first is second
@@ -72,7 +72,7 @@ def test_one_management_request_serves_every_queue(amqp_url: str, rabbitmq: Any,
 def test_recent_management_figures_never_wait(amqp_url: str, rabbitmq: Any, queue_name: str) -> None:
     observer = BrokerObserver(amqp_url, rabbitmq.management_url, management_ttl_s=60)
     try:
-        observer.declare(queue_name, max_priority=10)
+        observer.declare(queue_name, max_priority=10, task_timeout_s=60)
         started = time.monotonic()
         figures, error = observer.management_recent(observer.vhost)
         assert (figures, error) == ({}, None) and time.monotonic() - started < 0.1
@@ -95,7 +95,7 @@ def test_unacked_comes_from_fresh_heartbeats(amqp_url: str, rabbitmq: Any, mongo
     observers = Observers()
     try:
         observers.broker(Target(queue_name, amqp_url, None, mongodb_uri, database_name)).declare(
-            queue_name, max_priority=10)
+            queue_name, max_priority=10, task_timeout_s=60)
         _publish(amqp_url, queue_name, 5)
         now = datetime.now(timezone.utc)
         store.heartbeat("pod-a", queue_name, inflight=7, processed=1, started_at=now, now=now)

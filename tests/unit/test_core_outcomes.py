@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import pytest
 
 from taskq.core.document import TaskError
-from taskq.core.limits import AttemptLimits, attempt_limits, consumer_timeout_ms, default_prefetch, kill_grace_s
+from taskq.core.limits import AttemptLimits, attempt_limits, default_prefetch, kill_grace_s, lease_s, queue_consumer_timeout_ms
 from taskq.core.message import TaskMessage
 from taskq.core.outcomes import (
     Ack,
@@ -139,8 +139,10 @@ def test_precedence_message_then_decorator_then_worker_cap(given, expected) -> N
     assert attempt_limits(**given, worker_timeout=60, worker_retries=3) == expected
 
 
-def test_consumer_timeout_covers_the_worst_wait_of_a_prefetched_message() -> None:
-    # The RabbitMQ 4.0 scenario: concurrency 1, 4 s tasks, timeout 5 s, prefetch 64 waited 63 x 4 s.
-    assert consumer_timeout_ms(prefetch=64, concurrency=1, timeout_s=5) >= 64 * 6 * 1000
-    assert consumer_timeout_ms(prefetch=default_prefetch(1), concurrency=1, timeout_s=5) == (2 * 6 + 60) * 1000
-    assert consumer_timeout_ms(prefetch=16, concurrency=4, timeout_s=60) == int((4 * (60 + kill_grace_s(60)) + 60) * 1000)
+def test_queue_consumer_timeout_covers_a_full_lease_and_an_attempt() -> None:
+    for timeout in (1, 5, 60, 300, 7 * 24 * 3600):
+        attempt = timeout + kill_grace_s(timeout)
+        assert lease_s(timeout) >= attempt  # the default look-ahead (one per slot) never waits longer
+        assert lease_s(timeout) + attempt + 15 <= queue_consumer_timeout_ms(timeout) / 1000
+    assert default_prefetch(4) == 8
+    assert kill_grace_s(5) == 1.0 and kill_grace_s(60) == 6.0 and kill_grace_s(3600) == 10.0

@@ -168,6 +168,7 @@ class Client:
                 conn,
                 queue,
                 max_priority=self.settings.max_priority,
+                task_timeout_s=self.settings.task_timeout,
                 queue_type=self.settings.queue_type,
                 max_deliveries=self.settings.max_deliveries,
             )

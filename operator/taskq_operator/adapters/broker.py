@@ -217,12 +217,19 @@ class BrokerObserver:
             counts.update(self._one_by_one(leftovers))
         return counts
 
-    def declare(self, queue: str, *, max_priority: int, queue_type: str = "classic", max_deliveries: int = 5) -> None:
+    def declare(
+        self, queue: str, *, max_priority: int, task_timeout_s: float, queue_type: str = "classic", max_deliveries: int = 5
+    ) -> None:
         """Declare the queue and its dead-letter queue if missing (idempotent, never re-argues)."""
         connection = connect(self._amqp_url, name="taskq-operator-declare")
         try:
             declare_queue_topology(
-                connection, queue, max_priority=max_priority, queue_type=queue_type, max_deliveries=max_deliveries
+                connection,
+                queue,
+                max_priority=max_priority,
+                task_timeout_s=task_timeout_s,
+                queue_type=queue_type,
+                max_deliveries=max_deliveries,
             )
         finally:
             with contextlib.suppress(pe.AMQPError, OSError):  # closing a broken connection

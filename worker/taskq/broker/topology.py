@@ -41,13 +41,16 @@ def declare_queue_topology(
     queue: str,
     *,
     max_priority: int,
+    task_timeout_s: float,
     queue_type: str = "classic",
     max_deliveries: int = 5,
 ) -> None:
     """Make sure the work queue and the dead-letter queue of `queue` exist (created as `queue_type`)."""
     with translated(f"declaring queue {queue!r}", "the broker"):
         channel = connection.channel()
-        arguments = work_queue_arguments(queue, max_priority=max_priority, queue_type=queue_type, max_deliveries=max_deliveries)
+        arguments = work_queue_arguments(
+            queue, max_priority=max_priority, task_timeout_s=task_timeout_s, queue_type=queue_type, max_deliveries=max_deliveries
+        )
         _ensure(connection, channel, queue, arguments)
         _ensure(connection, channel, dead_queue(queue), side_queue_arguments(queue_type))
         channel.close()

@@ -1,4 +1,4 @@
-"""The arithmetic of a worker's limits: which timeout and retry count apply, prefetch, consumer timeout.
+"""The arithmetic of a worker's limits: which timeout and retry count apply, prefetch, consumer timeout, lease.
 
 Precedence (one table in the README): the producer's per-message value, then the task decorator's,
 then the worker's own (`TASKQ_MAX_RETRIES`, `TASKQ_TASK_TIMEOUT`, set from the TaskQueue's
@@ -53,19 +53,33 @@ def default_prefetch(concurrency: int) -> int:
     """Prefetch when none is set: one message per slot plus a look-ahead of one per slot.
 
     The look-ahead hides the ack → next delivery round trip after each task; more than that only
-    makes messages wait in this worker that another worker could run (and must be covered by the
-    consumer timeout below).
+    makes messages wait in this worker that another worker could run (and may run into the lease
+    below).
     """
     return 2 * concurrency
 
 
-def consumer_timeout_ms(*, prefetch: int, concurrency: int, timeout_s: float) -> int:
-    """The per-consumer delivery timeout to ask the broker for (`x-consumer-timeout` on basic.consume).
+LEASE_MARGIN_S = 15.0
+"""How long before the broker's consumer timeout a waiting delivery is handed back (ack latency, slack)."""
 
-    RabbitMQ counts it from delivery, so a prefetched message that waits for a free slot uses it up
-    while it waits: the worst case is waiting for `ceil(look-ahead / concurrency)` attempts of the
-    longest allowed length, then running one itself, each attempt including its kill grace.
+
+def queue_consumer_timeout_ms(timeout_s: float) -> int:
+    """The work queue's `x-consumer-timeout` for tasks of at most `timeout_s`: two attempts plus a margin.
+
+    RabbitMQ 4.0 counts the timeout from delivery and reads it only from the queue (argument or
+    policy, the smaller) or the broker's `consumer_timeout`; a per-consumer argument is ignored
+    there. A delivery may wait for a slot for at most `lease_s` (see below) and then run one attempt,
+    so delivery → ack stays under this value whatever the prefetch.
     """
-    waiting_rounds = math.ceil(max(prefetch - concurrency, 0) / max(concurrency, 1))
     attempt_s = timeout_s + kill_grace_s(timeout_s)
-    return int(((waiting_rounds + 1) * attempt_s + CONSUMER_TIMEOUT_MARGIN_S) * 1000)
+    return int((2 * attempt_s + CONSUMER_TIMEOUT_MARGIN_S) * 1000)
+
+
+def lease_s(timeout_s: float) -> float:
+    """How long a delivery may wait in a worker before it starts; after that it goes back to the queue.
+
+    With the default look-ahead (one per slot) a waiting delivery starts within one attempt, so the
+    lease never runs out; with a larger prefetch the oldest waiting deliveries are returned unstarted
+    (never run twice) before `queue_consumer_timeout_ms` could close the channel.
+    """
+    return queue_consumer_timeout_ms(timeout_s) / 1000 - (timeout_s + kill_grace_s(timeout_s)) - LEASE_MARGIN_S

@@ -1,4 +1,4 @@
-"""Retry policy arithmetic: exponential backoff with full jitter, and delay buckets.
+"""Retry policy arithmetic: exponential backoff with equal jitter (uniform in [ceiling/2, ceiling]), and delay buckets.
 
 A retry waits in a delay queue whose messages all share one TTL (RabbitMQ expires messages only at
 the head of a queue, so mixing TTLs in one queue would hold short delays behind long ones). Delays

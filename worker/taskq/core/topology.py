@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from taskq.core.limits import queue_consumer_timeout_ms
+
 DEAD_SUFFIX = ".dead"
 RETRY_INFIX = ".retry."
 DEAD_REASON_HEADER = "x-taskq-dead-reason"
@@ -34,18 +36,22 @@ def _check_type(queue_type: str) -> None:
         raise ValueError(f"queue type must be one of {', '.join(QUEUE_TYPES)}, not {queue_type!r}")
 
 
-def work_queue_arguments(queue: str, *, max_priority: int, queue_type: str = "classic", max_deliveries: int = 5) -> dict[str, Any]:
+def work_queue_arguments(
+    queue: str, *, max_priority: int, task_timeout_s: float, queue_type: str = "classic", max_deliveries: int = 5
+) -> dict[str, Any]:
     """Arguments of the work queue.
 
     Classic: `x-max-priority`. Quorum (replicated): `x-queue-type`, priorities without arguments
     (RabbitMQ 4.0 quorum queues have two levels: priority 0–4 normal, above 4 high), a broker
-    delivery limit above the worker's, dead-lettering to `Q.dead`. The consumer timeout is not a
-    queue argument: each worker asks for its own when it consumes (`taskq.core.limits`).
+    delivery limit above the worker's, dead-lettering to `Q.dead`. Both: a consumer timeout covering
+    a lease and an attempt (`taskq.core.limits.queue_consumer_timeout_ms`).
     """
     _check_type(queue_type)
+    timeout = {"x-consumer-timeout": queue_consumer_timeout_ms(task_timeout_s)}
     if queue_type == "classic":
-        return {"x-max-priority": int(max_priority)}
+        return {"x-max-priority": int(max_priority), **timeout}
     return {
+        **timeout,
         "x-queue-type": "quorum",
         "x-delivery-limit": int(max_deliveries) + QUORUM_DELIVERY_LIMIT_MARGIN,
         "x-dead-letter-exchange": "",

@@ -244,7 +244,7 @@ class TaskStore:
         states = self.states_of({t.task_id for t in transitions})
         return [ok and states.get(t.task_id) == t.target for t, ok in zip(transitions, applied)]
 
-    def note_redelivery(self, task_id: str, attempt: int) -> tuple[TaskState | None, int]:
+    def note_redelivery(self, task_id: str, attempt: int, *, count: bool = True) -> tuple[TaskState | None, int]:
         """Count one more delivery of attempt `attempt`; return the task's state and its deliveries so far.
 
         Classic queues do not count deliveries, so the worker counts redeliveries in the document
@@ -252,17 +252,16 @@ class TaskStore:
         projection for findAndModify, so the whole document comes back: redeliveries are rare). A task
         with no document has no count: (None, 1).
         """
-        field = f"redeliveries.a{int(attempt)}"
+        key = f"a{int(attempt)}"
         with self._translated("counting a redelivery"):
-            found = self.tasks.find_one_and_update(
-                {"_id": task_id},
-                {"$inc": {field: 1}},
-                return_document=ReturnDocument.AFTER,
-            )
+            if count:
+                found = self.tasks.find_one_and_update({"_id": task_id}, {"$inc": {f"redeliveries.{key}": 1}}, return_document=ReturnDocument.AFTER)
+            else:
+                found = self.tasks.find_one({"_id": task_id})
         if found is None:
             return None, 1
         counts = found.get("redeliveries") or {}
-        earlier = counts.get(f"a{int(attempt)}", 1) if isinstance(counts, dict) else 1
+        earlier = counts.get(key, 0) if isinstance(counts, dict) else 0
         state = found.get("state")
         return (TaskState(state) if state in {s.value for s in TaskState} else None), int(earlier) + 1
 

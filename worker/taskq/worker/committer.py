@@ -63,7 +63,7 @@ class Store(Protocol):
 
     def apply_many(self, transitions: list[Transition]) -> list[bool]: ...
     def states_of(self, task_ids: list[str]) -> dict[str, TaskState]: ...
-    def note_redelivery(self, task_id: str, attempt: int) -> tuple[TaskState | None, int]: ...
+    def note_redelivery(self, task_id: str, attempt: int, *, count: bool = True) -> tuple[TaskState | None, int]: ...
 
 
 class AckSink(Protocol):
@@ -83,9 +83,10 @@ class Decided:
 
 @dataclass(frozen=True)
 class Redelivered:
-    """A redelivered message: count the delivery and check its task before it may run."""
+    """A redelivered message: count the delivery (unless `count` is False) and check its task before it may run."""
 
     delivery: Delivery
+    count: bool = True
 
 
 @dataclass(frozen=True)
@@ -326,7 +327,7 @@ class Committer:
         outcomes: list[tuple[Delivery, Decision]] = []
         runs: list[Delivery] = []
         for item in batch.redelivered:
-            decision = self._redelivery(item.delivery, now)
+            decision = self._redelivery(item.delivery, item.count, now)
             if isinstance(decision.action, Run):
                 runs.append(item.delivery)
             else:
@@ -363,14 +364,14 @@ class Committer:
         if done:
             self._sink.send(done)
 
-    def _redelivery(self, delivery: Delivery, now: datetime) -> Decision:
+    def _redelivery(self, delivery: Delivery, count: bool, now: datetime) -> Decision:
         message = delivery.message
         assert message is not None
         if delivery.broker_deliveries is not None:
             state = self._store.states_of([message.id]).get(message.id)
             deliveries = delivery.broker_deliveries + 1
         else:
-            state, deliveries = self._store.note_redelivery(message.id, message.attempt)
+            state, deliveries = self._store.note_redelivery(message.id, message.attempt, count=count)
         return redelivery_outcome(message, delivery.body, state=state, deliveries=deliveries, max_deliveries=self._max_deliveries, now=now)
 
     def _attempt(self, delivery: Delivery, done: Completed, entry: _Start | None, now: datetime) -> Decision:

@@ -30,7 +30,7 @@ import pika.exceptions as pe
 from taskq.broker.connection import connect, translated
 from taskq.broker.topology import declare_queue_topology
 from taskq.core.intake import broker_delivery_count, read_message
-from taskq.core.limits import attempt_limits, consumer_timeout_ms
+from taskq.core.limits import attempt_limits, lease_s, queue_consumer_timeout_ms
 from taskq.core.message import MalformedMessage, utcnow
 from taskq.core.outcomes import DeadLetter, Requeue, Retry, malformed_outcome, unknown_task_outcome
 from taskq.core.storable import safe_text
@@ -74,9 +74,11 @@ class Consumer:
         self.loop_at = time.monotonic()
         self.acked = 0
         self.prefetch = settings.effective_prefetch
-        self.consumer_timeout_ms = consumer_timeout_ms(
-            prefetch=self.prefetch, concurrency=settings.concurrency, timeout_s=settings.task_timeout
-        )
+        self.consumer_timeout_ms = queue_consumer_timeout_ms(settings.task_timeout)
+        self.lease_s = lease_s(settings.task_timeout)
+        self._returned: set[tuple[str, int]] = set()  # (task id, attempt) this worker handed back unstarted
+        self._lease_checked_at = time.monotonic()
+        self.returned = 0
 
     def attach(self, committer: Committer) -> None:
         """Link the committer stage (built after this one: it needs this stage as its ack sink)."""
@@ -106,6 +108,7 @@ class Consumer:
                         self._connection.process_data_events(time_limit=LOOP_SLICE_S)
                         self.loop_at = time.monotonic()
                         self._check_pool()
+                        self._return_expired_leases()
                 except _BROKER_ERRORS as exc:
                     self._lost(exc)
                     self._stop.wait(backoff * (0.5 + random.random() / 2))
@@ -126,6 +129,25 @@ class Consumer:
         if failure is not None and not self._supervisor.failed:
             self._supervisor.fail("pool", failure)
 
+    def _return_expired_leases(self) -> None:
+        """Hand back deliveries that waited too long for a slot, before the broker's timeout can hit them."""
+        now = time.monotonic()
+        if now - self._lease_checked_at < 1.0 or self._channel is None:
+            return
+        self._lease_checked_at = now
+        current = self.generation
+        expired = self._pool.take_queued(
+            lambda attempt: _delivery(attempt).generation == current and now - _delivery(attempt).received_at > self.lease_s
+        )
+        for attempt in expired:
+            delivery = _delivery(attempt)
+            if self._tracker.forget(delivery.tag):
+                self._channel.basic_nack(delivery.tag, requeue=True)
+                self._returned.add((attempt.task_id, attempt.attempt))
+        if expired:
+            self.returned += len(expired)
+            self._log.event("deliveries.lease_expired", "info", returned=len(expired), lease_s=round(self.lease_s, 1))
+
     def _open(self) -> None:
         settings = self._settings
         connection = connect(settings.amqp_url, name=f"taskq-worker {settings.worker_id}")
@@ -134,6 +156,7 @@ class Consumer:
                 connection,
                 settings.queue,
                 max_priority=settings.max_priority,
+                task_timeout_s=settings.task_timeout,
                 queue_type=settings.queue_type,
                 max_deliveries=settings.max_deliveries,
             )
@@ -144,8 +167,8 @@ class Consumer:
                 self.generation += 1
                 self._tracker.reset()
                 self._connection, self._channel, self._republisher = connection, channel, republisher
-                # Per consumer (RabbitMQ >= 3.12 honours it; older brokers ignore it): long enough for
-                # the worst wait of a prefetched message, whatever the queue was first declared with.
+                # Also asked per consumer, for brokers that read it there; RabbitMQ 4.0 reads only the
+                # queue's argument (declared with the same value) and the lease keeps waits inside it.
                 self._consumer_tag = channel.basic_consume(
                     settings.queue,
                     self._on_message,
@@ -217,7 +240,10 @@ class Consumer:
             worker_retries=self._settings.max_retries,
         )
         if delivery.redelivered or (delivery.broker_deliveries or 0) > 0:
-            return Redelivered(delivery)
+            # A delivery this worker handed back unstarted (lease) is not a failed delivery: don't count it.
+            handed_back = (message.id, message.attempt) in self._returned
+            self._returned.discard((message.id, message.attempt))
+            return Redelivered(delivery, count=not handed_back)
         return None
 
     def admit(self, delivery: Delivery) -> None:
