@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -74,10 +75,17 @@ def test_entry_point_returns_what_main_returns(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def product_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Built from a copy of what the wheel is made of: setuptools builds in the source tree (build/),
+    # where modules deleted since an earlier build would linger and be packed, and the checkout is shared.
+    source = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, source / name)
+    for folder in ("worker", "operator"):
+        shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     out = tmp_path_factory.mktemp("wheel")
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-deps",
-         "--wheel-dir", str(out), str(REPO)],
+         "--wheel-dir", str(out), str(source)],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -96,6 +104,9 @@ def test_product_wheel_holds_taskq_and_the_operator_but_no_dev_code(product_whee
     assert {"taskq_dev", "tests", "bench", "dev", "examples", "charts"}.isdisjoint(top_level)
     assert top_level - {"taskq", "taskq_operator"} == {next(t for t in top_level if t.endswith(".dist-info"))}
     assert "taskq/py.typed" in names and "taskq_operator/py.typed" in names
+    sources = {str(path.relative_to(REPO / folder)) for folder in ("worker", "operator")
+               for path in (REPO / folder).rglob("*.py") if "__pycache__" not in path.parts}
+    assert {name for name in names if name.endswith(".py")} == sources, "the wheel holds exactly the product modules"
     assert "taskq/_extras.py" in names and "taskq_operator/entry.py" in names
     assert "taskq-dev" not in entry_points
     for script in ("taskq =", "taskq-worker =", "taskq-api =", "taskq-operator ="):

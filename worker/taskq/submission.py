@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from taskq.core.intake import MAX_BODY_BYTES
 from taskq.core.message import TaskMessage, new_task_id
+from taskq.core.storable import MAX_NESTING as MAX_NESTING  # re-exported: the limit producers check against
 from taskq.core.storable import storable_problem
 from taskq.errors import InvalidTask
 
