@@ -146,7 +146,7 @@ class Observers:
                 q: Reading(None, SOURCE_NONE, str(exc), loads.get(q, WorkerLoad()), counts.get(q) if counts else None)
                 for q in queues
             }
-        management, management_error = broker.management_recent(broker.vhost)
+        management, management_age_s, management_error = broker.management_cached(broker.vhost)
         readings: dict[str, Reading] = {}
         for queue in queues:
             count = ready.get(queue)
@@ -158,6 +158,7 @@ class Observers:
                     consumers=count.consumers if count else 0,
                     heartbeat_inflight=load.inflight if load.inflight_by_worker else None,
                     management_unacked=figures.unacked if figures else None,
+                    management_age_s=management_age_s,
                     management_configured=broker.has_management,
                     management_error=management_error,
                     publish_rate=figures.publish_rate if figures else None,

@@ -6,7 +6,7 @@ One `BrokerObserver` per broker (AMQP URL + management URL) serves every TaskQue
   CPU per queue), reconnecting when the broker went away;
 - `management(vhost)`: unacked counts and rates for the whole vhost from ONE `GET /api/queues/<vhost>`
   request, cached for the statistics interval (the figures only move that often);
-  `management_recent(vhost)` serves the cache at once and refreshes it in the background.
+  `management_cached(vhost)` serves the cache (with its age) at once and refreshes it in the background.
 - `declare(queue, ...)`: the queue topology, through the runtime's `taskq.broker.topology`.
 
 Blocking (pika, httpx sync); the scaler calls these in worker threads. Errors become `taskq.errors`
@@ -273,21 +273,28 @@ class BrokerObserver:
         self._management_cache[vhost] = (moment, figures)
         return figures
 
-    def management_recent(self, vhost: str, max_age_s: float = 60.0) -> tuple[dict[str, ManagementFigures], str | None]:
-        """(figures, error) for `vhost` without waiting: the cache, refreshed in a background thread.
+    def management_cached(self, vhost: str) -> tuple[dict[str, ManagementFigures], float | None, str | None]:
+        """(figures, their age in seconds, last error) for `vhost` without waiting; refreshes in the background.
 
         Keeps the HTTP request (tens of ms to seconds with many queues on a busy broker) off the scaling
-        path. Figures older than `max_age_s` are not returned; `error` is the last refresh's failure.
+        path. The age is None before the first answer; whether figures are recent enough to act on is
+        the operator core's rule (`taskq_operator.core.measure`). `error` is the last refresh's failure.
         """
         if not self._management_url:
-            return {}, None
+            return {}, None, None
         cached = self._management_cache.get(vhost)
         now = time.monotonic()
         if (cached is None or now - cached[0] >= self._management_ttl_s) and vhost not in self._refreshing:
             self._refreshing.add(vhost)
             threading.Thread(target=self._refresh, args=(vhost,), name="taskq-management", daemon=True).start()
-        figures = cached[1] if cached is not None and now - cached[0] < max_age_s else {}
-        return figures, self._management_errors.get(vhost)
+        if cached is None:
+            return {}, None, self._management_errors.get(vhost)
+        return cached[1], now - cached[0], self._management_errors.get(vhost)
+
+    def management_recent(self, vhost: str, max_age_s: float = 60.0) -> tuple[dict[str, ManagementFigures], str | None]:
+        """`management_cached` without figures older than `max_age_s`: (figures, last error)."""
+        figures, age_s, error = self.management_cached(vhost)
+        return (figures if age_s is not None and age_s < max_age_s else {}), error
 
     def _refresh(self, vhost: str) -> None:
         try:

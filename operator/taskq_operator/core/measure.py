@@ -5,7 +5,8 @@ worker heartbeats (fresh, per pod; the operator's store reads) and the managemen
 statistics interval, and missing when no `management-url` is configured). The rules, in order:
 
 1. live worker heartbeats exist: trust their in-flight sum (`amqp+heartbeats`);
-2. else recent management figures exist: trust their unacked count (`amqp+management`);
+2. else management figures no older than `MANAGEMENT_MAX_AGE_S` exist: trust their unacked count
+   (`amqp+management`);
 3. else no consumer holds deliveries, or no management API is configured (nothing else could ever
    tell): unacked is 0 (`amqp`);
 4. else consumers may hold work nobody can count: the reading is not actionable (the policy then
@@ -28,6 +29,8 @@ SOURCE_MANAGEMENT = "amqp+management"
 SOURCE_AMQP = "amqp"
 SOURCE_NONE = "none"
 WAITING_FOR_MANAGEMENT = "waiting for the management API"
+MANAGEMENT_MAX_AGE_S = 60.0
+"""Older management figures are not acted on: twelve statistics intervals of the default 5 s."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,9 @@ class Sources:
     heartbeat_inflight: int | None = None
     """Sum of in-flight tasks of the queue's workers with fresh heartbeats; None when there are none."""
     management_unacked: int | None = None
-    """Unacked messages from recent management figures; None when there are none."""
+    """Unacked messages from the management API's cached figures; None when it has no row for the queue."""
+    management_age_s: float | None = None
+    """How old those figures are (None: unknown, taken as fresh)."""
     management_configured: bool = False
     management_error: str | None = None
     publish_rate: float | None = None
@@ -56,13 +61,17 @@ class Measurement:
     error: str | None = None
 
 
+def _recent(age_s: float | None) -> bool:
+    return age_s is None or age_s <= MANAGEMENT_MAX_AGE_S
+
+
 def measure(sources: Sources) -> Measurement:
     """Apply the rules of this module to one queue's `sources`."""
     ready = sources.ready if sources.ready is not None else 0
     consumers = sources.consumers if sources.ready is not None else 0
     if sources.heartbeat_inflight is not None:
         unacked, source = sources.heartbeat_inflight, SOURCE_HEARTBEATS
-    elif sources.management_unacked is not None:
+    elif sources.management_unacked is not None and _recent(sources.management_age_s):
         unacked, source = sources.management_unacked, SOURCE_MANAGEMENT
     elif consumers == 0 or not sources.management_configured:
         unacked, source = 0, SOURCE_AMQP
@@ -72,7 +81,7 @@ def measure(sources: Sources) -> Measurement:
         ready=ready,
         unacked=unacked,
         consumers=consumers,
-        publish_rate=sources.publish_rate,
-        deliver_rate=sources.deliver_rate,
+        publish_rate=sources.publish_rate if _recent(sources.management_age_s) else None,
+        deliver_rate=sources.deliver_rate if _recent(sources.management_age_s) else None,
     )
     return Measurement(observation, source)

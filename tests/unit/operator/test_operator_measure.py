@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from taskq_operator.core.measure import (
+    MANAGEMENT_MAX_AGE_S,
     SOURCE_AMQP,
     SOURCE_HEARTBEATS,
     SOURCE_MANAGEMENT,
@@ -29,6 +30,13 @@ from taskq_operator.core.policy import Observation
         # no heartbeats: the management API's unacked count
         (Sources(ready=7, consumers=1, management_unacked=4, management_configured=True),
          Observation(7, 4, 1), SOURCE_MANAGEMENT, None),
+        # management figures are trusted up to MANAGEMENT_MAX_AGE_S old, not after
+        (Sources(ready=7, consumers=1, management_unacked=4, management_age_s=59.0, management_configured=True),
+         Observation(7, 4, 1), SOURCE_MANAGEMENT, None),
+        (Sources(ready=7, consumers=1, management_unacked=4, management_age_s=61.0, management_configured=True),
+         None, SOURCE_NONE, WAITING_FOR_MANAGEMENT),
+        (Sources(ready=7, consumers=0, management_unacked=4, management_age_s=61.0, management_configured=True),
+         Observation(7, 0, 0), SOURCE_AMQP, None),
         # nobody consumes: nothing can be unacked
         (Sources(ready=12, consumers=0, management_configured=True), Observation(12, 0, 0), SOURCE_AMQP, None),
         # no management API configured: nothing else could ever tell, act on the ready count
@@ -52,3 +60,10 @@ def test_which_unacked_source_is_trusted(
 def test_rates_come_along_whatever_the_unacked_source() -> None:
     measured = measure(Sources(ready=1, consumers=1, heartbeat_inflight=1, publish_rate=3.5, deliver_rate=2.0))
     assert measured.observation == Observation(1, 1, 1, publish_rate=3.5, deliver_rate=2.0)
+
+
+def test_stale_management_rates_are_dropped_too() -> None:
+    stale = Sources(ready=1, consumers=1, heartbeat_inflight=0, management_age_s=MANAGEMENT_MAX_AGE_S + 1, publish_rate=3.5)
+    fresh = Sources(ready=1, consumers=1, heartbeat_inflight=0, management_age_s=MANAGEMENT_MAX_AGE_S, publish_rate=3.5)
+    assert measure(stale).observation == Observation(1, 0, 1)
+    assert measure(fresh).observation == Observation(1, 0, 1, publish_rate=3.5)
