@@ -159,14 +159,48 @@ def test_a_coroutine_that_swallows_cancellation_is_abandoned_after_the_grace() -
     assert after.result_json == '"ok"'
 
 
-def test_a_sync_function_is_reported_at_its_deadline_though_its_thread_runs_on() -> None:
+_spin_state: dict[str, Any] = {}
+
+
+@task(name="tests.aio.spin")
+def spin(seconds: float) -> str:
+    """Pure Python work in a helper thread; records whether it ran to its end or was interrupted."""
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            pass
+    except taskq.SoftTimeLimitExceeded:
+        _spin_state["interrupted_after"] = time.monotonic() - (deadline - seconds)
+        raise
+    _spin_state["finished"] = True
+    return "finished"
+
+
+def test_a_sync_function_is_reported_at_its_deadline_and_its_thread_interrupted() -> None:
+    _spin_state.clear()
+    with asyncio_pool() as (pool, events):
+        pool.submit(attempt("spin", "tests.aio.spin", 5.0, timeout_s=0.5))
+        began = time.monotonic()
+        spun = completions(collect(events, 1, timeout_s=10))["spin"]
+        elapsed = time.monotonic() - began
+        deadline = time.monotonic() + 5
+        while "interrupted_after" not in _spin_state and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert spun.error is not None and spun.error.type == "TaskTimeout" and "interrupted" in spun.error.message
+    assert 0.4 <= elapsed <= 1.5, elapsed
+    assert "finished" not in _spin_state and _spin_state["interrupted_after"] < 1.5
+
+
+def test_a_blocking_sync_call_is_reported_at_its_deadline_though_its_thread_runs_on() -> None:
     with asyncio_pool() as (pool, events):
         pool.submit(attempt("blocking", "stubborn", 2.0, timeout_s=0.5))
         began = time.monotonic()
         blocking = completions(collect(events, 1, timeout_s=10))["blocking"]
         elapsed = time.monotonic() - began
+        pool.submit(attempt("next", "echo", 1))
+        assert completions(collect(events, 1, timeout_s=5))["next"].error is None
     assert blocking.error is not None and blocking.error.type == "TaskTimeout"
-    assert "may still be running" in blocking.error.message
+    assert "runs on" in blocking.error.message
     assert 0.4 <= elapsed <= 1.5, elapsed
 
 

@@ -6,8 +6,9 @@ current `await`. What it cannot stop: a coroutine that blocks the loop (sync sle
 every attempt until it yields, and one that swallows the cancellation is abandoned `kill_grace_s`
 after the deadline (reported as timed out; it may keep running). A plain (sync) function submitted
 here runs in a helper thread (like `asyncio.to_thread`, but a daemon thread, so a stuck call cannot
-hold up the worker's exit) under the same timeout; at the deadline the attempt is reported timed out
-but that thread cannot be stopped and runs on, its result discarded.
+hold up the worker's exit) under the same timeout: at the deadline the attempt is reported timed out
+and the thread gets `SoftTimeLimitExceeded` as in the thread pool (Python code stops at its next
+bytecode; a blocking C call runs on until it returns; its result is discarded).
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from taskq.context import TaskContext, TaskTimeout, running
+from taskq.context import SoftTimeLimitExceeded, TaskContext, TaskTimeout, running
 from taskq.registry import TaskSpec, import_task_modules, lookup
 from taskq.worker.pools.base import Attempt, Completed, ErrorInfo, PoolEvent, Progress, Started
 from taskq.worker.pools.outcome import default_kill_grace_s, encode_result, error_info, lost_error, timeout_error
 from taskq.worker.pools.pending import PendingAttempts
+from taskq.worker.pools.thread import raise_in_thread
 
 log = logging.getLogger(__name__)
 
@@ -55,24 +57,65 @@ def _settle_future(future: asyncio.Future[Any], value: Any, error: BaseException
         future.set_result(value)
 
 
+@dataclass
+class _Helper:
+    """The state shared by a helper thread and the coroutine awaiting it (guarded by `lock`)."""
+
+    lock: threading.Lock
+    ident: int = 0
+    finished: bool = False
+    signalled: bool = False
+    cancelled: bool = False
+
+
 async def run_in_daemon_thread(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """`asyncio.to_thread` on a fresh daemon thread (context copied), so an unstoppable call never blocks exit."""
+    """`asyncio.to_thread` on a fresh daemon thread (context copied), so an unstoppable call never blocks exit.
+
+    When the awaiting coroutine is cancelled (its time limit, or the pool stopping), the thread gets
+    `SoftTimeLimitExceeded` raised inside it, as in the thread pool: Python code stops at its next
+    bytecode, a blocking C call only when it returns. Its result is discarded either way.
+    """
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
     context = contextvars.copy_context()
+    helper = _Helper(threading.Lock())
 
     def target() -> None:
+        with helper.lock:
+            if helper.cancelled:
+                return
+            helper.ident = threading.get_ident()
         value: Any = None
         error: BaseException | None = None
         try:
-            value = context.run(function, *args, **kwargs)
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            try:
+                value = context.run(function, *args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+                error = exc
+        except SoftTimeLimitExceeded as exc:  # the time limit landed inside the handler above
             error = exc
+        while True:
+            try:
+                with helper.lock:
+                    if helper.signalled:
+                        raise_in_thread(helper.ident, None)  # drop a time limit not delivered yet
+                    helper.finished = True
+                break
+            except SoftTimeLimitExceeded:
+                continue
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for this result any more
             loop.call_soon_threadsafe(_settle_future, future, value, error)
 
     threading.Thread(target=target, name="taskq-asyncio-sync-task", daemon=True).start()
-    return await future
+    try:
+        return await future
+    except asyncio.CancelledError:
+        with helper.lock:
+            helper.cancelled = True
+            if helper.ident and not helper.finished:
+                helper.signalled = True
+                raise_in_thread(helper.ident, SoftTimeLimitExceeded)
+        raise
 
 
 class AsyncioPool:
@@ -262,7 +305,7 @@ class AsyncioPool:
 
     @staticmethod
     def _timeout(run: _Run) -> ErrorInfo:
-        detail = "the sync function's thread cannot be stopped and may still be running" if run.in_thread else ""
+        detail = "its thread was interrupted; a blocking C call in it runs on until it returns" if run.in_thread else ""
         return timeout_error(run.attempt.timeout_s, detail)
 
     @staticmethod

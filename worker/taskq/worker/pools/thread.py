@@ -36,7 +36,7 @@ IDLE_POLL_S = 0.25
 WATCH_INTERVAL_S = 0.05
 
 
-def _raise_in_thread(thread_id: int, exc_type: type[BaseException] | None) -> None:
+def raise_in_thread(thread_id: int, exc_type: type[BaseException] | None) -> None:
     """Schedule `exc_type` in the thread (None clears a pending one)."""
     target = ctypes.py_object(exc_type) if exc_type is not None else None
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), target)
@@ -224,7 +224,7 @@ class ThreadPool:
             try:
                 with self._idle:
                     if run.signalled:
-                        _raise_in_thread(me, None)  # a time limit not delivered yet must not hit the next attempt
+                        raise_in_thread(me, None)  # a time limit not delivered yet must not hit the next attempt
                     first = not run.done
                     run.done = True
                     if self._runs.get(me) is run:
@@ -247,7 +247,7 @@ class ThreadPool:
                     grace = self._grace(run.attempt)
                     if not run.signalled and not run.in_loop and now >= run.deadline:
                         run.signalled = True
-                        _raise_in_thread(thread_id, SoftTimeLimitExceeded)
+                        raise_in_thread(thread_id, SoftTimeLimitExceeded)
                     elif now >= run.deadline + grace:
                         run.done = True
                         run.abandoned = True
