@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,7 +80,14 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="taskq.io", key="last-handled-configuration")
     settings.persistence.finalizer = "taskq.io/finalizer"
     settings.posting.level = logging.WARNING
-    settings.peering.standalone = True
+    # Peering (the chart sets TASKQ_PEERING for operator.replicas >= 2): paused until the peering
+    # object shows no live peer of higher priority; the oldest replica has the highest, so a new pod
+    # never preempts the active one; a lost leader's record expires after `lifetime` seconds.
+    peering = os.environ.get("TASKQ_PEERING", "")
+    settings.peering.standalone = not peering
+    if peering:
+        settings.peering.name, settings.peering.mandatory, settings.peering.lifetime = peering, True, 10
+        settings.peering.priority = -(time.time_ns() // 1000)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 8

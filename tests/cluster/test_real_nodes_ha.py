@@ -1,0 +1,180 @@
+"""Operator HA on real pods: the Helm chart with `operator.replicas=2` on the real nodes, kopf peering
+between the replicas, SIGKILL of the active operator's process, the standby taking over (measured),
+scaling going on, and one actor at a time.
+
+Needs the `real_nodes` fixture (opt-in with `TASKQ_REAL_NODES=1`). The operator pods reach the API
+server through the `kubernetes` Service address (each node DNATs it), RabbitMQ and the store through
+the node network's gateway (`pod_services`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+
+from taskq.client import Client
+from taskq.settings import Settings
+from taskq.store.mongo import TaskStore
+from taskq_dev.pod_services import PodServiceUrls
+from taskq_dev.realnodes import REAL_NODE_SELECTOR, REAL_NODE_TOLERATION, RealNodes
+
+pytestmark = [pytest.mark.cluster, pytest.mark.services, pytest.mark.slow, pytest.mark.realnodes]
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "taskq"
+TAKEOVER_TARGET_S = 15.0
+RESUMED = "Resuming operations after the pause"
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.5) -> T:
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture(scope="module")
+def namespace(cluster: Any, real_nodes: RealNodes) -> Iterator[str]:
+    name = f"tq-ha-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", name)
+    cluster.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted")
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def release(cluster: Any, namespace: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The chart with two operator replicas on the real nodes, installed with `--wait`."""
+    name = f"ha-{uuid.uuid4().hex[:6]}"
+    values = {
+        "image": {"repository": "taskq", "tag": "dev", "pullPolicy": "Never"},
+        "operator": {"replicas": 2, "watchNamespaces": [namespace], "nodeSelector": dict(REAL_NODE_SELECTOR),
+                     "tolerations": [dict(REAL_NODE_TOLERATION)]},
+    }
+    values_file = tmp_path_factory.mktemp("ha") / "values.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    cluster.helm("install", name, str(CHART), "--namespace", namespace, "--wait", "--timeout", "180s",
+                 "-f", str(values_file))
+    yield name
+    for pod in operator_pods(cluster, namespace):  # what each replica did, for the test report
+        for previous in (True, False):
+            text = logs(cluster, namespace, pod["metadata"]["name"], previous=previous)
+            if text:
+                tail = "\n".join([line for line in text.splitlines()
+                                  if "taskq_operator" in line or "peering" in line or "Traceback" in line][-40:])
+                sys.stderr.write(f"\n--- {pod['metadata']['name']}{' (previous)' if previous else ''}:\n{tail}\n")
+    cluster.helm("uninstall", name, "--namespace", namespace, "--wait", check=False)
+
+
+def operator_pods(cluster: Any, namespace: str) -> list[dict[str, Any]]:
+    listing = cluster.kubectl("get", "pods", "-n", namespace, "-l", "app.kubernetes.io/name=taskq-operator",
+                              "-o", "json").stdout
+    items: list[dict[str, Any]] = json.loads(listing)["items"]
+    return items
+
+
+def logs(cluster: Any, namespace: str, pod: str, previous: bool = False) -> str:
+    args = ["logs", "-n", namespace, pod] + (["--previous"] if previous else [])
+    result = cluster.kubectl(*args, check=False)
+    return result.stdout if result.returncode == 0 else ""
+
+
+def active_operator(cluster: Any, namespace: str) -> str | None:
+    """The one operator pod that resumed (leads); None unless exactly one did."""
+    leaders = [p["metadata"]["name"] for p in operator_pods(cluster, namespace)
+               if RESUMED in logs(cluster, namespace, p["metadata"]["name"])]
+    return leaders[0] if len(leaders) == 1 else None
+
+
+def scaling_lines(text: str, taskqueue: str) -> list[str]:
+    return [line for line in text.splitlines() if re.search(rf"TaskQueue \S+/{taskqueue}: \w+ \d+ -> \d+: ", line)]
+
+
+def replicas(cluster: Any, namespace: str, deployment: str) -> int | None:
+    result = cluster.kubectl("get", "-n", namespace, "deployment", deployment, "-o", "json", check=False)
+    return int(json.loads(result.stdout)["spec"].get("replicas") or 0) if result.returncode == 0 else None
+
+
+@pytest.mark.timeout(900)
+def test_standby_operator_takes_over_when_the_active_one_is_killed(
+        cluster: Any, real_nodes: RealNodes, namespace: str, release: str, pod_services: PodServiceUrls,
+        amqp_url: str, mongodb_uri: str, database_name: str, queue_name: str) -> None:
+    pods = operator_pods(cluster, namespace)
+    assert len(pods) == 2 and all(p["spec"]["nodeName"] in real_nodes.names() for p in pods)
+    leader = wait_for(lambda: active_operator(cluster, namespace), 60, "one operator replica to lead")
+    standby = next(p["metadata"]["name"] for p in pods if p["metadata"]["name"] != leader)
+
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "conn", "namespace": namespace},
+              "stringData": {"amqp-url": pod_services.amqp_url, "management-url": pod_services.management_url,
+                             "mongodb-uri": pod_services.mongodb_uri}}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(secret))
+    taskqueue = {
+        "apiVersion": "taskq.io/v1alpha1", "kind": "TaskQueue", "metadata": {"name": "ha", "namespace": namespace},
+        "spec": {
+            "queue": queue_name, "broker": {"secretRef": {"name": "conn"}},
+            "store": {"secretRef": {"name": "conn"}, "database": database_name},
+            "worker": {"image": "taskq:dev", "taskModules": ["taskq.examples"], "concurrency": 2,
+                       "nodeSelector": dict(REAL_NODE_SELECTOR), "tolerations": [dict(REAL_NODE_TOLERATION)],
+                       "terminationGracePeriodSeconds": 30},
+            "tasks": {"timeoutSeconds": 20},
+            "scaling": {"minReplicas": 0, "maxReplicas": 3, "tasksPerReplica": 20, "pollIntervalSeconds": 1,
+                        "scaleDown": {"stabilizationWindowSeconds": 5}},
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(taskqueue))
+    wait_for(lambda: replicas(cluster, namespace, "ha-worker") == 0, 60, "the leader to create the Deployment")
+
+    settings = Settings(amqp_url=amqp_url, mongodb_uri=mongodb_uri, database=database_name, queue=queue_name)
+    with Client(settings) as client:
+        client.submit_many([{"name": "sleep", "kwargs": {"seconds": 0.5}} for _ in range(40)])
+    wait_for(lambda: (replicas(cluster, namespace, "ha-worker") or 0) >= 2, 60, "the leader to scale up")
+    assert scaling_lines(logs(cluster, namespace, leader), "ha"), "the leader logged no scaling decision"
+    assert not scaling_lines(logs(cluster, namespace, standby), "ha"), "the paused standby scaled too"
+
+    # SIGKILL the leader's process (no chance to leave the peering): its record must expire.
+    leader_pod = next(p for p in operator_pods(cluster, namespace) if p["metadata"]["name"] == leader)
+    container_id = leader_pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
+    killed = time.monotonic()
+    real_nodes.exec(leader_pod["spec"]["nodeName"], "ctr", "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL",
+                    container_id)
+    wait_for(lambda: RESUMED in logs(cluster, namespace, standby), 60, f"{standby} to take over", interval=0.25)
+    takeover = time.monotonic() - killed
+    sys.stderr.write(f"\noperator HA: standby {standby} resumed {takeover:.1f} s after SIGKILL of {leader}\n")
+    assert takeover <= TAKEOVER_TARGET_S
+
+    # Scaling goes on under the new leader: the drained queue scales down, a new burst scales up.
+    task_store = TaskStore(mongodb_uri, database_name)
+    try:
+        wait_for(lambda: task_store.counts_by_state(queue_name).get("succeeded") == 40, 300,
+                 "the first 40 tasks to succeed", interval=1)
+    finally:
+        task_store.close()
+    wait_for(lambda: replicas(cluster, namespace, "ha-worker") == 0, 120, "the new leader to scale down to 0")
+    with Client(settings) as client:
+        client.submit_many([{"name": "noop"} for _ in range(60)])
+    seen: list[int | None] = []
+    wait_for(lambda: seen.append(replicas(cluster, namespace, "ha-worker")) or seen[-1] == 3, 60,
+             "the new leader to scale up again")
+
+    # One actor at a time: the restarted old leader (a younger replica now) stays paused.
+    restarted = logs(cluster, namespace, leader)
+    assert RESUMED not in restarted and not scaling_lines(restarted, "ha"), restarted[-2000:]
+    assert scaling_lines(logs(cluster, namespace, standby), "ha")
+    events = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json",
+                                        "--field-selector=involvedObject.kind=TaskQueue,involvedObject.name=ha").stdout)
+    reasons = [e["reason"] for e in sorted(events["items"], key=lambda e: e["metadata"]["creationTimestamp"])]
+    assert "ScaleUp" in reasons and "ScaleDown" in reasons, reasons
+    cluster.kubectl("delete", "-n", namespace, "tq", "ha")
