@@ -49,8 +49,8 @@ lint: install ## ruff (lint + format check), mypy strict on the product packages
 test: system-deps install lint ## everything: lint, unit, services, cluster and docker tests (starts what it needs)
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
-unit: install ## fast tests that need no servers
-	$(PYTHON) -m pytest tests/unit $(PYTEST_ARGS)
+unit: install ## tests that need no servers (tests/unit without the `services` ones)
+	$(PYTHON) -m pytest tests/unit -m "not services" $(PYTEST_ARGS)
 
 # --- image, chart, kind (packaging) ---
 KIND_CLUSTER ?= taskq-e2e
