@@ -257,6 +257,28 @@ def test_memory_over_the_limit_kills_the_child_and_the_pool_keeps_serving() -> N
     assert small.result_json == "10"
 
 
+def test_a_child_left_over_the_memory_limit_after_a_task_is_recycled() -> None:
+    events: queue.Queue[PoolEvent] = queue.Queue()
+    # Sampling every 30 s: only the check after each task can see the leak.
+    pool = ProcessPool(size=1, events=events, task_modules=MODULES, max_memory_per_child_mb=200, memory_sample_s=30)
+    pool.start()
+    try:
+        [pid] = pool.child_pids()
+        pool.submit(attempt("first", "allocate", 100, 0, keep=True))
+        assert completions(collect(events, 1))["first"].result_json == "100"
+        assert pool.child_pids() == [pid], "under the limit: the child stays"
+        pool.submit(attempt("second", "allocate", 150, 0, keep=True))
+        assert completions(collect(events, 1))["second"].result_json == "150"
+        deadline = time.monotonic() + 10
+        while pool.child_pids() in ([], [pid]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert pool.child_pids() != [pid] and wait_gone([pid]) == [], "the leaking child was not recycled"
+        pool.submit(attempt("third", "allocate", 100, 0, keep=True))
+        assert completions(collect(events, 1))["third"].result_json == "100"
+    finally:
+        pool.stop(5.0)
+
+
 def test_max_tasks_per_child_recycles_children(tmp_path: Path) -> None:
     with process_pool(max_tasks_per_child=2) as (pool, events):
         for index in range(6):

@@ -100,10 +100,19 @@ def segfault() -> None:
     ctypes.string_at(0)
 
 
+_kept: list[bytes] = []
+
+
 @task(name="allocate")
-def allocate(mib: int = 100, hold_s: float = 1.0) -> int:
-    """Allocate `mib` MiB (every page written, so it is resident), hold it `hold_s` seconds, return `mib`."""
+def allocate(mib: int = 100, hold_s: float = 1.0, keep: bool = False) -> int:
+    """Allocate `mib` MiB (every page written, so it is resident), hold it `hold_s` seconds, return `mib`.
+
+    With `keep`, the block stays referenced after the task returns (a leak that lives as long as
+    the process running it).
+    """
     block = b"\x01" * (int(mib) * 2**20)
+    if keep:
+        _kept.append(block)
     time.sleep(max(0.0, float(hold_s)))
     return len(block) // 2**20
 

@@ -129,6 +129,7 @@ class ProcessPool:
         max_tasks_per_child: int = 0,
         max_memory_per_child_mb: int = 0,
         kill_grace_s: float | None = None,
+        memory_sample_s: float = MEMORY_SAMPLE_S,
     ) -> None:
         if size < 1:
             raise ValueError("a pool needs size >= 1")
@@ -138,6 +139,7 @@ class ProcessPool:
         self._max_tasks = max(0, max_tasks_per_child)
         self._max_memory_mb = max(0, max_memory_per_child_mb)
         self._kill_grace_s = kill_grace_s
+        self._memory_sample_s = memory_sample_s
         self._context = multiprocessing.get_context("forkserver")
         self._pending = PendingAttempts()
         self._lock = threading.Lock()
@@ -252,13 +254,14 @@ class ProcessPool:
             if child is None:
                 continue
             child.tasks += 1
-            if (
-                self._max_tasks
-                and child.tasks >= self._max_tasks
-                or self._max_memory_mb
-                and (rss_bytes(child.pid) or 0) > self._max_memory_mb * 2**20
-            ):
+            if self._worn_out(child):
                 self._drop(slot, child)
+
+    def _worn_out(self, child: _Child) -> bool:
+        """Whether an idle child should be replaced: it ran `max_tasks_per_child` tasks or is over the memory limit."""
+        if self._max_tasks and child.tasks >= self._max_tasks:
+            return True
+        return bool(self._max_memory_mb) and (rss_bytes(child.pid) or 0) > self._max_memory_mb * 2**20
 
     def _slot_child(self, slot: int) -> _Child | None:
         with self._lock:
@@ -358,7 +361,7 @@ class ProcessPool:
         deadline = sent + attempt.timeout_s
         grace = self._kill_grace_s if self._kill_grace_s is not None else default_kill_grace_s(attempt.timeout_s)
         limit = self._max_memory_mb * 2**20
-        next_sample = sent + MEMORY_SAMPLE_S
+        next_sample = sent + self._memory_sample_s
         while True:
             now = time.monotonic()
             if self._kill_now.is_set():
@@ -385,7 +388,7 @@ class ProcessPool:
                 continue
             now = time.monotonic()
             if limit and now >= next_sample:
-                next_sample = now + MEMORY_SAMPLE_S
+                next_sample = now + self._memory_sample_s
                 rss = rss_bytes(child.pid) or 0
                 if rss > limit:
                     self._kill(child)
