@@ -70,7 +70,7 @@ EXAMPLE_SECTIONS: dict[str, Any] = {
 
 
 def example(**sections: Any) -> dict[str, Any]:
-    """The populated example TaskQueue `jobs/emails` (Secrets `rabbit`, `mongo`; database `prod`), `sections` replacing its own."""
+    """The populated example TaskQueue `jobs/emails` (Secrets `rabbit`, `mongo`, database `prod`); `sections` replace its own."""
     return taskqueue(
         "emails",
         "jobs",

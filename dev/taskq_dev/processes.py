@@ -123,10 +123,8 @@ class BackgroundProcess:
     def signal(self, signum: int) -> None:
         """Send `signum` to the process if it is still ours and running."""
         if self.pid is not None and self.alive():
-            try:
+            with contextlib.suppress(ProcessLookupError):  # it exited just now
                 os.kill(self.pid, signum)
-            except ProcessLookupError:
-                pass
 
     def terminate(self, timeout: float = 15.0) -> None:
         """SIGTERM, wait up to `timeout` seconds, then SIGKILL; returns once the process is gone."""

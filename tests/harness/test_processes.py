@@ -10,7 +10,9 @@ import time
 from taskq_dev.processes import stop_process, stop_processes
 
 IGNORES_SIGTERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
-EXITS_ON_SIGTERM = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(7)); print('up', flush=True); time.sleep(60)"
+EXITS_ON_SIGTERM = (
+    "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *_: sys.exit(7)); print('up', flush=True); time.sleep(60)"
+)
 
 
 def _start(code: str, *, new_session: bool = False) -> subprocess.Popen[bytes]:
