@@ -112,6 +112,8 @@ def test_4_0_node_reports_4_0_and_keeps_the_broker_default_consumer_timeout(node
     assert "consumer_timeout" not in (node.layout.base_dir / "rabbitmq.conf").read_text()
     assert _consumer_timeout_ms(node) == f"{{ok,{ERLANG_DEFAULT_CONSUMER_TIMEOUT_MS}}}"
     assert rootfs.is_built(rootfs.RABBITMQ_TRIXIE)
+    # the node runs chrooted in the shared root (what `_no_trace_of` and `sweep_old_roots` look for)
+    assert set(node.stray_pids()) & set(rootfs.processes_rooted_in(rootfs.RABBITMQ_TRIXIE.root))
     # the node writes only to its own folder, never into the shared root
     assert (node.layout.base_dir / "mnesia").is_dir() and any((node.layout.base_dir / "log").glob("*.log"))
     assert not (rootfs.RABBITMQ_TRIXIE.root / "var/lib/rabbitmq/mnesia" / node.layout.nodename).exists()
