@@ -10,15 +10,20 @@ progress in every pool).
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from urllib.parse import quote
 from pathlib import Path
 
 import httpx
 import pytest
 
 from taskq.client import Client
+from taskq.settings import Settings
 from taskq.core.states import TaskState
 from taskq.core.topology import DEAD_REASON_HEADER, dead_queue
 from taskq.store.mongo import TaskStore
+from taskq_dev.services import RabbitMQService
 from worker_procs import Services, WorkerProcess, client, count_in_state, drain_queue, publish_raw, store, svc, wait_until, workers  # noqa: F401
 
 pytestmark = [pytest.mark.services]
@@ -37,6 +42,16 @@ def _state(store: TaskStore, task_id: str) -> str | None:
 
 def _wait_states(store: TaskStore, ids: list[str], states: set[str], timeout: float, what: str) -> None:
     wait_until(lambda: all(_state(store, i) in states for i in ids), timeout=timeout, interval=0.3, what=what)
+
+
+@contextmanager
+def _client(svc: Services, queue_type: str) -> Iterator[Client]:
+    settings = Settings(amqp_url=svc.amqp_url, mongodb_uri=svc.mongodb_uri, database=svc.database, queue=svc.queue, queue_type=queue_type)
+    producer = Client(settings)
+    try:
+        yield producer
+    finally:
+        producer.close()
 
 
 def _livez(port: int) -> int:
@@ -186,16 +201,19 @@ def test_retry_rules_decorator_limits_and_worker_caps(svc: Services, client: Cli
     assert {(e["name"], e["setting"]) for e in capped_events} >= {("greedy", "timeout"), ("greedy", "max_retries")}
 
 
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
 def test_a_task_that_kills_its_whole_worker_is_dead_after_the_delivery_limit(
-    svc: Services, client: Client, store: TaskStore, tmp_path: Path
+    queue_type: str, svc: Services, store: TaskStore, tmp_path: Path
 ) -> None:
     # In the thread pool os._exit ends the worker process itself: only the delivery count stops the loop.
-    task_id = client.submit("exit", kwargs={"code": 7})
+    # Classic queues: counted in the task document; quorum queues: the broker's x-delivery-count.
+    with _client(svc, queue_type) as producer:
+        task_id = producer.submit("exit", kwargs={"code": 7})
     exits = []
     for run in range(8):
         if _state(store, task_id) == "dead":
             break
-        worker = WorkerProcess(tmp_path / f"run-{run}.log", svc.env(pool="thread", max_deliveries=3)).start()
+        worker = WorkerProcess(tmp_path / f"run-{run}.log", svc.env(pool="thread", max_deliveries=3, queue_type=queue_type)).start()
         try:
             wait_until(lambda: not worker.alive() or _state(store, task_id) == "dead", timeout=30, what="the worker to die or bury")
             if not worker.alive():
@@ -240,3 +258,18 @@ def test_sigterm_drain_with_the_process_pool_finishes_running_work(svc: Services
     assert _state(store, running) == "succeeded"
     assert count_in_state(store, TaskState.RUNNING) == 0
     assert worker.events_named("worker.stopped")[0]["exit_status"] == 0
+
+
+def test_a_quorum_queue_runs_retries_and_dead_letters(svc: Services, store: TaskStore, rabbitmq: RabbitMQService, tmp_path: Path) -> None:
+    with _client(svc, "quorum") as producer:
+        good = [producer.submit("echo", args=[i], priority=9 if i % 2 else 0) for i in range(20)]
+        failing = producer.submit("fail", max_retries=1)
+    with workers(svc, tmp_path, queue_type="quorum", retry_initial=0.2, retry_max=0.3):
+        _wait_states(store, good, {"succeeded"}, 60, "20 tasks on a quorum queue")
+        wait_until(lambda: _state(store, failing) == "dead", timeout=60, what="the failing task to be dead")
+    for name in (svc.queue, dead_queue(svc.queue)):
+        url = f"{rabbitmq.management_base}/api/queues/{quote(rabbitmq.vhost, safe='')}/{quote(name, safe='')}"
+        assert httpx.get(url, auth=rabbitmq.management_auth, timeout=5).json()["type"] == "quorum"
+    assert _document(store, failing)["attempts"] == 2
+    (properties, _), = _dead_letters(svc, 1)
+    assert "retries exhausted after attempt 2" in properties.headers[DEAD_REASON_HEADER]

@@ -367,11 +367,11 @@ class Committer:
     def _redelivery(self, delivery: Delivery, count: bool, now: datetime) -> Decision:
         message = delivery.message
         assert message is not None
+        # Counted in the document always (RabbitMQ 4.0 quorum queues do not count every return, e.g. a
+        # closed channel); a broker's own count (`x-delivery-count`) wins when it is higher.
+        state, deliveries = self._store.note_redelivery(message.id, message.attempt, count=count)
         if delivery.broker_deliveries is not None:
-            state = self._store.states_of([message.id]).get(message.id)
-            deliveries = delivery.broker_deliveries + 1
-        else:
-            state, deliveries = self._store.note_redelivery(message.id, message.attempt, count=count)
+            deliveries = max(deliveries, delivery.broker_deliveries + 1)
         return redelivery_outcome(message, delivery.body, state=state, deliveries=deliveries, max_deliveries=self._max_deliveries, now=now)
 
     def _attempt(self, delivery: Delivery, done: Completed, entry: _Start | None, now: datetime) -> Decision:
