@@ -9,6 +9,7 @@ import json
 import os
 import queue
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -399,7 +400,6 @@ if __name__ == "__main__":
 @pytest.mark.parametrize("how", ["exit", "sigkill"])
 def test_no_child_outlives_its_worker(tmp_path: Path, how: str) -> None:
     import subprocess
-    import sys
 
     script = tmp_path / "parent.py"
     script.write_text(PARENT_SCRIPT)
@@ -418,3 +418,16 @@ def test_no_child_outlives_its_worker(tmp_path: Path, how: str) -> None:
         if parent.poll() is None:
             parent.kill()
             parent.wait(5)
+
+
+def test_the_forkserver_preloads_the_taskq_modules_the_main_module_uses(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from taskq.worker.pools import process as process_module
+    from taskq.worker.pools.process import forkserver_preload
+
+    fake_main = types.ModuleType("__main__")
+    fake_main.__dict__.update(main=forkserver_preload, json=json, pytest=pytest, process=process_module)
+    monkeypatch.setitem(sys.modules, "__main__", fake_main)
+    preload = forkserver_preload(["taskq.examples"])
+    assert preload == ["taskq.worker.pools.child", "taskq.examples", "taskq.worker.pools.process"]

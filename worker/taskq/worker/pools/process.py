@@ -32,6 +32,7 @@ import os
 import pickle
 import queue
 import signal
+import sys
 import threading
 import time
 import weakref
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from types import ModuleType
 from typing import Any
 
 from taskq.context import safe_text
@@ -76,6 +78,27 @@ def describe_exit(exitcode: int | None) -> str:
             name = f"signal {-exitcode}"
         return f"child process killed by signal {name}"
     return f"child process exited with code {exitcode}"
+
+
+def forkserver_preload(task_modules: Sequence[str]) -> list[str]:
+    """What the forkserver imports once, so that starting a child costs a fork, not imports.
+
+    The child code and the task modules, plus the modules the worker's main module took names from:
+    every child re-runs the main module as `__mp_main__`, and for the `taskq-worker` console script
+    (`from taskq.worker.main import main`) that would import the whole runtime again (~150 ms a
+    child). With those modules preloaded it only re-binds names. (Listing "__main__" itself does not
+    work: Python 3.11's forkserver never receives the main path.)
+    """
+    preload = [child_main.__name__, *task_modules]
+    main = sys.modules.get("__main__")
+    for key, value in list(vars(main).items()) if main is not None else []:
+        name = value.__name__ if isinstance(value, ModuleType) else getattr(value, "__module__", None)
+        # Only taskq's own modules: they are known to import cleanly in a fresh process.
+        if key.startswith("__") or not isinstance(name, str) or not (name == "taskq" or name.startswith("taskq.")):
+            continue
+        if name in sys.modules and name not in preload:
+            preload.append(name)
+    return preload
 
 
 @dataclass
@@ -165,7 +188,7 @@ class ProcessPool:
         if self._started:
             return
         self._started = True
-        self._context.set_forkserver_preload([child_main.__name__, *self._task_modules])
+        self._context.set_forkserver_preload(forkserver_preload(self._task_modules))
         _live_pools.add(self)
         for thread in self._threads:
             thread.start()
