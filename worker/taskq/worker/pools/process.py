@@ -404,11 +404,9 @@ class ProcessPool:
                 self._kill(child)
                 self._complete(run, time.monotonic() - sent, None, lost_error(describe_exit(child.process.exitcode)))
                 return False
-            if message is not None:
-                done = self._on_message(run, message, attempt.timeout_s)
-                if done:
-                    return True
-                continue
+            if message is not None and self._on_message(run, message, attempt.timeout_s):
+                return True
+            # The limits are checked after every wake-up, so no stream of reports can postpone them.
             now = time.monotonic()
             if limit and now >= next_sample:
                 next_sample = now + self._memory_sample_s
