@@ -17,12 +17,12 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from worker_procs import Services, client, store, svc, wait_until, workers  # noqa: F401
 
 from taskq.client import Client
 from taskq.core.limits import lease_s, queue_consumer_timeout_ms
 from taskq.store.mongo import TaskStore
 from taskq_dev.services import RabbitMQService
-from worker_procs import Services, client, store, svc, wait_until, workers  # noqa: F401
 
 pytestmark = [pytest.mark.services]
 

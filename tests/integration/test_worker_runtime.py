@@ -12,19 +12,30 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import quote
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
+from worker_procs import (  # noqa: F401
+    Services,
+    WorkerProcess,
+    client,
+    count_in_state,
+    drain_queue,
+    publish_raw,
+    store,
+    svc,
+    wait_until,
+    workers,
+)
 
 from taskq.client import Client
-from taskq.settings import Settings
 from taskq.core.states import TaskState
 from taskq.core.topology import DEAD_REASON_HEADER, dead_queue
+from taskq.settings import Settings
 from taskq.store.mongo import TaskStore
 from taskq_dev.services import RabbitMQService
-from worker_procs import Services, WorkerProcess, client, count_in_state, drain_queue, publish_raw, store, svc, wait_until, workers  # noqa: F401
 
 pytestmark = [pytest.mark.services]
 
@@ -46,7 +57,9 @@ def _wait_states(store: TaskStore, ids: list[str], states: set[str], timeout: fl
 
 @contextmanager
 def _client(svc: Services, queue_type: str) -> Iterator[Client]:
-    settings = Settings(amqp_url=svc.amqp_url, mongodb_uri=svc.mongodb_uri, database=svc.database, queue=svc.queue, queue_type=queue_type)
+    settings = Settings(
+        amqp_url=svc.amqp_url, mongodb_uri=svc.mongodb_uri, database=svc.database, queue=svc.queue, queue_type=queue_type
+    )
     producer = Client(settings)
     try:
         yield producer
@@ -85,7 +98,7 @@ def test_unstorable_results_and_a_deep_body_do_not_stall_the_worker(
         document = _document(store, task_id)
         assert document["error"]["type"] == "UnstorableResult", document["error"]
         assert document["result"] is None
-    (properties, body), = _dead_letters(svc, 1)
+    ((properties, body),) = _dead_letters(svc, 1)
     assert body.startswith(b'{"a":{"a":')
     assert "nested deeper" in properties.headers[DEAD_REASON_HEADER]
 
@@ -97,7 +110,11 @@ def test_a_replica_set_uri_with_secrets_starts_the_worker_and_leaks_nothing(svc:
         started = worker.events_named("worker.started")[0]
         assert started["store"].startswith("mongodb://taskq:***@127.0.0.1:1,127.0.0.1:2/")
         assert _livez(worker.health_port()) == 200
-        wait_until(lambda: worker.events_named("store.unavailable") or worker.events_named("heartbeat.failed"), timeout=30, what="a store error")
+        wait_until(
+            lambda: worker.events_named("store.unavailable") or worker.events_named("heartbeat.failed"),
+            timeout=30,
+            what="a store error",
+        )
     assert secret not in worker.log_path.read_text()
 
 
@@ -152,7 +169,9 @@ def test_a_task_that_kills_its_child_is_worker_lost_then_dead_and_100_others_suc
     assert [e["attempt"] for e in retried] == [1, 2]
 
 
-def test_a_child_over_its_memory_cap_is_killed_and_the_attempt_fails(svc: Services, client: Client, store: TaskStore, tmp_path: Path) -> None:
+def test_a_child_over_its_memory_cap_is_killed_and_the_attempt_fails(
+    svc: Services, client: Client, store: TaskStore, tmp_path: Path
+) -> None:
     hog = client.submit("allocate", kwargs={"mib": 400, "hold_s": 5}, max_retries=0)
     after = client.submit("echo", args=["after"])
     with workers(svc, tmp_path, pool="process", concurrency=1, max_memory_per_child_mb=150) as (worker,):
@@ -163,7 +182,9 @@ def test_a_child_over_its_memory_cap_is_killed_and_the_attempt_fails(svc: Servic
 
 
 @pytest.mark.parametrize("pool", POOLS)
-def test_async_tasks_context_and_progress_in_every_pool(pool: str, svc: Services, client: Client, store: TaskStore, tmp_path: Path) -> None:
+def test_async_tasks_context_and_progress_in_every_pool(
+    pool: str, svc: Services, client: Client, store: TaskStore, tmp_path: Path
+) -> None:
     awaited = client.submit("async_sleep", kwargs={"seconds": 0.2, "value": {"ok": pool}})
     context = client.submit("context", timeout=30)
     progress = client.submit("progress", kwargs={"steps": 3, "interval_s": 1.2})
@@ -186,7 +207,15 @@ def test_retry_rules_decorator_limits_and_worker_caps(svc: Services, client: Cli
     decorator = client.submit("one_retry")
     capped = client.submit("greedy", kwargs={"seconds": 4}, timeout=100, max_retries=9)
     with workers(
-        svc, tmp_path, pool="process", concurrency=2, task_modules=TEST_TASKS, retry_initial=0.2, retry_max=0.3, task_timeout=2, max_retries=2
+        svc,
+        tmp_path,
+        pool="process",
+        concurrency=2,
+        task_modules=TEST_TASKS,
+        retry_initial=0.2,
+        retry_max=0.3,
+        task_timeout=2,
+        max_retries=2,
     ) as (worker,):
         _wait_states(store, [rejected, not_retried], {"failed"}, 60, "rejected tasks to end failed")
         _wait_states(store, [retried, decorator, capped], {"dead"}, 90, "retried tasks to end dead")
@@ -213,9 +242,13 @@ def test_a_task_that_kills_its_whole_worker_is_dead_after_the_delivery_limit(
     for run in range(8):
         if _state(store, task_id) == "dead":
             break
-        worker = WorkerProcess(tmp_path / f"run-{run}.log", svc.env(pool="thread", max_deliveries=3, queue_type=queue_type)).start()
+        worker = WorkerProcess(
+            tmp_path / f"run-{run}.log", svc.env(pool="thread", max_deliveries=3, queue_type=queue_type)
+        ).start()
         try:
-            wait_until(lambda: not worker.alive() or _state(store, task_id) == "dead", timeout=30, what="the worker to die or bury")
+            wait_until(
+                lambda: not worker.alive() or _state(store, task_id) == "dead", timeout=30, what="the worker to die or bury"
+            )
             if not worker.alive():
                 exits.append(worker.wait(5))
         finally:
@@ -224,7 +257,7 @@ def test_a_task_that_kills_its_whole_worker_is_dead_after_the_delivery_limit(
     assert document["state"] == "dead"
     assert document["error"]["type"] == "DeliveryLimit"
     assert len(exits) == 3 and set(exits) == {7}
-    (properties, _), = _dead_letters(svc, 1)
+    ((properties, _),) = _dead_letters(svc, 1)
     assert properties.headers[DEAD_REASON_HEADER].startswith("delivery-limit: delivered 4 times (limit 3)")
 
 
@@ -249,7 +282,9 @@ def test_a_crashed_stage_fails_livez_exits_nonzero_and_leaves_its_work_to_anothe
         assert healthy.alive()
 
 
-def test_sigterm_drain_with_the_process_pool_finishes_running_work(svc: Services, client: Client, store: TaskStore, tmp_path: Path) -> None:
+def test_sigterm_drain_with_the_process_pool_finishes_running_work(
+    svc: Services, client: Client, store: TaskStore, tmp_path: Path
+) -> None:
     running = client.submit("sleep", args=[2])
     with workers(svc, tmp_path, pool="process", concurrency=1, grace_seconds=15) as (worker,):
         wait_until(lambda: _state(store, running) == "running", timeout=30, what="the task to start")
@@ -260,7 +295,9 @@ def test_sigterm_drain_with_the_process_pool_finishes_running_work(svc: Services
     assert worker.events_named("worker.stopped")[0]["exit_status"] == 0
 
 
-def test_a_quorum_queue_runs_retries_and_dead_letters(svc: Services, store: TaskStore, rabbitmq: RabbitMQService, tmp_path: Path) -> None:
+def test_a_quorum_queue_runs_retries_and_dead_letters(
+    svc: Services, store: TaskStore, rabbitmq: RabbitMQService, tmp_path: Path
+) -> None:
     with _client(svc, "quorum") as producer:
         good = [producer.submit("echo", args=[i], priority=9 if i % 2 else 0) for i in range(20)]
         failing = producer.submit("fail", max_retries=1)
@@ -271,5 +308,5 @@ def test_a_quorum_queue_runs_retries_and_dead_letters(svc: Services, store: Task
         url = f"{rabbitmq.management_base}/api/queues/{quote(rabbitmq.vhost, safe='')}/{quote(name, safe='')}"
         assert httpx.get(url, auth=rabbitmq.management_auth, timeout=5).json()["type"] == "quorum"
     assert _document(store, failing)["attempts"] == 2
-    (properties, _), = _dead_letters(svc, 1)
+    ((properties, _),) = _dead_letters(svc, 1)
     assert "retries exhausted after attempt 2" in properties.headers[DEAD_REASON_HEADER]

@@ -33,7 +33,9 @@ def test_invalid_policies_are_refused(bad: dict[str, float]) -> None:
         RetryPolicy(**bad)
 
 
-@pytest.mark.parametrize(("delay", "bucket"), [(0, 1000), (0.2, 1000), (1.0, 1000), (1.01, 2000), (9.5, 10000), (10.5, 16000), (100, 128000)])
+@pytest.mark.parametrize(
+    ("delay", "bucket"), [(0, 1000), (0.2, 1000), (1.0, 1000), (1.01, 2000), (9.5, 10000), (10.5, 16000), (100, 128000)]
+)
 def test_buckets_round_up(delay: float, bucket: int) -> None:
     assert delay_bucket_ms(delay) == bucket
     assert delay_bucket_ms(delay) >= delay * 1000

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -10,7 +10,7 @@ from taskq.core.message import TaskMessage
 from taskq.core.states import FINAL_STATES, TaskState, allowed_sources, allowed_sources_via_running, can_transition
 from taskq.core.transitions import bury, finish, start
 
-NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def _message(attempt: int = 1) -> TaskMessage:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pika
@@ -27,7 +27,7 @@ from taskq.worker.delivery import Delivery
 from taskq.worker.logs import JsonLog
 from taskq.worker.pools import Completed, ErrorInfo, Started
 
-NOW = datetime(2026, 12, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
 
 class MemoryStore:

@@ -21,7 +21,7 @@ def parameters(url: str, *, name: str, heartbeat_s: int = DEFAULT_HEARTBEAT_S) -
     """Connection parameters from `url`, labelled `name` in the broker's connection list."""
     try:
         params = pika.URLParameters(url)
-    except Exception as exc:  # pika raises several types for malformed URLs
+    except Exception as exc:  # noqa: BLE001 - pika raises several unrelated types for malformed URLs
         raise BrokerUnavailable(f"invalid AMQP URL {redact_url(url)}: {type(exc).__name__}") from None
     params.heartbeat = heartbeat_s
     params.blocked_connection_timeout = 60

@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import pika
 import pika.exceptions as pe
 from pika.adapters.select_connection import SelectConnection
 from pika.channel import Channel

@@ -8,7 +8,6 @@ honours more than its own limit. Pure; used by the worker runtime and the operat
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 CONSUMER_TIMEOUT_MARGIN_S = 60.0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -37,7 +37,7 @@ def new_task_id() -> str:
 
 def utcnow() -> datetime:
     """Now, timezone-aware, in UTC (the only clock the core reads; callers may pass their own)."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class TaskMessage(BaseModel):
@@ -60,7 +60,7 @@ class TaskMessage(BaseModel):
     @field_validator("created_at")
     @classmethod
     def _aware(cls, value: datetime) -> datetime:
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
 
     def encode(self) -> bytes:
         """The JSON body to publish."""
@@ -84,9 +84,7 @@ def decode(body: bytes) -> TaskMessage:
     try:
         return TaskMessage.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(body)'}: {err['msg']}" for err in exc.errors()[:5]
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(body)'}: {err['msg']}" for err in exc.errors()[:5])
         raise MalformedMessage(f"schema violation: {problems}") from None
 
 

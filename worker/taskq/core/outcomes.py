@@ -133,25 +133,32 @@ def attempt_outcome(
 ) -> Decision:
     """The decision for a finished attempt: succeeded, failed, retrying (with a delay) or dead."""
     base = _base_fields(message, duration_s)
-    common = {"started_at": started_at, "start_recorded": start_recorded}
+
+    def record(target: TaskState, *, result: Any = None, error: TaskError | None = None) -> Transition:
+        return finish(
+            message, target, worker_id, now, started_at=started_at, result=result, error=error, start_recorded=start_recorded
+        )
+
     if failure is None:
         value, problem = result_problem(result_json)
         if problem is None:
-            transition = finish(message, TaskState.SUCCEEDED, worker_id, now, result=value, **common)
+            transition = record(TaskState.SUCCEEDED, result=value)
             return Decision(transition, Ack(), "task.succeeded", base)
         failure = AttemptError(TaskError.storable("UnstorableResult", problem), retryable=False, kind="unstorable")
     error = failure.error
     fields = {**base, "error_type": error.type, "error": error.message, "kind": failure.kind}
     if not failure.retryable:
-        transition = finish(message, TaskState.FAILED, worker_id, now, error=error, **common)
+        transition = record(TaskState.FAILED, error=error)
         return Decision(transition, Ack(), "task.failed", fields)
     if should_retry(message.attempt, limits.max_retries):
         delay_s = policy.delay(message.attempt, unit_random)
         bucket = delay_bucket_ms(delay_s)
-        transition = finish(message, TaskState.RETRYING, worker_id, now, error=error, **common)
+        transition = record(TaskState.RETRYING, error=error)
         delay_ms = max(1, min(bucket, int(delay_s * 1000)))
-        return Decision(transition, Retry(message.next_attempt(), delay_ms, bucket), "task.retrying", {**fields, "delay_ms": delay_ms})
-    transition = finish(message, TaskState.DEAD, worker_id, now, error=error, **common)
+        return Decision(
+            transition, Retry(message.next_attempt(), delay_ms, bucket), "task.retrying", {**fields, "delay_ms": delay_ms}
+        )
+    transition = record(TaskState.DEAD, error=error)
     reason = f"retries exhausted after attempt {message.attempt}: {error.type}: {error.message}"
     return Decision(transition, DeadLetter(message.encode(), reason[:REASON_LIMIT_CHARS]), "task.dead", fields)
 
@@ -169,14 +176,18 @@ def redelivery_outcome(
     if deliveries > max_deliveries:
         reason = f"{DELIVERY_LIMIT_REASON}: delivered {deliveries} times (limit {max_deliveries}) without an outcome"
         transition = bury(message, reason, now, error_type="DeliveryLimit")
-        return Decision(transition, DeadLetter(body, reason), "task.delivery_limit", {**fields, "reason": reason}, act_only_if_recorded=False)
+        return Decision(
+            transition, DeadLetter(body, reason), "task.delivery_limit", {**fields, "reason": reason}, act_only_if_recorded=False
+        )
     return Decision(None, Run(), "task.redelivered", fields)
 
 
 def unknown_task_outcome(message: TaskMessage, body: bytes, reason: str, now: datetime) -> Decision:
     """A well-formed message naming a task this worker does not have: dead at once."""
     fields = {"task_id": message.id, "name": message.name, "attempt": message.attempt, "reason": reason}
-    return Decision(bury(message, reason, now), DeadLetter(body, reason[:REASON_LIMIT_CHARS]), "task.undeliverable", fields, False)
+    return Decision(
+        bury(message, reason, now), DeadLetter(body, reason[:REASON_LIMIT_CHARS]), "task.undeliverable", fields, False
+    )
 
 
 def readable_task_id(body: bytes) -> str | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import Enum
 
 
-class TaskState(str, Enum):
+class TaskState(str, Enum):  # noqa: UP042 - str() of a state is its enum name in logs; values are what is stored
     """Where a task is in its life. The final states never change again."""
 
     QUEUED = "queued"

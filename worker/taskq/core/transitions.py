@@ -33,11 +33,7 @@ class Transition:
 def _insert_base(message: TaskMessage, now: datetime, exclude: dict[str, Any]) -> dict[str, Any]:
     base = queued_document(message, now)
     base.pop("_id")
-    return {
-        key: value
-        for key, value in base.items()
-        if key not in exclude and not any(k.startswith(key + ".") for k in exclude)
-    }
+    return {key: value for key, value in base.items() if key not in exclude and not any(k.startswith(key + ".") for k in exclude)}
 
 
 def start(message: TaskMessage, worker_id: str, now: datetime) -> Transition:

@@ -8,7 +8,6 @@ support: no transactions, no change streams. pymongo errors become `taskq.errors
 from __future__ import annotations
 
 import builtins
-
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -31,8 +30,8 @@ from pymongo.errors import (
 from taskq.core.document import queued_document
 from taskq.core.message import TaskMessage
 from taskq.core.states import TaskState
-from taskq.core.transitions import Transition
 from taskq.core.storable import safe_text
+from taskq.core.transitions import Transition
 from taskq.errors import InvalidStoreURI, StoreRefused, StoreUnavailable, TaskqError, redact_url, scrub
 
 T = TypeVar("T")
@@ -80,7 +79,9 @@ class TaskStore:
             raise StoreUnavailable(f"store at {self._where} unavailable while {what}: {type(exc).__name__}") from None
         except (BSONError, OverflowError) as exc:
             # Raised by the BSON encoder before anything is sent: the document itself is the problem.
-            raise StoreRefused(f"store cannot encode a document while {what}: {type(exc).__name__}: {safe_text(exc, 300)}") from None
+            raise StoreRefused(
+                f"store cannot encode a document while {what}: {type(exc).__name__}: {safe_text(exc, 300)}"
+            ) from None
         except PyMongoError as exc:
             raise TaskqError(f"store at {self._where} failed while {what}: {safe_text(exc, 500)}") from None
 
@@ -193,7 +194,7 @@ class TaskStore:
         if self.is_ferretdb():
             return self._apply_many_by_id(transitions)
         tokens = [uuid.uuid4().hex for _ in transitions]
-        ops = [self._operation(t, tok) for t, tok in zip(transitions, tokens)]
+        ops = [self._operation(t, tok) for t, tok in zip(transitions, tokens, strict=True)]
         done = 0
         with self._translated("recording task states"):
             for first in range(0, len(ops), MONGODB_OPS_PER_BULK):
@@ -203,13 +204,15 @@ class TaskStore:
                 except BulkWriteError as exc:
                     errors = exc.details.get("writeErrors", [])
                     if any(err.get("code") != DUPLICATE_KEY for err in errors):
-                        raise StoreRefused(f"store refused a task state write: {safe_text(errors[0].get('errmsg'), 300)}") from None
+                        raise StoreRefused(
+                            f"store refused a task state write: {safe_text(errors[0].get('errmsg'), 300)}"
+                        ) from None
                     done = -len(ops)
             if done == len(ops):
                 return [True] * len(ops)
             ids = [t.task_id for t in transitions]
             found = {d["_id"]: d.get("write_token") for d in self.tasks.find({"_id": {"$in": ids}}, {"write_token": 1})}
-        return [found.get(t.task_id) == tok for t, tok in zip(transitions, tokens)]
+        return [found.get(t.task_id) == tok for t, tok in zip(transitions, tokens, strict=True)]
 
     def _apply_many_by_id(self, transitions: Sequence[Transition]) -> list[bool]:
         current = self.states_of({t.task_id for t in transitions})
@@ -235,14 +238,16 @@ class TaskStore:
                 except BulkWriteError as exc:
                     errors = exc.details.get("writeErrors", [])
                     if any(err.get("code") != DUPLICATE_KEY for err in errors):
-                        raise StoreRefused(f"store refused a task state write: {safe_text(errors[0].get('errmsg'), 300)}") from None
+                        raise StoreRefused(
+                            f"store refused a task state write: {safe_text(errors[0].get('errmsg'), 300)}"
+                        ) from None
                     # A duplicate key here: the document appeared meanwhile; re-read what stands.
                     return self._refresh_flags(transitions, applied)
         return applied
 
     def _refresh_flags(self, transitions: Sequence[Transition], applied: list[bool]) -> list[bool]:
         states = self.states_of({t.task_id for t in transitions})
-        return [ok and states.get(t.task_id) == t.target for t, ok in zip(transitions, applied)]
+        return [ok and states.get(t.task_id) == t.target for t, ok in zip(transitions, applied, strict=True)]
 
     def note_redelivery(self, task_id: str, attempt: int, *, count: bool = True) -> tuple[TaskState | None, int]:
         """Count one more delivery of attempt `attempt`; return the task's state and its deliveries so far.
@@ -255,7 +260,9 @@ class TaskStore:
         key = f"a{int(attempt)}"
         with self._translated("counting a redelivery"):
             if count:
-                found = self.tasks.find_one_and_update({"_id": task_id}, {"$inc": {f"redeliveries.{key}": 1}}, return_document=ReturnDocument.AFTER)
+                found = self.tasks.find_one_and_update(
+                    {"_id": task_id}, {"$inc": {f"redeliveries.{key}": 1}}, return_document=ReturnDocument.AFTER
+                )
             else:
                 found = self.tasks.find_one({"_id": task_id})
         if found is None:
@@ -326,12 +333,22 @@ class TaskStore:
 
     # -- worker heartbeats --------------------------------------------------------------------
 
-    def heartbeat(self, worker_id: str, queue: str, *, inflight: int, processed: int, started_at: datetime, now: datetime) -> None:
+    def heartbeat(
+        self, worker_id: str, queue: str, *, inflight: int, processed: int, started_at: datetime, now: datetime
+    ) -> None:
         """Record that `worker_id` is alive and how many tasks it holds unacked right now."""
         with self._translated("recording a heartbeat"):
             self.workers.update_one(
                 {"_id": worker_id},
-                {"$set": {"queue": queue, "inflight": inflight, "processed": processed, "heartbeat_at": now, "started_at": started_at}},
+                {
+                    "$set": {
+                        "queue": queue,
+                        "inflight": inflight,
+                        "processed": processed,
+                        "heartbeat_at": now,
+                        "started_at": started_at,
+                    }
+                },
                 upsert=True,
             )
 
@@ -344,4 +361,3 @@ class TaskStore:
         """Heartbeats newer than `since` of workers consuming `queues`."""
         with self._translated("reading heartbeats"):
             return list(self.workers.find({"queue": {"$in": list(queues)}, "heartbeat_at": {"$gte": since}}))
-

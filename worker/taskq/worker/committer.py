@@ -98,7 +98,12 @@ class Done:
     decision: Decision | None
 
 
-InboxItem = PoolEvent | Decided | Redelivered
+@dataclass(frozen=True)
+class Wake:
+    """Nothing to record: wakes the committer thread (sent by `stop`)."""
+
+
+InboxItem = PoolEvent | Decided | Redelivered | Wake
 
 
 @dataclass
@@ -142,8 +147,9 @@ class Committer:
         batch_size: int = 256,
         max_wait_s: float = 0.005,
         rng: Callable[[], float] = random.random,
+        inbox: queue.Queue[InboxItem] | None = None,
     ) -> None:
-        self.inbox: queue.Queue[InboxItem] = queue.Queue()
+        self.inbox: queue.Queue[InboxItem] = inbox if inbox is not None else queue.Queue()
         self._store = store
         self._worker_id = worker_id
         self._policy = policy
@@ -175,7 +181,7 @@ class Committer:
     def stop(self, timeout_s: float) -> bool:
         """Ask the thread to flush what is pending for at most `timeout_s`, wait, and say whether all was recorded."""
         self._stop_at = time.monotonic() + timeout_s
-        self.inbox.put(_WAKE)
+        self.inbox.put(Wake())
         self._stopped.wait(timeout_s + 2.0)
         return self.unflushed == 0 and self._stopped.is_set()
 
@@ -235,7 +241,7 @@ class Committer:
                 return
             self._take(item)
 
-    def _take(self, item: InboxItem | object) -> None:
+    def _take(self, item: InboxItem) -> None:
         if isinstance(item, Started):
             assert isinstance(item.key, Delivery)
             self._starts[item.key] = _Start(item.started_at, time.monotonic())
@@ -261,7 +267,11 @@ class Committer:
         return bool(self._completed or self._decided or self._redelivered)
 
     def _due_starts(self, now: float) -> list[Delivery]:
-        return [d for d, s in self._starts.items() if (not s.recorded and now - s.since >= self._max_wait_s) or (s.recorded and s.progress_dirty)]
+        return [
+            d
+            for d, s in self._starts.items()
+            if (not s.recorded and now - s.since >= self._max_wait_s) or (s.recorded and s.progress_dirty)
+        ]
 
     def _due(self, now: float) -> bool:
         if self._has_pending():
@@ -332,11 +342,11 @@ class Committer:
                 runs.append(item.delivery)
             else:
                 outcomes.append((item.delivery, decision))
-        for done in batch.completed:
-            delivery = done.key
+        for completed in batch.completed:
+            delivery = completed.key
             assert isinstance(delivery, Delivery)
             entry = self._starts.get(delivery)
-            outcomes.append((delivery, self._attempt(delivery, done, entry, now)))
+            outcomes.append((delivery, self._attempt(delivery, completed, entry, now)))
         outcomes.extend((d.delivery, d.decision) for d in batch.decided)
 
         side: list[Transition] = []
@@ -372,7 +382,9 @@ class Committer:
         state, deliveries = self._store.note_redelivery(message.id, message.attempt, count=count)
         if delivery.broker_deliveries is not None:
             deliveries = max(deliveries, delivery.broker_deliveries + 1)
-        return redelivery_outcome(message, delivery.body, state=state, deliveries=deliveries, max_deliveries=self._max_deliveries, now=now)
+        return redelivery_outcome(
+            message, delivery.body, state=state, deliveries=deliveries, max_deliveries=self._max_deliveries, now=now
+        )
 
     def _attempt(self, delivery: Delivery, done: Completed, entry: _Start | None, now: datetime) -> Decision:
         assert delivery.message is not None and delivery.limits is not None
@@ -395,7 +407,11 @@ class Committer:
         transition = start(delivery.message, self._worker_id, entry.started_at)
         if entry.progress is not None:
             transition = Transition(
-                transition.task_id, transition.target, transition.sources, {**transition.fields, "progress": entry.progress}, transition.insert
+                transition.task_id,
+                transition.target,
+                transition.sources,
+                {**transition.fields, "progress": entry.progress},
+                transition.insert,
             )
         return transition
 
@@ -495,11 +511,10 @@ class Committer:
         error = TaskError.storable("StoreRefused", reason)
         # Minimal fields only: whatever made the store refuse (a result, an error text) is left out.
         transition = finish(message, TaskState.FAILED, self._worker_id, now, error=error, start_recorded=False)
-        return Transition(transition.task_id, TaskState.FAILED, allowed_sources(TaskState.FAILED) | transition.sources, transition.fields, None)
+        return Transition(
+            transition.task_id, TaskState.FAILED, allowed_sources(TaskState.FAILED) | transition.sources, transition.fields, None
+        )
 
     def _recorded(self, decision: Decision) -> None:
         if self._on_recorded is not None:
             self._on_recorded(decision)
-
-
-_WAKE = object()

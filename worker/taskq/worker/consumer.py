@@ -203,7 +203,9 @@ class Consumer:
 
     # -- deliveries (connection thread) -----------------------------------------------------------
 
-    def _on_message(self, channel: object, method: pika.spec.Basic.Deliver, properties: pika.BasicProperties, body: bytes) -> None:
+    def _on_message(
+        self, channel: object, method: pika.spec.Basic.Deliver, properties: pika.BasicProperties, body: bytes
+    ) -> None:
         delivery = Delivery(method.delivery_tag, self.generation, body, properties, bool(method.redelivered))
         self._tracker.delivered(delivery.tag)
         committer = self._committer
@@ -330,7 +332,11 @@ class Consumer:
                     channel.basic_nack(delivery.tag, requeue=True)
                     requeued += 1
             self._log.event("worker.draining", running=self._pool.running(), requeued=requeued, grace_s=grace)
-            while time.monotonic() < deadline and (self._pool.running() or committer.pending_count()) and not self._supervisor.failed:
+            while (
+                time.monotonic() < deadline
+                and (self._pool.running() or committer.pending_count())
+                and not self._supervisor.failed
+            ):
                 if connection is not None:
                     connection.process_data_events(time_limit=0.05)
                 else:

@@ -6,7 +6,6 @@ nothing about the consumer or the store. Port 0 picks a free port (the chosen on
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -20,7 +19,9 @@ class WorkerMetrics:
 
     def __init__(self, inflight: Callable[[], float]) -> None:
         self.registry = CollectorRegistry()
-        self.outcomes = Counter("taskq_tasks_total", "Task attempts recorded, by outcome event.", ["outcome"], registry=self.registry)
+        self.outcomes = Counter(
+            "taskq_tasks_total", "Task attempts recorded, by outcome event.", ["outcome"], registry=self.registry
+        )
         self.durations = Histogram(
             "taskq_task_duration_seconds",
             "Wall time of task attempts.",
@@ -41,7 +42,9 @@ class WorkerMetrics:
 class HealthServer:
     """A tiny threaded HTTP server for probes and scraping."""
 
-    def __init__(self, port: int, *, alive: Callable[[], bool], ready: Callable[[], bool], metrics: WorkerMetrics, host: str = "0.0.0.0") -> None:
+    def __init__(
+        self, port: int, *, alive: Callable[[], bool], ready: Callable[[], bool], metrics: WorkerMetrics, host: str = "0.0.0.0"
+    ) -> None:
         checks = {"/livez": alive, "/readyz": ready}
         registry = metrics.registry
 

@@ -46,7 +46,12 @@ class Heartbeat:
     def beat(self) -> None:
         """Write one heartbeat now (raises `TaskqError` when the store is down)."""
         self._store.heartbeat(
-            self._worker_id, self._queue, inflight=self._inflight(), processed=self._processed(), started_at=self._started_at, now=utcnow()
+            self._worker_id,
+            self._queue,
+            inflight=self._inflight(),
+            processed=self._processed(),
+            started_at=self._started_at,
+            now=utcnow(),
         )
 
     def run(self) -> None:

@@ -2,9 +2,10 @@
 
 Wires the stages together: settings from `TASKQ_*` (command-line flags override them), task modules
 imported into the registry, the pool (`taskq.worker.pools`), the committer, the connection stage
-(`Consumer`) on the main thread, the heartbeat and the health server, all under one `Supervisor`; SIGTERM/SIGINT start the graceful drain. Exit status: 0 after a
-clean drain, 1 when outcomes could not be flushed to the store, 2 for a configuration error, 3 when
-a stage failed (see `taskq.worker.supervisor`).
+(`Consumer`) on the main thread, the heartbeat and the health server, all under one `Supervisor`;
+SIGTERM/SIGINT start the graceful drain. Exit status: 0 after a clean drain, 1 when outcomes could
+not be flushed to the store, 2 for a configuration error, 3 when a stage failed (see
+`taskq.worker.supervisor`).
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import sys
 import time
 from collections.abc import Sequence
 from types import FrameType
+from typing import cast
 
 from taskq.core.outcomes import Decision
 from taskq.errors import InvalidStoreURI, TaskqError, redact_url
 from taskq.registry import import_task_modules, lookup, registered_names
 from taskq.settings import Settings
 from taskq.store.mongo import TaskStore
-from taskq.worker.committer import Committer
+from taskq.worker.committer import Committer, InboxItem
 from taskq.worker.consumer import Consumer
 from taskq.worker.health import HealthServer, WorkerMetrics
 from taskq.worker.heartbeat import Heartbeat
@@ -45,9 +47,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, help="attempts run at once: pool size (TASKQ_CONCURRENCY)")
     parser.add_argument("--pool", choices=["process", "thread", "asyncio"], help="where tasks run (TASKQ_POOL, default process)")
     parser.add_argument("--prefetch", type=int, help="unacked messages held at once (TASKQ_PREFETCH)")
-    parser.add_argument("--health-port", type=int, help="port of /livez, /readyz, /metrics; 0 = any free port (TASKQ_HEALTH_PORT)")
+    parser.add_argument(
+        "--health-port", type=int, help="port of /livez, /readyz, /metrics; 0 = any free port (TASKQ_HEALTH_PORT)"
+    )
     parser.add_argument("--grace-seconds", type=float, help="SIGTERM drain budget (TASKQ_GRACE_SECONDS)")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="lowest level logged (default info)")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="lowest level logged (default info)"
+    )
     return parser.parse_args(argv)
 
 
@@ -83,7 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.event("worker.config_error", "error", error=str(exc))
         return 2
     if not registered_names():
-        log.event("worker.config_error", "error", error="no tasks registered: name task modules on the command line or in TASKQ_TASK_MODULES")
+        log.event(
+            "worker.config_error",
+            "error",
+            error="no tasks registered: name task modules on the command line or in TASKQ_TASK_MODULES",
+        )
         return 2
     return run(settings, log)
 
@@ -102,11 +112,13 @@ def run(settings: Settings, log: JsonLog) -> int:
     except TaskqError as exc:
         log.event("store.unavailable", "warning", error=str(exc), during="startup")
     # The pool starts first: the process pool's children start before any other thread exists.
-    events: queue.Queue[PoolEvent] = queue.Queue()
+    # One inbox for the committer: the pool's events and the connection stage's items (a pool only puts
+    # its own event types, hence the narrower view it is given).
+    inbox: queue.Queue[InboxItem] = queue.Queue()
     pool = make_pool(
         settings.pool,
         size=settings.concurrency,
-        events=events,
+        events=cast("queue.Queue[PoolEvent]", inbox),
         task_modules=settings.task_module_list(),
         max_tasks_per_child=settings.max_tasks_per_child,
         max_memory_per_child_mb=settings.max_memory_per_child_mb,
@@ -128,10 +140,12 @@ def run(settings: Settings, log: JsonLog) -> int:
         sink=consumer,
         log=log,
         on_recorded=recorded,
+        inbox=inbox,
     )
-    committer.inbox = events  # the pool's events and the connection stage's items share one inbox
     consumer.attach(committer)
-    heartbeat = Heartbeat(store, settings.worker_id, settings.queue, inflight=lambda: consumer.inflight, processed=lambda: consumer.acked, log=log)
+    heartbeat = Heartbeat(
+        store, settings.worker_id, settings.queue, inflight=lambda: consumer.inflight, processed=lambda: consumer.acked, log=log
+    )
     health = HealthServer(
         settings.health_port,
         alive=lambda: not supervisor.failed and time.monotonic() - consumer.loop_at < LIVENESS_STALL_S,
@@ -187,9 +201,18 @@ def warn_capped_tasks(settings: Settings, log: JsonLog) -> None:
     for name in registered_names():
         spec = lookup(name)
         if spec.timeout is not None and spec.timeout > settings.task_timeout:
-            log.event("task.limit_capped", "warning", name=name, setting="timeout", asked=spec.timeout, used=settings.task_timeout)
+            log.event(
+                "task.limit_capped", "warning", name=name, setting="timeout", asked=spec.timeout, used=settings.task_timeout
+            )
         if spec.max_retries is not None and spec.max_retries > settings.max_retries:
-            log.event("task.limit_capped", "warning", name=name, setting="max_retries", asked=spec.max_retries, used=settings.max_retries)
+            log.event(
+                "task.limit_capped",
+                "warning",
+                name=name,
+                setting="max_retries",
+                asked=spec.max_retries,
+                used=settings.max_retries,
+            )
 
 
 if __name__ == "__main__":
