@@ -14,7 +14,7 @@ INSTALLED := $(VENV)/.taskq-installed
 export PATH := $(VENV_BIN):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: help install venv system-deps demo test lint unit
+.PHONY: help install venv system-deps demo test test-rabbitmq-3.10 lint unit
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -46,8 +46,12 @@ lint: install ## ruff (lint + format check), mypy strict on the product packages
 	mypy
 	lint-imports
 
-test: system-deps install lint ## everything: lint, unit, services, cluster and docker tests (starts what it needs)
+test: system-deps install lint ## everything: lint, unit, services, cluster and docker tests (RabbitMQ 4.0), then the worker-flow tests on RabbitMQ 3.10
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-rabbitmq-3.10
+
+test-rabbitmq-3.10: install ## the worker-flow and failure tests on Debian 12's RabbitMQ 3.10 (still supported)
+	TASKQ_TEST_RABBITMQ=3.10 $(PYTHON) -m pytest tests/integration/test_worker_flow.py tests/integration/test_worker_failures.py tests/integration/test_worker_runtime.py -k "not thousand" $(PYTEST_ARGS)
 
 unit: install ## tests that need no servers (tests/unit without the `services` ones)
 	$(PYTHON) -m pytest tests/unit -m "not services" $(PYTEST_ARGS)
