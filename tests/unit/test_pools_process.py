@@ -176,6 +176,22 @@ def test_timeout_interrupts_a_blocking_sleep_and_the_retry_starts_after(tmp_path
     assert float(lines[0][3]) >= completed_at - 0.05, "the retry started before the timed-out attempt was reported"
 
 
+def test_a_task_flooding_progress_is_still_stopped_at_its_deadline_with_the_stream_intact() -> None:
+    with process_pool(kill_grace_s=1.0) as (pool, events):
+        pool.submit(attempt("flood", "chatty", 30, timeout_s=1.0))
+        began = time.monotonic()
+        seen = collect(events, 1, timeout_s=30)
+        elapsed = time.monotonic() - began
+        pool.submit(attempt("after", "echo", 1))
+        after = completions(collect(events, 1))["after"]
+        assert pool.failure() is None
+    flood = completions(seen)["flood"]
+    assert flood.error is not None and flood.error.type == "TaskTimeout", flood.error
+    assert sum(isinstance(event, Progress) for event in seen) > 100
+    assert elapsed < 6, elapsed
+    assert after.error is None
+
+
 def test_a_task_that_ignores_the_soft_limit_is_killed_after_the_grace(tmp_path: Path) -> None:
     marker = tmp_path / "stubborn.txt"
     with process_pool(kill_grace_s=1.0) as (pool, events):

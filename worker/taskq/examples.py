@@ -1,6 +1,6 @@
 """Example tasks shipped with taskq: `sleep`, `echo`, `fail`, `cpu`, `noop`, `flaky`, and for the pools'
 fault tests `exit`, `allocate`, `ledger`, `progress`, `async_sleep`, `unstorable`, `reject`, `picky`,
-`stubborn`, `context`, `bad_exception`, `segfault`.
+`stubborn`, `context`, `bad_exception`, `segfault`, `chatty`.
 
 Imported by a worker with `TASKQ_TASK_MODULES=taskq.examples`; used by the demo, the tests and the
 benchmark. Every task is deterministic given its arguments.
@@ -143,6 +143,20 @@ def progress(steps: int = 4, interval_s: float = 0.0) -> int:
             time.sleep(max(0.0, float(interval_s)))
         sent += report_progress(step / count, f"step {step} of {count}")
     return sent
+
+
+@task(name="chatty")
+def chatty(seconds: float = 1.0) -> int:
+    """Report progress 1.0 (which always passes the rate limit) in a tight loop for `seconds`; return the count.
+
+    Stands for a task that floods its progress channel.
+    """
+    deadline = time.monotonic() + max(0.0, float(seconds))
+    count = 0
+    while time.monotonic() < deadline:
+        report_progress(1.0, "still done")
+        count += 1
+    return count
 
 
 @task(name="async_sleep")

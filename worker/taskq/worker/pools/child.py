@@ -32,22 +32,40 @@ Request = tuple[str, str, int, str, list[Any], dict[str, Any], float]
 
 
 class _SoftLimit:
-    """Raises `SoftTimeLimitExceeded` at most once per attempt, and only while a task is running."""
+    """Raises `SoftTimeLimitExceeded` at most once per attempt, and only while a task is running.
+
+    While the main thread writes to the pipe the raise is deferred until the write is complete, so
+    a report is never cut in half (which would corrupt the stream the parent reads).
+    """
 
     def __init__(self) -> None:
         self.armed = False
         self.fired = False
         self.timeout_s = 0.0
+        self.deferring = False
+        self.deferred = False
 
     def arm(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
         self.fired = False
+        self.deferred = False
         self.armed = True
 
     def disarm(self) -> None:
         self.armed = False
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.deferring:
+            self.deferred = True
+            return
+        self._fire()
+
+    def raise_deferred(self) -> None:
+        if self.deferred:
+            self.deferred = False
+            self._fire()
+
+    def _fire(self) -> None:
         if self.armed and not self.fired:
             self.fired = True
             raise SoftTimeLimitExceeded(f"the task exceeded its time limit of {self.timeout_s:g} s")
@@ -56,13 +74,23 @@ class _SoftLimit:
 class _Channel:
     """The child's end of the pipe; a lock keeps reports from a task's helper threads whole."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, soft: _SoftLimit) -> None:
         self.conn = conn
+        self.soft = soft
         self.lock = threading.Lock()
 
     def send(self, message: tuple[Any, ...]) -> None:
+        in_main = threading.current_thread() is threading.main_thread()
         with self.lock:
-            self.conn.send(message)
+            if in_main:
+                self.soft.deferring = True
+            try:
+                self.conn.send(message)
+            finally:
+                if in_main:
+                    self.soft.deferring = False
+        if in_main:
+            self.soft.raise_deferred()
 
 
 def _die_with(worker_pid: int) -> None:
@@ -88,13 +116,13 @@ def serve(conn: Connection, task_modules: list[str], worker_pid: int) -> None:
     _die_with(worker_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    channel = _Channel(conn)
+    soft = _SoftLimit()
+    channel = _Channel(conn, soft)
     try:
         import_task_modules(task_modules)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the pool
         channel.send(("failed", safe_text(str(exc), MESSAGE_MAX)))
         return
-    soft = _SoftLimit()
     signal.signal(SOFT_SIGNAL, soft.handle)
     channel.send(("ready", os.getpid()))
     while True:

@@ -404,6 +404,11 @@ class ProcessPool:
                 self._kill(child)
                 self._complete(run, time.monotonic() - sent, None, lost_error(describe_exit(child.process.exitcode)))
                 return False
+            except Exception as exc:  # noqa: BLE001 - an unreadable message: the stream cannot be trusted any more
+                self._kill(child)
+                reason = f"child process sent an unreadable message ({type(exc).__name__}) and was killed"
+                self._complete(run, time.monotonic() - sent, None, lost_error(reason))
+                return False
             if message is not None and self._on_message(run, message, attempt.timeout_s):
                 return True
             # The limits are checked after every wake-up, so no stream of reports can postpone them.
