@@ -53,6 +53,8 @@ def sweep_orphaned_sessions(parent: Path) -> list[Path]:
         orphan = LocalCluster.load(folder)
         if orphan is not None:
             orphan.down()
+        if (folder / "real-nodes").exists():  # its state was unreadable: still remove its node containers
+            realnodes.remove_for_cluster(folder)
         shutil.rmtree(folder, ignore_errors=True)
         swept.append(folder)
     return swept

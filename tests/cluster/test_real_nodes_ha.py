@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.services, pytest.mark.slow, pytes
 CHART = Path(__file__).resolve().parents[2] / "charts" / "taskq"
 TAKEOVER_TARGET_S = 15.0
 RESUMED = "Resuming operations after the pause"
+NAMESPACES_FALLBACK = "Not enough permissions to list namespaces"
 T = TypeVar("T")
 
 
@@ -114,6 +115,10 @@ def test_standby_operator_takes_over_when_the_active_one_is_killed(
         amqp_url: str, mongodb_uri: str, database_name: str, queue_name: str) -> None:
     pods = operator_pods(cluster, namespace)
     assert len(pods) == 2 and all(p["spec"]["nodeName"] in real_nodes.names() for p in pods)
+    # kopf lists namespaces first; the chart's RBAC does not allow it, so each replica retries for
+    # ~40 s before it falls back to the namespaces it was given. Only then does it watch anything.
+    wait_for(lambda: all(NAMESPACES_FALLBACK in logs(cluster, namespace, p["metadata"]["name"]) for p in pods), 180,
+             "both replicas to finish kopf's namespace discovery", interval=2)
     leader = wait_for(lambda: active_operator(cluster, namespace), 60, "one operator replica to lead")
     standby = next(p["metadata"]["name"] for p in pods if p["metadata"]["name"] != leader)
 
