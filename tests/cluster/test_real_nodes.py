@@ -138,6 +138,13 @@ def ready_pods(cluster: Any, namespace: str, instance: str) -> dict[str, str]:
             if is_ready(p)}
 
 
+def at_least_ready(cluster: Any, namespace: str, instance: str, count: int, exactly: bool = False) -> dict[str, str] | None:
+    """The Ready pods (name -> node) once there are `count` of them (or more, unless `exactly`)."""
+    ready = ready_pods(cluster, namespace, instance)
+    enough = len(ready) == count if exactly else len(ready) >= count
+    return ready if enough else None
+
+
 def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
@@ -210,7 +217,7 @@ def test_burst_scales_real_pods_up_drains_and_back_to_min(
     with Client(client_settings(amqp_url, mongodb_uri, database_name, queue_name)) as client:
         client.submit_many([{"name": "sleep", "kwargs": {"seconds": 0.1}} for _ in range(total)])
     wait_for(lambda: replicas(cluster, namespace, "burst-worker") == 4, 30, "4 replicas for 400 tasks at 50 per replica")
-    ready = wait_for(lambda: (r := ready_pods(cluster, namespace, "burst")) and len(r) >= 2 and r, 180,
+    ready = wait_for(lambda: at_least_ready(cluster, namespace, "burst", 2), 180,
                      "worker pods Ready (readiness probe answered by each pod's /readyz)", interval=1)
     assert set(ready.values()) <= set(real_nodes.names())
     # Readiness is the kubelet's probe result: each pod turned Ready after its container started.
@@ -240,7 +247,7 @@ def test_killed_node_container_reschedules_its_pods_and_loses_no_task(
         amqp_url: str, mongodb_uri: str, database_name: str, queue_name: str) -> None:
     scaling = {"minReplicas": 2, "maxReplicas": 2, "scaleDown": {"stabilizationWindowSeconds": 0}}
     apply(cluster, taskqueue("sturdy", namespace, queue_name, secrets, database_name, scaling))
-    placement = wait_for(lambda: (r := ready_pods(cluster, namespace, "sturdy")) and len(r) == 2 and r, 180,
+    placement = wait_for(lambda: at_least_ready(cluster, namespace, "sturdy", 2, exactly=True), 180,
                          "2 Ready worker pods")
     total = 80
     task_store = store_for(mongodb_uri, database_name)
@@ -291,7 +298,7 @@ def test_scale_down_sigterm_lets_running_tasks_finish_within_the_grace_period(
     scaling = {"minReplicas": 2, "maxReplicas": 2, "scaleDown": {"stabilizationWindowSeconds": 0}}
     apply(cluster, taskqueue("graceful", namespace, queue_name, secrets, database_name, scaling,
                              {"prefetch": 2}))
-    placement = wait_for(lambda: (r := ready_pods(cluster, namespace, "graceful")) and len(r) == 2 and r, 180,
+    placement = wait_for(lambda: at_least_ready(cluster, namespace, "graceful", 2, exactly=True), 180,
                          "2 Ready worker pods")
     total = 8
     task_store = store_for(mongodb_uri, database_name)
@@ -308,7 +315,7 @@ def test_scale_down_sigterm_lets_running_tasks_finish_within_the_grace_period(
         scaled_down = time.monotonic()
         cluster.kubectl("patch", "-n", namespace, "tq", "graceful", "--type=merge",
                         "-p", json.dumps({"spec": {"scaling": {"minReplicas": 1, "maxReplicas": 1}}}))
-        remaining = wait_for(lambda: (r := ready_pods(cluster, namespace, "graceful")) and len(r) == 1 and r, 60,
+        remaining = wait_for(lambda: at_least_ready(cluster, namespace, "graceful", 1, exactly=True), 60,
                              "one pod left Ready")
         stopped = (set(placement) - set(remaining)).pop()
         wait_for(lambda: stopped not in {p["metadata"]["name"] for p in pods(cluster, namespace, "graceful")}, 60,
