@@ -97,8 +97,11 @@ cluster-up: install ## start the local control plane with 3 kwok nodes in the ba
 cluster-down: install ## stop the local control plane and delete its state
 	$(PYTHON) -m taskq_dev.cli cluster down
 
-# --- worker benchmark ---
-.PHONY: bench-worker
+# --- worker benchmarks ---
+.PHONY: bench-worker bench-lookahead
+
+bench-lookahead: install ## drain rate of one worker with prefetch look-ahead 0, 1, one per slot and four per slot -> bench/results/lookahead.json
+	$(PYTHON) bench/lookahead.py
 
 bench-worker: install ## one taskq-worker vs Celery (prefork, acks_late, multiplier 1/4) and Dramatiq on 20k no-op tasks, submit_many vs raw pika, idle latency -> bench/results/worker.json
 	$(PYTHON) bench/worker.py

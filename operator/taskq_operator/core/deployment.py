@@ -125,12 +125,14 @@ def _tolerations(spec: TaskQueueSpec) -> list[dict[str, Any]]:
     keys = {t.get("key") for t in own}
     for key in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"):
         if key not in keys:
-            own.append({
-                "key": key,
-                "operator": "Exists",
-                "effect": "NoExecute",
-                "tolerationSeconds": NODE_LOSS_TOLERATION_S,
-            })
+            own.append(
+                {
+                    "key": key,
+                    "operator": "Exists",
+                    "effect": "NoExecute",
+                    "tolerationSeconds": NODE_LOSS_TOLERATION_S,
+                }
+            )
     return own
 
 
@@ -182,12 +184,14 @@ def build_deployment(spec: TaskQueueSpec, replicas: int) -> dict[str, Any]:
         "containers": [_container(spec)],
         "volumes": [{"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}}],
         "tolerations": _tolerations(spec),
-        "topologySpreadConstraints": [{
-            "maxSkew": 1,
-            "topologyKey": "kubernetes.io/hostname",
-            "whenUnsatisfiable": "ScheduleAnyway",
-            "labelSelector": {"matchLabels": selector_labels(spec)},
-        }],
+        "topologySpreadConstraints": [
+            {
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": selector_labels(spec)},
+            }
+        ],
     }
     if spec.worker.node_selector:
         pod_spec["nodeSelector"] = dict(spec.worker.node_selector)

@@ -118,8 +118,7 @@ def _int(section: Mapping[str, Any], key: str, path: str, default: int, low: int
     return value
 
 
-def _number(section: Mapping[str, Any], key: str, path: str, default: float, low: float, *,
-            above: bool = False) -> float:
+def _number(section: Mapping[str, Any], key: str, path: str, default: float, low: float, *, above: bool = False) -> float:
     """A number >= `low` (or > `low` when `above`)."""
     value = section.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -149,9 +148,7 @@ def _step_rules(scaling: Mapping[str, Any], key: str, default: StepRules) -> Ste
     section = _section(scaling, key, "spec.scaling")
     path = f"spec.scaling.{key}"
     return StepRules(
-        stabilization_window_s=_int(
-            section, "stabilizationWindowSeconds", path, default.stabilization_window_s, 0, 3600
-        ),
+        stabilization_window_s=_int(section, "stabilizationWindowSeconds", path, default.stabilization_window_s, 0, 3600),
         max_step_pods=_int(section, "maxStepPods", path, default.max_step_pods, 1, 1000),
         max_step_percent=_int(section, "maxStepPercent", path, default.max_step_percent, 0, 1000),
     )
@@ -272,9 +269,7 @@ def parse_taskqueue(body: Mapping[str, Any]) -> TaskQueueSpec:
     worker = parse_worker(spec)
     tasks = parse_tasks(spec)
     if worker.termination_grace_s < tasks.timeout_s:
-        raise SpecError(
-            "spec.worker.terminationGracePeriodSeconds must be >= spec.tasks.timeoutSeconds"
-        )
+        raise SpecError("spec.worker.terminationGracePeriodSeconds must be >= spec.tasks.timeoutSeconds")
     return TaskQueueSpec(
         name=name,
         namespace=str(meta.get("namespace") or "default"),

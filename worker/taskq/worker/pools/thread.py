@@ -209,6 +209,7 @@ class ThreadPool:
             failure = exc
         if not self._settle(me, run):
             return run.abandoned
+        error: ErrorInfo | None
         if run.signalled or isinstance(failure, TaskTimeout):  # even if the task caught the signal and returned
             result_json, error = None, timeout_error(attempt.timeout_s)
         elif failure is None:
