@@ -312,7 +312,8 @@ def bench_taskq_worker(
     with Client(settings) as client:
         client.submit_many({"name": "noop", "args": [i]} for i in range(n))
     index_writes(database)  # FerretDB's writes by _id scan the collection without it (taskq_dev.mongo)
-    log_path = LOGS / f"taskq-worker-{pool}{'-profile' if profile_s else ''}.log"
+    label = f"{pool}-{n}{f'-prefetch{prefetch}' if prefetch else ''}{'-profile' if profile_s else ''}"
+    log_path = LOGS / f"taskq-worker-{label}.log"
     log_path.unlink(missing_ok=True)
     worker = _start(
         ["taskq-worker", "--log-level", "info"],
@@ -424,6 +425,57 @@ def bench_latency(amqp_url: str, mongodb_uri: str, samples: int) -> dict[str, fl
         "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2),
         "samples": len(ordered),
     }
+
+
+STATIC_NOTES = [
+    "Store: on FerretDB the committer checks each task's state with one find_one by _id (an $in filter would scan the "
+    "collection) and then writes the batch in bulks of 4 (taskq.store.mongo), so a task costs about 1.25 store round "
+    "trips however large the group commit; FerretDB's own cost per write (~388 updates/s from one bare pymongo thread "
+    "in bulks of 4, measured on this machine) is the ceiling the worker's rate sits under. The store's CPU is not in any "
+    "worker's figure.",
+    "pika: the committer hands each batch's acks to the connection thread with add_callback_threadsafe, and every "
+    "process_data_events(time_limit=...) slice adds a timer; pika keeps up to 1,024 cancelled timers in its heap before compacting it, so "
+    "_Timer.call_later's heappush (Python-level comparisons) shows up among the connection thread's samples.",
+    "Pipe I/O and pickling (slot threads in the parent, the loop in each child) are a small part: one request and one "
+    "report per task over a multiprocessing pipe.",
+    "The peers record nothing: Celery and Dramatiq run without a result store, so their CPU per task has no store "
+    "client in it, while taskq's committer thread (pymongo) is the largest part of taskq's.",
+]
+
+
+def _notes(process: dict[str, Any], wide: dict[str, Any] | None, profile: dict[str, Any], cpu: dict[str, float]) -> list[str]:
+    """What the run shows, in words: where the worker process's CPU goes per task, and the notes that hold for any run."""
+    notes: list[str] = []
+    tree, parent = process.get("cpu_us_per_task", 0.0), process.get("parent_cpu_us_per_task", 0.0)
+    notes.append(
+        f"Process pool: {tree:.0f} us of CPU per task for the whole worker, of which {parent:.0f} us in the worker process "
+        f"(the parent) and {tree - parent:.0f} us in the forkserver and the pool's children "
+        f"(thread pool: {cpu['taskq_thread']:.0f} us)."
+    )
+    found = profile.get("profile") if isinstance(profile.get("profile"), dict) else None
+    if found and found.get("parent_cpu_us_per_task_by_thread"):
+        threads = found["parent_cpu_us_per_task_by_thread"]
+        parts = [
+            f"{name} {v['user'] + v['system']:.0f} us (sys {v['system']:.0f})"
+            for name, v in threads.items()
+            if v["user"] + v["system"] >= 1
+        ]
+        notes.append(
+            f"Parent CPU per task by thread (py-spy run, {profile.get('parent_cpu_us_per_task', 0):.0f} us/task with the sampler "
+            f"running): {', '.join(parts)}. MainThread is the connection stage (pika: deliveries, intake validation, acks); "
+            "taskq-committer is the group commit (pymongo, outcome decisions, logging the outcome); taskq-pool-slot-N are the "
+            "threads that talk to the children over pipes."
+        )
+    if found and found.get("share_by_category"):
+        shares = ", ".join(f"{name} {share:.0%}" for name, share in list(found["share_by_category"].items())[:8])
+        notes.append(f"Parent samples holding the GIL (Python-level CPU), by what the leaf-most frame is: {shares}.")
+    if wide is not None:
+        notes.append(
+            f"With prefetch {wide.get('settings', {}).get('prefetch')} (bigger group commits, fewer acks and wake-ups): "
+            f"{wide.get('tps', 0):.0f} tasks/s and {wide.get('cpu_us_per_task', 0):.0f} us/task "
+            f"against {process.get('tps', 0):.0f} and {tree:.0f} at the default prefetch."
+        )
+    return notes + STATIC_NOTES
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -553,6 +605,7 @@ def main() -> None:
                 "submit_vs_raw": 0.8,
                 "latency_p50_ms": 15,
             },
+            "notes": _notes(process, wide, profile, cpu),
             "cpu_method": (
                 "psutil over the worker's process tree (the process and children(recursive=True)): user+system plus "
                 "children_user+children_system (descendants that exited and were reaped) summed at the start and at the end "
