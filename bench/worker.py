@@ -434,7 +434,8 @@ STATIC_NOTES = [
     "in bulks of 4, measured on this machine) is the ceiling the worker's rate sits under. The store's CPU is not in any "
     "worker's figure.",
     "pika: the committer hands each batch's acks to the connection thread with add_callback_threadsafe, and every "
-    "process_data_events(time_limit=...) slice adds a timer; pika keeps up to 1,024 cancelled timers in its heap before compacting it, so "
+    "process_data_events(time_limit=...) slice adds a timer; pika keeps up to 1,024 cancelled timers in its heap "
+    "before compacting it, so "
     "_Timer.call_later's heappush (Python-level comparisons) shows up among the connection thread's samples.",
     "Pipe I/O and pickling (slot threads in the parent, the loop in each child) are a small part: one request and one "
     "report per task over a multiprocessing pipe.",
