@@ -17,11 +17,12 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from worker_procs import Services, client, store, svc, wait_until, workers  # noqa: F401
+from worker_procs import Services, workers
 
 from taskq.client import Client
 from taskq.core.limits import lease_s, queue_consumer_timeout_ms
 from taskq.store.mongo import TaskStore
+from taskq_dev.ports import poll
 from taskq_dev.services import RabbitMQService
 
 pytestmark = [pytest.mark.services]
@@ -62,7 +63,7 @@ def test_prefetch_64_concurrency_1_four_second_tasks_each_run_once_on_rabbitmq4(
     ledger = tmp_path / "ledger.txt"
     ids = client.submit_many({"name": "ledger", "args": [str(ledger), 4], "timeout": 5} for _ in range(45)).ids
     with workers(svc, tmp_path, concurrency=1, prefetch=64, task_timeout=5) as (worker,):
-        wait_until(lambda: _all_succeeded(store, ids), timeout=400, interval=2, what="45 tasks")
+        poll(lambda: _all_succeeded(store, ids), timeout=400, interval=2, what="45 tasks")
         lost = worker.events_named("broker.lost")
         stale = worker.events_named("task.stale")
         returned = sum(e["returned"] for e in worker.events_named("deliveries.lease_expired"))
@@ -85,7 +86,7 @@ def test_the_readme_taskqueue_numbers_64_tasks_of_40_s_each_run_once_on_rabbitmq
     ledger = tmp_path / "ledger.txt"
     ids = client.submit_many({"name": "ledger", "args": [str(ledger), 40]} for _ in range(64)).ids
     with workers(svc, tmp_path, count=4, concurrency=4, prefetch=16, task_timeout=60) as running:
-        wait_until(lambda: _all_succeeded(store, ids), timeout=500, interval=3, what="64 tasks")
+        poll(lambda: _all_succeeded(store, ids), timeout=500, interval=3, what="64 tasks")
         lost = [e for w in running for e in w.events_named("broker.lost")]
     runs = _executions(ledger)
     assert set(runs) == set(ids)

@@ -7,12 +7,12 @@ import random
 from pathlib import Path
 
 import pytest
+from worker_procs import Services, drain_queue, publish_raw, workers
 
 from taskq.client import Client
-from taskq.core.states import TaskState
 from taskq.core.topology import DEAD_REASON_HEADER, dead_queue
 from taskq.store.mongo import TaskStore
-from worker_procs import Services, client, drain_queue, publish_raw, store, svc, wait_until, workers  # noqa: F401
+from taskq_dev.ports import poll
 
 pytestmark = [pytest.mark.services]
 
@@ -24,14 +24,14 @@ def _dead_letters(svc: Services, expected: int, timeout: float = 60) -> list:
         taken.extend(drain_queue(svc.amqp_url, dead_queue(svc.queue)))
         return len(taken) >= expected
 
-    wait_until(collect, timeout=timeout, interval=0.3, what=f"{expected} dead letters")
+    poll(collect, timeout=timeout, interval=0.3, what=f"{expected} dead letters")
     return taken
 
 
 def test_retry_backoff_then_dead(svc: Services, client: Client, store: TaskStore, tmp_path: Path) -> None:
     task_id = client.submit("fail", kwargs={"message": "boom"}, max_retries=2)
     with workers(svc, tmp_path, retry_initial=0.3, retry_max=1) as (worker,):
-        wait_until(lambda: (store.get(task_id) or {}).get("state") == "dead", timeout=60, what="the task to be dead")
+        poll(lambda: (store.get(task_id) or {}).get("state") == "dead", timeout=60, what="the task to be dead")
         retrying = [e for e in worker.events_named("task.retrying") if e["task_id"] == task_id]
         dead_events = [e for e in worker.events_named("task.dead") if e["task_id"] == task_id]
     document = store.get(task_id)
@@ -44,7 +44,7 @@ def test_retry_backoff_then_dead(svc: Services, client: Client, store: TaskStore
     assert [e["attempt"] for e in retrying] == [1, 2]
     assert all(0 < e["delay_ms"] <= 1000 for e in retrying)
     assert len(dead_events) == 1
-    (properties, body), = _dead_letters(svc, 1)
+    ((properties, body),) = _dead_letters(svc, 1)
     assert json.loads(body)["id"] == task_id
     assert "retries exhausted after attempt 3" in properties.headers[DEAD_REASON_HEADER]
 
@@ -53,7 +53,7 @@ def test_flaky_task_succeeds_on_a_retry(svc: Services, client: Client, store: Ta
     counter = tmp_path / "flaky-count"
     task_id = client.submit("flaky", args=[str(counter)], kwargs={"failures": 2}, max_retries=3)
     with workers(svc, tmp_path, retry_initial=0.2, retry_max=0.5):
-        wait_until(lambda: (store.get(task_id) or {}).get("state") == "succeeded", timeout=60, what="the flaky task to succeed")
+        poll(lambda: (store.get(task_id) or {}).get("state") == "succeeded", timeout=60, what="the flaky task to succeed")
     document = store.get(task_id)
     assert document is not None
     assert document["attempts"] == 3
@@ -61,12 +61,14 @@ def test_flaky_task_succeeds_on_a_retry(svc: Services, client: Client, store: Ta
     assert counter.read_text() == "3"
 
 
-def test_hard_timeout_stops_the_task_and_counts_as_failure(svc: Services, client: Client, store: TaskStore, tmp_path: Path) -> None:
+def test_hard_timeout_stops_the_task_and_counts_as_failure(
+    svc: Services, client: Client, store: TaskStore, tmp_path: Path
+) -> None:
     slow = client.submit("sleep", args=[30], timeout=0.5, max_retries=0)
     quick = client.submit("echo", args=["after"])
     with workers(svc, tmp_path, concurrency=1) as (worker,):
-        wait_until(lambda: (store.get(slow) or {}).get("state") == "dead", timeout=30, what="the slow task to time out")
-        wait_until(lambda: (store.get(quick) or {}).get("state") == "succeeded", timeout=30, what="the next task to run")
+        poll(lambda: (store.get(slow) or {}).get("state") == "dead", timeout=30, what="the slow task to time out")
+        poll(lambda: (store.get(quick) or {}).get("state") == "succeeded", timeout=30, what="the next task to run")
         assert worker.alive()
     document = store.get(slow)
     assert document is not None
@@ -112,7 +114,7 @@ def test_fuzzed_bodies_are_dead_lettered_with_reasons_and_the_worker_keeps_runni
         letters = _dead_letters(svc, len(bodies), timeout=120)
         assert worker.alive()
         after = client.submit("echo", args=["still alive"])
-        wait_until(lambda: (store.get(after) or {}).get("state") == "succeeded", timeout=30, what="a valid task after the fuzz")
+        poll(lambda: (store.get(after) or {}).get("state") == "succeeded", timeout=30, what="a valid task after the fuzz")
     assert len(letters) == len(bodies)
     assert sorted(body for _, body in letters) == sorted(bodies)
     reasons = [properties.headers[DEAD_REASON_HEADER] for properties, _ in letters]

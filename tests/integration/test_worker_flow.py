@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from worker_procs import Services, count_in_state, workers
 
 from taskq.client import Client
 from taskq.core.states import TaskState
 from taskq.store.mongo import TaskStore
-from worker_procs import Services, client, count_in_state, store, svc, wait_until, workers  # noqa: F401
+from taskq_dev.ports import poll
 
 pytestmark = [pytest.mark.services]
 
@@ -21,8 +22,8 @@ pytestmark = [pytest.mark.services]
 def test_seed_procedure_every_status_correct_and_logged(svc: Services, client: Client, store: TaskStore, tmp_path: Path) -> None:
     ids = [client.submit("echo", args=[i], kwargs={"tag": f"t{i}"}) for i in range(20)]
     with workers(svc, tmp_path, count=2) as running:
-        wait_until(lambda: count_in_state(store, TaskState.SUCCEEDED) == len(ids), timeout=90, what="20 tasks to succeed")
-        wait_until(lambda: sum(len(w.events_named("task.succeeded")) for w in running) >= len(ids), timeout=10, what="completion logs")
+        poll(lambda: count_in_state(store, TaskState.SUCCEEDED) == len(ids), timeout=90, what="20 tasks to succeed")
+        poll(lambda: sum(len(w.events_named("task.succeeded")) for w in running) >= len(ids), timeout=10, what="completion logs")
         logged = {e["task_id"]: e for w in running for e in w.events_named("task.succeeded")}
     for index, task_id in enumerate(ids):
         document = store.get(task_id)
@@ -39,12 +40,14 @@ def test_seed_procedure_every_status_correct_and_logged(svc: Services, client: C
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_thousand_tasks_over_three_workers_exactly_one_document_each(svc: Services, client: Client, store: TaskStore, tmp_path: Path) -> None:
+def test_thousand_tasks_over_three_workers_exactly_one_document_each(
+    svc: Services, client: Client, store: TaskStore, tmp_path: Path
+) -> None:
     receipt = client.submit_many({"name": "noop", "args": [i]} for i in range(1000))
     ids = receipt.ids
     assert len(set(ids)) == 1000
     with workers(svc, tmp_path, count=3, prefetch=100) as running:
-        wait_until(lambda: count_in_state(store, TaskState.SUCCEEDED) == 1000, timeout=480, interval=1.0, what="1000 tasks to succeed")
+        poll(lambda: count_in_state(store, TaskState.SUCCEEDED) == 1000, timeout=480, interval=1.0, what="1000 tasks to succeed")
         per_worker = [len(w.events_named("task.succeeded")) for w in running]
     assert store.tasks.count_documents({}) == 1000
     assert store.states_of(ids) == {task_id: TaskState.SUCCEEDED for task_id in ids}

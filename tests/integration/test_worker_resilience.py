@@ -8,12 +8,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from worker_procs import Services, count_in_state, queue_counts, workers
 
 from taskq.client import Client
 from taskq.core.states import TaskState
 from taskq.store.mongo import TaskStore
+from taskq_dev.ports import poll
 from taskq_dev.services import MongoService, RabbitMQService
-from worker_procs import Services, client, count_in_state, queue_counts, store, svc, wait_until, workers  # noqa: F401
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -22,14 +23,16 @@ def _state(store: TaskStore, task_id: str) -> str | None:
     return (store.get(task_id) or {}).get("state")
 
 
-def test_sigkill_mid_task_the_task_completes_on_another_worker(svc: Services, client: Client, store: TaskStore, tmp_path: Path) -> None:
+def test_sigkill_mid_task_the_task_completes_on_another_worker(
+    svc: Services, client: Client, store: TaskStore, tmp_path: Path
+) -> None:
     task_id = client.submit("sleep", args=[2.0])
     with workers(svc, tmp_path, concurrency=1) as (first,):
-        wait_until(lambda: _state(store, task_id) == "running", timeout=30, what="the task to start")
+        poll(lambda: _state(store, task_id) == "running", timeout=30, what="the task to start")
         first.signal(signal.SIGKILL)
         first.wait(10)
         with workers(svc, tmp_path, concurrency=1) as (second,):
-            wait_until(lambda: _state(store, task_id) == "succeeded", timeout=60, what="the task to finish elsewhere")
+            poll(lambda: _state(store, task_id) == "succeeded", timeout=60, what="the task to finish elsewhere")
             assert [e["task_id"] for e in second.events_named("task.succeeded")] == [task_id]
     assert not first.events_named("task.succeeded")
     document = store.get(task_id)
@@ -44,11 +47,16 @@ def test_broker_restart_loses_nothing(
         pytest.skip("the broker comes from AMQP_URL: this test restarts only a private broker")
     ids = client.submit_many({"name": "sleep", "args": [0.05]} for _ in range(60)).ids
     with workers(svc, tmp_path, concurrency=2, prefetch=10) as (worker,):
-        wait_until(lambda: count_in_state(store, TaskState.SUCCEEDED) >= 5, timeout=60, what="a few tasks to finish")
+        poll(lambda: count_in_state(store, TaskState.SUCCEEDED) >= 5, timeout=60, what="a few tasks to finish")
         rabbitmq.stop()
         time.sleep(1.0)
         rabbitmq.start()
-        wait_until(lambda: count_in_state(store, TaskState.SUCCEEDED) == len(ids), timeout=180, interval=0.5, what="every task after the restart")
+        poll(
+            lambda: count_in_state(store, TaskState.SUCCEEDED) == len(ids),
+            timeout=180,
+            interval=0.5,
+            what="every task after the restart",
+        )
         assert worker.events_named("broker.lost")
         assert len(worker.events_named("broker.connected")) >= 2
         assert worker.alive()
@@ -64,7 +72,7 @@ def test_store_outage_nothing_lost_nothing_acked_early(
     ids = client.submit_many({"name": "sleep", "args": [0.5]} for _ in range(40)).ids
     with workers(svc, tmp_path, concurrency=2, prefetch=10) as (worker,):
         port = worker.health_port()
-        wait_until(lambda: count_in_state(store, TaskState.SUCCEEDED) >= 2, timeout=60, what="a few tasks to finish")
+        poll(lambda: count_in_state(store, TaskState.SUCCEEDED) >= 2, timeout=60, what="a few tasks to finish")
         mongo.stop()
         samples: list[dict[str, int]] = []
         ready_answers: list[int] = []
@@ -76,7 +84,12 @@ def test_store_outage_nothing_lost_nothing_acked_early(
                 time.sleep(1.0)
         finally:
             mongo.start()
-        wait_until(lambda: count_in_state(store, TaskState.SUCCEEDED) == len(ids), timeout=120, interval=0.5, what="every task after the outage")
+        poll(
+            lambda: count_in_state(store, TaskState.SUCCEEDED) == len(ids),
+            timeout=120,
+            interval=0.5,
+            what="every task after the outage",
+        )
         assert worker.alive()
     settled = samples[3:]  # the management figures lag about a second behind
     assert len(settled) >= 3, samples
@@ -87,11 +100,17 @@ def test_store_outage_nothing_lost_nothing_acked_early(
     assert store.states_of(ids) == {task_id: TaskState.SUCCEEDED for task_id in ids}
 
 
-def test_sigterm_drains_running_tasks_and_requeues_the_rest(svc: Services, client: Client, store: TaskStore, tmp_path: Path) -> None:
+def test_sigterm_drains_running_tasks_and_requeues_the_rest(
+    svc: Services, client: Client, store: TaskStore, tmp_path: Path
+) -> None:
     ids = [client.submit("sleep", args=[1.5]) for _ in range(6)]
     with workers(svc, tmp_path, concurrency=2, prefetch=6) as (worker,):
-        running = wait_until(
-            lambda: [t for t in ids if _state(store, t) == "running"] if sum(_state(store, t) == "running" for t in ids) == 2 else None,
+        running = poll(
+            lambda: (
+                [t for t in ids if _state(store, t) == "running"]
+                if sum(_state(store, t) == "running" for t in ids) == 2
+                else None
+            ),
             timeout=30,
             what="two tasks running",
         )

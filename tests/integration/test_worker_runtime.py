@@ -17,24 +17,14 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from worker_procs import (  # noqa: F401
-    Services,
-    WorkerProcess,
-    client,
-    count_in_state,
-    drain_queue,
-    publish_raw,
-    store,
-    svc,
-    wait_until,
-    workers,
-)
+from worker_procs import Services, WorkerProcess, count_in_state, drain_queue, publish_raw, workers
 
 from taskq.client import Client
 from taskq.core.states import TaskState
 from taskq.core.topology import DEAD_REASON_HEADER, dead_queue
 from taskq.settings import Settings
 from taskq.store.mongo import TaskStore
+from taskq_dev.ports import poll
 from taskq_dev.services import RabbitMQService
 
 pytestmark = [pytest.mark.services]
@@ -52,7 +42,7 @@ def _state(store: TaskStore, task_id: str) -> str | None:
 
 
 def _wait_states(store: TaskStore, ids: list[str], states: set[str], timeout: float, what: str) -> None:
-    wait_until(lambda: all(_state(store, i) in states for i in ids), timeout=timeout, interval=0.3, what=what)
+    poll(lambda: all(_state(store, i) in states for i in ids), timeout=timeout, interval=0.3, what=what)
 
 
 @contextmanager
@@ -78,7 +68,7 @@ def _dead_letters(svc: Services, expected: int, timeout: float = 60) -> list:
         taken.extend(drain_queue(svc.amqp_url, dead_queue(svc.queue)))
         return len(taken) >= expected
 
-    wait_until(collect, timeout=timeout, interval=0.3, what=f"{expected} dead letters")
+    poll(collect, timeout=timeout, interval=0.3, what=f"{expected} dead letters")
     return taken
 
 
@@ -110,7 +100,7 @@ def test_a_replica_set_uri_with_secrets_starts_the_worker_and_leaks_nothing(svc:
         started = worker.events_named("worker.started")[0]
         assert started["store"].startswith("mongodb://taskq:***@127.0.0.1:1,127.0.0.1:2/")
         assert _livez(worker.health_port()) == 200
-        wait_until(
+        poll(
             lambda: worker.events_named("store.unavailable") or worker.events_named("heartbeat.failed"),
             timeout=30,
             what="a store error",
@@ -138,7 +128,7 @@ def test_process_pool_kills_a_blocked_task_at_its_timeout_and_the_retry_starts_a
     stamps = tmp_path / "stamps.txt"
     task_id = client.submit("stamped", args=[str(stamps), 30], timeout=2, max_retries=1)
     with workers(svc, tmp_path, pool="process", task_modules=TEST_TASKS, retry_initial=0.2, retry_max=0.3):
-        wait_until(lambda: _state(store, task_id) == "dead", timeout=60, what="both attempts to time out")
+        poll(lambda: _state(store, task_id) == "dead", timeout=60, what="both attempts to time out")
     document = _document(store, task_id)
     assert document["error"]["type"] == "TaskTimeout"
     lines = [line.split() for line in stamps.read_text().splitlines()]
@@ -159,7 +149,7 @@ def test_a_task_that_kills_its_child_is_worker_lost_then_dead_and_100_others_suc
     with workers(svc, tmp_path, pool="process", concurrency=2, retry_initial=0.2, retry_max=0.3) as (worker,):
         pid = worker.pid
         _wait_states(store, others, {"succeeded"}, 120, "the 100 normal tasks")
-        wait_until(lambda: _state(store, killer) == "dead", timeout=60, what="the killer task to be dead")
+        poll(lambda: _state(store, killer) == "dead", timeout=60, what="the killer task to be dead")
         assert worker.alive() and worker.pid == pid
         retried = [e for e in worker.events_named("task.retrying") if e["task_id"] == killer]
     document = _document(store, killer)
@@ -175,8 +165,8 @@ def test_a_child_over_its_memory_cap_is_killed_and_the_attempt_fails(
     hog = client.submit("allocate", kwargs={"mib": 400, "hold_s": 5}, max_retries=0)
     after = client.submit("echo", args=["after"])
     with workers(svc, tmp_path, pool="process", concurrency=1, max_memory_per_child_mb=150) as (worker,):
-        wait_until(lambda: _state(store, hog) == "dead", timeout=60, what="the hog to be killed")
-        wait_until(lambda: _state(store, after) == "succeeded", timeout=60, what="the next task on a fresh child")
+        poll(lambda: _state(store, hog) == "dead", timeout=60, what="the hog to be killed")
+        poll(lambda: _state(store, after) == "succeeded", timeout=60, what="the next task on a fresh child")
         assert worker.alive()
     assert _document(store, hog)["error"]["type"] == "MemoryLimitExceeded"
 
@@ -246,9 +236,7 @@ def test_a_task_that_kills_its_whole_worker_is_dead_after_the_delivery_limit(
             tmp_path / f"run-{run}.log", svc.env(pool="thread", max_deliveries=3, queue_type=queue_type)
         ).start()
         try:
-            wait_until(
-                lambda: not worker.alive() or _state(store, task_id) == "dead", timeout=30, what="the worker to die or bury"
-            )
+            poll(lambda: not worker.alive() or _state(store, task_id) == "dead", timeout=30, what="the worker to die or bury")
             if not worker.alive():
                 exits.append(worker.wait(5))
         finally:
@@ -266,10 +254,10 @@ def test_a_crashed_stage_fails_livez_exits_nonzero_and_leaves_its_work_to_anothe
 ) -> None:
     first_batch = client.submit("echo", args=["first"])
     with workers(svc, tmp_path, pool="thread", concurrency=1, task_modules=TEST_TASKS, test_fault="committer-crash") as (broken,):
-        wait_until(lambda: _state(store, first_batch) == "succeeded", timeout=30, what="the first flush")
+        poll(lambda: _state(store, first_batch) == "succeeded", timeout=30, what="the first flush")
         port = broken.health_port()
         later = [client.submit("echo", args=[i]) for i in range(5)]
-        wait_until(lambda: not broken.alive(), timeout=30, what="the broken worker to exit")
+        poll(lambda: not broken.alive(), timeout=30, what="the broken worker to exit")
         assert broken.wait(5) == 3
         failed = broken.events_named("worker.stage_failed")
         assert failed and failed[0]["stage"] == "committer"
@@ -287,7 +275,7 @@ def test_sigterm_drain_with_the_process_pool_finishes_running_work(
 ) -> None:
     running = client.submit("sleep", args=[2])
     with workers(svc, tmp_path, pool="process", concurrency=1, grace_seconds=15) as (worker,):
-        wait_until(lambda: _state(store, running) == "running", timeout=30, what="the task to start")
+        poll(lambda: _state(store, running) == "running", timeout=30, what="the task to start")
         worker.signal(signal.SIGTERM)
         assert worker.wait(30) == 0
     assert _state(store, running) == "succeeded"
@@ -303,7 +291,7 @@ def test_a_quorum_queue_runs_retries_and_dead_letters(
         failing = producer.submit("fail", max_retries=1)
     with workers(svc, tmp_path, queue_type="quorum", retry_initial=0.2, retry_max=0.3):
         _wait_states(store, good, {"succeeded"}, 60, "20 tasks on a quorum queue")
-        wait_until(lambda: _state(store, failing) == "dead", timeout=60, what="the failing task to be dead")
+        poll(lambda: _state(store, failing) == "dead", timeout=60, what="the failing task to be dead")
     for name in (svc.queue, dead_queue(svc.queue)):
         url = f"{rabbitmq.management_base}/api/queues/{quote(rabbitmq.vhost, safe='')}/{quote(name, safe='')}"
         assert httpx.get(url, auth=rabbitmq.management_auth, timeout=5).json()["type"] == "quorum"

@@ -1,7 +1,7 @@
-"""Helpers for the worker tests: `taskq-worker` as a real subprocess, bounded waits, broker reads.
+"""Helpers for the worker tests: `taskq-worker` as a real subprocess, broker reads and writes.
 
-Used by `tests/integration/test_worker_*.py` only. Every wait is bounded in time; a worker is
-always stopped (SIGKILL as a last resort) when its test ends.
+Used by `tests/integration/test_worker_*.py` (their fixtures are in `conftest.py` next to this file).
+Every wait is bounded in time; a worker is always stopped (SIGKILL as a last resort) when its test ends.
 """
 
 from __future__ import annotations
@@ -11,40 +11,20 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
 from urllib.parse import quote
 
 import httpx
 import pika
-import pytest
-
-from taskq.client import Client
-from taskq.settings import Settings
 
 from taskq.broker.connection import connect
 from taskq.core.states import TaskState
 from taskq.store.mongo import TaskStore
-
-
-class Timeout(AssertionError):
-    """A bounded wait ran out."""
-
-
-def wait_until(predicate: Callable[[], Any], *, timeout: float, interval: float = 0.1, what: str = "condition") -> Any:
-    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise Timeout(f"timed out after {timeout:.0f} s waiting for {what} (last value: {last!r})")
+from taskq_dev.ports import poll
 
 
 @dataclass
@@ -87,7 +67,11 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         self._log_file = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            ["taskq-worker", "--log-level", "info"], env=self.env, stdout=self._log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            ["taskq-worker", "--log-level", "info"],
+            env=self.env,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         return self
 
@@ -114,11 +98,11 @@ class WorkerProcess:
         return [e for e in self.events() if e.get("event") == name]
 
     def wait_connected(self, timeout: float = 60.0) -> None:
-        wait_until(lambda: self.events_named("broker.connected") or self._exited(), timeout=timeout, what="the worker to connect")
+        poll(lambda: self.events_named("broker.connected") or self._exited(), timeout=timeout, what="the worker to connect")
         assert self.alive(), f"worker exited early:\n{self.log_path.read_text()[-3000:]}"
 
     def health_port(self) -> int:
-        started = wait_until(lambda: self.events_named("worker.started"), timeout=30, what="worker.started")
+        started = poll(lambda: self.events_named("worker.started"), timeout=30, what="worker.started")
         return int(started[0]["health_port"])
 
     def _exited(self) -> bool:
@@ -172,25 +156,6 @@ def workers(services: Services, tmp_path: Path, count: int = 1, **overrides: Any
 def count_in_state(store: TaskStore, state: TaskState) -> int:
     """How many tasks of the test's database are in `state`."""
     return store.counts_by_state().get(state.value, 0)
-
-
-@pytest.fixture
-def svc(amqp_url: str, mongodb_uri: str, database_name: str, queue_name: str) -> Services:
-    return Services(amqp_url, mongodb_uri, database_name, queue_name)
-
-
-@pytest.fixture
-def store(svc: Services) -> Iterator[TaskStore]:
-    task_store = TaskStore(svc.mongodb_uri, svc.database, timeout_ms=10_000)
-    yield task_store
-    task_store.close()
-
-
-@pytest.fixture
-def client(svc: Services) -> Iterator[Client]:
-    producer = Client(Settings(amqp_url=svc.amqp_url, mongodb_uri=svc.mongodb_uri, database=svc.database, queue=svc.queue))
-    yield producer
-    producer.close()
 
 
 def queue_counts(management_base: str, auth: tuple[str, str], vhost: str, queue: str) -> dict[str, int]:
