@@ -1,7 +1,9 @@
 """The task registry: `@taskq.task` registers a function under a name; the worker looks names up.
 
 Task modules (named on the `taskq-worker` command line or in `TASKQ_TASK_MODULES`) register their
-functions when imported; `import_task_modules` does that import and reports what failed.
+functions when imported; `import_task_modules` does that import and reports what failed. Looked up
+by the worker's connection stage (limits), its pools (the function, in each child process), its
+start-up (capped decorator limits) and by `taskq.Client` (a decorator's `queue=`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Transitions as pure data: which document moves to which state, from which states, writing what.
 
-Built by the worker (and the producer's dead-lettering), applied by `taskq.store` in one guarded
-write each, or in one bulk write per batch (group commit).
+Built by the worker's pure outcome decisions (`taskq.core.outcomes`) and its committer (starts,
+progress), applied by `taskq.store` in one guarded write each, or in one bulk write per batch (group
+commit).
 """
 
 from __future__ import annotations

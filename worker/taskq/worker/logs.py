@@ -1,8 +1,9 @@
 """Structured logs for the worker: one JSON object per line on stderr.
 
-Every module of the worker logs through `log_event`; fields are flat (`ts`, `level`, `event`,
-`worker`, then whatever the event carries: `task_id`, `name`, `attempt`, `duration_ms`, ...).
-URLs are never passed in: callers log hosts through `taskq.errors.redact_url`.
+`taskq.worker.main` makes one `JsonLog` and hands it to every stage, which log through
+`JsonLog.event`; fields are flat (`ts`, `level`, `event`, `worker`, then whatever the event carries:
+`task_id`, `name`, `attempt`, `duration_ms`, ...). URLs are never passed in raw: callers log hosts
+through `taskq.errors.redact_url`.
 """
 
 from __future__ import annotations
