@@ -109,7 +109,7 @@ def _debootstrap_argv(recipe: RootRecipe, target: Path) -> list[str]:
     return [
         # its own mount and pid namespace: proc/sys mounts it makes die with it, even on SIGKILL
         "unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private",
-        debootstrap, "--variant=minbase", f"--include={','.join(recipe.packages)}",
+        debootstrap, "--variant=minbase", *([f"--include={','.join(recipe.packages)}"] if recipe.packages else []),
         recipe.suite, str(target), mirror,
     ]  # fmt: skip
 

@@ -258,3 +258,45 @@ def test_the_session_broker_is_the_selected_series(rabbitmq: RabbitMQService, ra
     assert rabbitmq.series == selected_series()
     assert rabbitmq_version[:2] == tuple(int(part) for part in rabbitmq.series.split("."))
     assert rabbitmq_version == rabbitmq.version_info
+
+
+_KILL_BUILD = """
+import sys
+from taskq_dev import rootfs
+rootfs.ensure_root(rootfs.RootRecipe(name=sys.argv[1], suite="trixie", packages=()))
+"""
+
+
+def test_a_killed_root_build_leaves_no_process_no_mount_and_no_root_that_looks_done() -> None:
+    recipe = rootfs.RootRecipe(name="harness-test-killed-build", suite="trixie", packages=())
+    log = recipe.root.parent / "debootstrap.log"
+    builder = subprocess.Popen([sys.executable, "-c", _KILL_BUILD, recipe.name], stderr=subprocess.DEVNULL)
+    try:
+        # debootstrap mounts proc and sys into the target while it installs: kill it right then
+        ports.wait_until(
+            lambda: log.exists() and "Installing core packages" in log.read_text(errors="replace"),
+            timeout=240,
+            what="debootstrap's second stage",
+            give_up=lambda: None if builder.poll() is None else f"the build exited with {builder.returncode}",
+        )
+        builder.send_signal(signal.SIGKILL)
+        builder.wait(timeout=30)
+        partial = str(recipe.root.parent / "root.partial")
+
+        def debootstrap_gone() -> bool:
+            return not any(partial in arg for pid in rootfs.processes_rooted_in(Path("/")) for arg in _argv(pid))
+
+        ports.wait_until(debootstrap_gone, timeout=30, what="the killed build's debootstrap to exit")
+        assert str(recipe.home) not in Path("/proc/mounts").read_text()
+        assert not rootfs.is_built(recipe) and not recipe.root.exists()
+    finally:
+        if builder.poll() is None:
+            builder.kill()
+        shutil.rmtree(recipe.home, ignore_errors=True)
+
+
+def _argv(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
