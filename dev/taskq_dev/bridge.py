@@ -19,7 +19,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -31,6 +31,7 @@ from kubernetes.client.exceptions import ApiException
 from taskq_dev import pki
 from taskq_dev.kwok import KWOK_NODE_ANNOTATION
 from taskq_dev.podenv import OPERATOR_APP, WORKER_APP, PodEnvError, container_env, local_argv, main_container
+from taskq_dev.processes import stop_processes
 
 log = logging.getLogger("taskq_dev.bridge")
 
@@ -200,13 +201,7 @@ class WorkerBridge:
             self._thread.join(timeout=10.0)
         with self._lock:
             everyone = [*self._children.values(), *self._draining]
-            for child in everyone:
-                child.send(signal.SIGTERM)
-            deadline = time.monotonic() + 3.0
-            for child in everyone:
-                while child.alive() and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                child.kill()
+            stop_processes([c.popen for c in everyone if c.popen is not None], 3.0, group=True)
             self._children.clear()
             self._draining.clear()
 
@@ -223,7 +218,7 @@ class WorkerBridge:
         """SIGKILL every process of a pod on `node` now (a test took the node away); return their pids."""
         killed = []
         with self._lock:
-            self._lost[node] = datetime.now(timezone.utc)
+            self._lost[node] = datetime.now(UTC)
             for uid, child in list(self._children.items()):
                 if child.node == node:
                     if child.popen is not None and child.alive():
