@@ -1,8 +1,10 @@
 """The HTTP intake service on real servers: submit, batch, status, queue, health, and its error answers
-(422 with a reason, 404, 413, 503 without credentials)."""
+(422 with a reason, 404, 413, 503 without credentials or hosts). Requests carry a submit+read token;
+the token checks themselves are in test_http_auth.py."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Iterator
 
@@ -11,7 +13,12 @@ from fastapi.testclient import TestClient
 
 from taskq.errors import QueueNotFound
 from taskq.http.app import create_app
+from taskq.http.auth import TokenSet
 from taskq.settings import Settings
+
+TOKEN = "test-submit-read-0123456789abcdef"
+AUTH = TokenSet(TokenSet.parse(f"submit,read {TOKEN}\n", "test"))
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 
 pytestmark = pytest.mark.services
 
@@ -23,13 +30,11 @@ def settings(amqp_url: str, mongodb_uri: str, database_name: str, queue_name: st
 
 @pytest.fixture
 def api(settings: Settings) -> Iterator[TestClient]:
-    app = create_app(settings, max_body_bytes=64 * 1024)
-    with TestClient(app) as http:
+    app = create_app(settings, auth=AUTH, max_body_bytes=64 * 1024)
+    with TestClient(app, headers=HEADERS) as http:
         yield http
-        try:
+        with contextlib.suppress(QueueNotFound):
             app.state.client.purge(settings.queue)
-        except QueueNotFound:
-            pass
 
 
 def _free_port() -> int:
@@ -104,11 +109,24 @@ def test_health_and_readiness(api: TestClient) -> None:
     assert api.get("/readyz").json() == {"status": "ready"}
 
 
-def test_unavailable_broker_is_503_without_credentials(mongodb_uri: str, database_name: str) -> None:
-    url = f"amqp://user:s3cret@127.0.0.1:{_free_port()}/%2F"
-    app = create_app(Settings(amqp_url=url, mongodb_uri=mongodb_uri, database=database_name, queue="q"))
-    with TestClient(app) as http:
-        for answer in (http.post("/v1/tasks", json={"name": "echo"}), http.get("/readyz")):
+def test_unavailable_broker_is_503_without_credentials_or_host(mongodb_uri: str, database_name: str) -> None:
+    port = _free_port()
+    url = f"amqp://user:s3cret@127.0.0.1:{port}/%2F"
+    app = create_app(Settings(amqp_url=url, mongodb_uri=mongodb_uri, database=database_name, queue="q"), auth=AUTH)
+    with TestClient(app, headers=HEADERS) as http:
+        for answer in (http.post("/v1/tasks", json={"name": "echo"}), http.get("/readyz"), http.get("/v1/queues/q")):
             assert answer.status_code == 503
-            assert "unreachable" in answer.json()["detail"] and "s3cret" not in answer.text
+            assert answer.json() == {"detail": "broker unavailable"}
+            assert "s3cret" not in answer.text and "127.0.0.1" not in answer.text and str(port) not in answer.text
         assert http.get("/healthz").status_code == 200
+
+
+def test_unavailable_store_is_503_without_host(amqp_url: str, database_name: str) -> None:
+    port = _free_port()
+    uri = f"mongodb://user:s3cret@127.0.0.1:{port}/?serverSelectionTimeoutMS=300"
+    app = create_app(Settings(amqp_url=amqp_url, mongodb_uri=uri, database=database_name, queue="q"), auth=AUTH)
+    with TestClient(app, headers=HEADERS) as http:
+        for answer in (http.post("/v1/tasks", json={"name": "echo"}), http.get("/readyz"), http.get("/v1/tasks/some-id")):
+            assert answer.status_code == 503
+            assert answer.json() == {"detail": "store unavailable"}
+            assert "s3cret" not in answer.text and "127.0.0.1" not in answer.text and str(port) not in answer.text

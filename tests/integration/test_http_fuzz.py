@@ -1,11 +1,13 @@
 """Schemathesis fuzzing of the intake service against its own OpenAPI document, on real servers.
 
-Valid and invalid requests (a bounded number per operation): no answer may be a 5xx, and every
-answer must match the documented status codes, content type and response schema.
+Valid and invalid requests (a bounded number per operation), each with a submit+read bearer token:
+no answer may be a 5xx, and every answer must match the documented status codes, content type and
+response schema.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import pytest
@@ -21,25 +23,27 @@ from schemathesis.specs.openapi.checks import (
 
 from taskq.errors import QueueNotFound
 from taskq.http.app import create_app
+from taskq.http.auth import TokenSet
 from taskq.settings import Settings
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 EXAMPLES_PER_OPERATION = 40
+TOKEN = "fuzz-submit-read-0123456789abcdef"
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
 @pytest.fixture(scope="module")
 def intake_schema(amqp_url: str, mongodb_uri: str) -> Iterator[schemathesis.BaseSchema]:
     queue = "fuzz-intake"
-    app = create_app(Settings(amqp_url=amqp_url, mongodb_uri=mongodb_uri, database="taskq_fuzz", queue=queue))
+    settings_ = Settings(amqp_url=amqp_url, mongodb_uri=mongodb_uri, database="taskq_fuzz", queue=queue)
+    app = create_app(settings_, auth=TokenSet(TokenSet.parse(f"submit,read {TOKEN}", "fuzz")))
     yield schemathesis.openapi.from_asgi("/openapi.json", app)
     client = app.state.client
     for name in {queue, *(doc["queue"] for doc in client.list(limit=10_000))}:
-        try:
+        with contextlib.suppress(QueueNotFound):
             client.purge(name)
-        except QueueNotFound:
-            pass
     client.store.tasks.database.client.drop_database("taskq_fuzz")
     client.close()
 
@@ -52,6 +56,7 @@ def _operations(schema: schemathesis.BaseSchema) -> list[schemathesis.APIOperati
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=lambda m: m.value)
 def test_no_5xx_and_answers_match_the_document(intake_schema: schemathesis.BaseSchema, mode: GenerationMode) -> None:
     operations = _operations(intake_schema)
+    statuses: list[int] = []  # of the current operation: valid requests are authorized, valid submissions succeed
     assert {op.label for op in operations} >= {"POST /v1/tasks", "POST /v1/tasks:batch", "GET /v1/tasks/{task_id}"}
     for operation in operations:
         if mode is GenerationMode.NEGATIVE and operation.method.upper() == "GET" and "{" not in operation.path:
@@ -60,6 +65,12 @@ def test_no_5xx_and_answers_match_the_document(intake_schema: schemathesis.BaseS
         @given(case=operation.as_strategy(generation_mode=mode))
         @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         def answers_well(case: schemathesis.Case) -> None:
-            case.call_and_validate(checks=CHECKS)
+            statuses.append(case.call_and_validate(headers=HEADERS, checks=CHECKS).status_code)
 
+        statuses.clear()
         answers_well()
+        if mode is GenerationMode.NEGATIVE:
+            continue  # negative cases include a broken Authorization header on purpose: 401 is right there
+        assert 401 not in statuses and 403 not in statuses, f"{operation.label}: the token was not accepted"
+        if operation.method.upper() == "POST":
+            assert any(200 <= code < 300 for code in statuses), f"{operation.label}: no valid request succeeded: {statuses}"

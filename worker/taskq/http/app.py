@@ -1,23 +1,36 @@
 """The HTTP intake service: a FastAPI app that submits tasks and reads their status through `taskq.Client`.
 
-`create_app(settings)` builds it (called by `taskq.http.serve` and by tests). Every error answer is
-a `Problem` (`{"detail": ...}`): validation 422, unknown task or queue 404, body too large 413,
-broker or store down 503. Malformed input never yields a 5xx.
+`create_app(settings, auth=...)` builds it (called by `taskq.http.serve` and by tests). Every error
+answer is a `Problem` (`{"detail": ...}`): no or an invalid bearer token 401, a token without the
+endpoint's scope 403 (`taskq.http.auth`), validation 422, unknown task or queue 404, body too large
+413, broker or store down 503. A 503 says only which side is down ("broker unavailable"); the host
+is logged, never answered. Malformed input never yields a 5xx. `/healthz` and `/readyz` are open.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Path, Request
+from fastapi import Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from taskq.client import Client
 from taskq.core.message import QUEUE_NAME_PATTERN, TASK_ID_PATTERN
-from taskq.errors import InvalidTask, QueueNotFound, TaskNotFound, TaskqError
+from taskq.errors import (
+    BrokerRejected,
+    BrokerUnavailable,
+    InvalidTask,
+    QueueNotFound,
+    StoreUnavailable,
+    TaskConflict,
+    TaskNotFound,
+    TaskqError,
+)
+from taskq.http.auth import DISABLED, READ, SUBMIT, Auth, TokenSet, requires
 from taskq.http.models import (
     BatchSubmission,
     BatchSubmitted,
@@ -30,6 +43,8 @@ from taskq.http.models import (
 )
 from taskq.settings import Settings
 
+log = logging.getLogger("taskq.http")
+
 MAX_BODY_BYTES = 1024 * 1024
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -41,9 +56,25 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Problem, "description": "The request body cannot be parsed."},
     422: {"model": Problem, "description": "The request is not a valid task."},
     413: {"model": Problem, "description": "The request body is too large."},
+    409: {"model": Problem, "description": "A given task id exists as another task (other queue or name)."},
     503: {"model": Problem, "description": "The broker or the store is unavailable."},
 }
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Problem, "description": "No such task or queue."}}
+_AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "No bearer token, or not a valid one."},
+    403: {"model": Problem, "description": "The token lacks the scope this endpoint needs."},
+}
+
+
+def _public_reason(exc: TaskqError) -> str:
+    """What a client is told about an outage: which side, never a host, port or URI."""
+    if isinstance(exc, BrokerRejected):
+        return "broker refused the operation"
+    if isinstance(exc, BrokerUnavailable):
+        return "broker unavailable"
+    if isinstance(exc, StoreUnavailable):
+        return "store unavailable"
+    return "service unavailable"
 
 
 class BodyLimit:
@@ -114,10 +145,24 @@ def _status_model(document: dict[str, Any]) -> TaskStatus:
 
 
 def create_app(
-    settings: Settings | None = None, *, client: Client | None = None, max_body_bytes: int = MAX_BODY_BYTES
+    settings: Settings | None = None,
+    *,
+    auth: Auth,
+    client: Client | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
-    """The intake app; it owns a `Client` built from `settings` (or uses `client`) and closes it on shutdown."""
+    """The intake app; it owns a `Client` built from `settings` (or uses `client`) and closes it on shutdown.
+
+    `auth` is the `TokenSet` the endpoints check, or `"disabled"` (explicitly: local development only).
+    """
     taskq = client or Client(settings or Settings())
+    auth_errors: dict[int | str, dict[str, Any]] = {}
+    can_submit: list[Any] = []
+    can_read: list[Any] = []
+    if isinstance(auth, TokenSet):
+        auth_errors, can_submit, can_read = _AUTH_ERRORS, [Depends(requires(SUBMIT, auth))], [Depends(requires(READ, auth))]
+    elif auth != DISABLED:
+        raise TypeError("auth must be a TokenSet or 'disabled'")
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -148,11 +193,18 @@ def create_app(
     async def on_queue_not_found(_request: Request, exc: QueueNotFound) -> JSONResponse:
         return _problem(404, str(exc))
 
-    @app.exception_handler(TaskqError)
-    async def on_unavailable(_request: Request, exc: TaskqError) -> JSONResponse:
-        return _problem(503, str(exc))
+    @app.exception_handler(TaskConflict)
+    async def on_conflict(_request: Request, exc: TaskConflict) -> JSONResponse:
+        return _problem(409, str(exc))
 
-    @app.post("/v1/tasks", status_code=202, response_model=Submitted, responses=_ERRORS)
+    @app.exception_handler(TaskqError)
+    async def on_unavailable(request: Request, exc: TaskqError) -> JSONResponse:
+        log.warning("%s %s: 503: %s", request.method, request.url.path, exc)
+        return _problem(503, _public_reason(exc))
+
+    @app.post(
+        "/v1/tasks", status_code=202, response_model=Submitted, responses={**_ERRORS, **auth_errors}, dependencies=can_submit
+    )
     def submit_task(body: TaskSubmission) -> Submitted:
         """Submit one task; it is recorded as `queued` and published before the answer."""
         message = taskq.message(
@@ -168,7 +220,13 @@ def create_app(
         receipt = taskq.submit_many([message])
         return Submitted(id=message.id, queue=message.queue, created=receipt.existing == 0)
 
-    @app.post("/v1/tasks:batch", status_code=202, response_model=BatchSubmitted, responses=_ERRORS)
+    @app.post(
+        "/v1/tasks:batch",
+        status_code=202,
+        response_model=BatchSubmitted,
+        responses={**_ERRORS, **auth_errors},
+        dependencies=can_submit,
+    )
     def submit_batch(body: BatchSubmission) -> BatchSubmitted:
         """Submit many tasks with confirms pipelined; every task is validated before any is sent."""
         messages = [
@@ -187,12 +245,22 @@ def create_app(
         receipt = taskq.submit_many(messages)
         return BatchSubmitted(ids=receipt.ids, published=receipt.published, existing=receipt.existing)
 
-    @app.get("/v1/tasks/{task_id}", response_model=TaskStatus, responses={**_ERRORS, **_NOT_FOUND})
+    @app.get(
+        "/v1/tasks/{task_id}",
+        response_model=TaskStatus,
+        responses={**_ERRORS, **_NOT_FOUND, **auth_errors},
+        dependencies=can_read,
+    )
     def get_task(task_id: str = Path(pattern=TASK_ID_PATTERN)) -> TaskStatus:
         """A task's state, attempts, timestamps, result or error."""
         return _status_model(taskq.status(task_id))
 
-    @app.get("/v1/queues/{name}", response_model=QueueStatus, responses={**_ERRORS, **_NOT_FOUND})
+    @app.get(
+        "/v1/queues/{name}",
+        response_model=QueueStatus,
+        responses={**_ERRORS, **_NOT_FOUND, **auth_errors},
+        dependencies=can_read,
+    )
     def get_queue(name: str = Path(pattern=QUEUE_NAME_PATTERN)) -> QueueStatus:
         """Ready messages, consumers, dead letters and task counts by state of a queue."""
         info = taskq.queue_info(name)
