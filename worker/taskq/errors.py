@@ -49,6 +49,14 @@ class InvalidTask(TaskqError):
     """A submission that is not a valid task (bad name, queue, arguments that are not JSON)."""
 
 
+class TaskConflict(TaskqError):
+    """A caller-given task id that exists already as another task (another queue or task name)."""
+
+    def __init__(self, message: str, task_ids: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.task_ids = list(task_ids or [])
+
+
 _SECRET_QUERY_WORDS = ("password", "passwd", "secret", "token", "credential", "authmechanismproperties", "ssl_options")
 _MASK = "***"
 
