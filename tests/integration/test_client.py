@@ -183,17 +183,19 @@ def test_purge_drops_messages_dead_letters_and_documents(client: Client, channel
     assert (info.ready, info.dead, sum(info.counts.values())) == (0, 0, 0)
 
 
-def test_a_refused_publish_forgets_its_document_so_a_retry_sends_it(client: Client, channel, queue_name: str) -> None:
+def test_a_refused_publish_keeps_its_document_unpublished_so_a_retry_sends_it(client: Client, channel, queue_name: str) -> None:
     client.submit("echo")
     channel.queue_delete(queue_name)
 
     with pytest.raises(BrokerRejected, match="NO_ROUTE"):
         client.submit("echo", task_id="retry-me")
-    assert client.store.get("retry-me") is None  # not left `queued` without a message
+    assert client.status("retry-me")["state"] == TaskState.QUEUED.value
+    assert client.store.outbox.count_documents({"_id": "retry-me"}) == 1  # recorded as not confirmed
 
     assert client.submit("echo", task_id="retry-me") == "retry-me"  # the queue is declared again
     assert client.queue_info(queue_name).ready == 1
     assert client.status("retry-me")["state"] == TaskState.QUEUED.value
+    assert client.store.outbox.count_documents({}) == 0
 
 
 def test_unreachable_broker_writes_nothing_and_hides_the_password(mongodb_uri: str, database_name: str, queue_name: str) -> None:

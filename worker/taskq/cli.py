@@ -1,9 +1,10 @@
 """The `taskq` command line: submit tasks, read their status, inspect and administer queues.
 
 Exit codes: 0 ok, 1 task or queue not found (or a declined confirmation), 2 usage or validation
-error, 3 broker or store unavailable. Expected failures print one line on stderr, never a traceback
-and never credentials. `--json` prints machine-readable output on stdout. Entry point `taskq`
-(pyproject); all work goes through `taskq.Client`.
+error, 3 broker or store unavailable, 4 a given task id exists as another task (other queue or name).
+Expected failures print one line on stderr, never a traceback and never credentials. `--json`
+prints machine-readable output on stdout. Entry point `taskq` (pyproject); all work goes through
+`taskq.Client` (`taskq sweep` through `taskq.sweeper`).
 """
 
 from __future__ import annotations
@@ -33,15 +34,19 @@ from taskq.errors import (
     InvalidTask,
     QueueNotFound,
     StoreUnavailable,
+    TaskConflict,
     TaskNotFound,
     TaskqError,
 )
 from taskq.settings import Settings
+from taskq.sweeper import DEFAULT_GRACE_S, DEFAULT_LIMIT
+from taskq.sweeper import sweep as run_sweep
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
+EXIT_CONFLICT = 4
 
 app = typer.Typer(
     name="taskq",
@@ -76,6 +81,8 @@ def _client() -> Iterator[Client]:
         _fail(EXIT_NOT_FOUND, str(exc))
     except InvalidTask as exc:
         _fail(EXIT_USAGE, f"invalid task: {exc}")
+    except TaskConflict as exc:
+        _fail(EXIT_CONFLICT, f"conflict: {exc}")
     except (BrokerUnavailable, StoreUnavailable, BrokerRejected) as exc:
         _fail(EXIT_UNAVAILABLE, str(exc))
     except TaskqError as exc:
@@ -337,6 +344,23 @@ def purge(
     else:
         dropped = ", ".join(f"{n} from {q}" for q, n in report.messages.items())
         print(f"purged {dropped}; {report.documents} task document(s) deleted")
+
+
+@app.command()
+def sweep(
+    grace: Annotated[
+        float, typer.Option("--grace", min=0.0, help="Seconds an unconfirmed publish is left to its producer first.")
+    ] = DEFAULT_GRACE_S,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many tasks per run.")] = DEFAULT_LIMIT,
+    as_json: JsonOption = False,
+) -> None:
+    """Publish again the tasks whose publish was never confirmed (a producer died or failed mid-submission)."""
+    with _client() as client:
+        report = run_sweep(client, grace_s=grace, limit=limit)
+    if as_json:
+        _print_json({"republished": report.republished, "dropped": report.dropped})
+    else:
+        print(f"republished {len(report.republished)} task(s); {len(report.dropped)} entry(ies) needed no message")
 
 
 def main() -> None:

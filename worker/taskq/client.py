@@ -1,7 +1,10 @@
 """`taskq.Client`: the producer API (submit, submit_many, status) and queue administration.
 
-Order of a submission: validate, write the `queued` documents, then publish with confirms; an id
-that already had a document (a caller-given `task_id` is an idempotency key) is not published again.
+Order of a submission: validate, write an outbox entry and the `queued` document of each task, publish
+with confirms, then delete the confirmed tasks' outbox entries (`TaskStore.record_submission`,
+`mark_published`). A caller-given `task_id` is an idempotency key: an id already published is not sent
+again, an id whose publish was never confirmed is sent again, an id of another task (other queue or
+name) raises `TaskConflict`. Entries left by a producer that died are sent by `taskq.sweeper`.
 `submit_many` overlaps the store insert of one batch with the confirms of the previous batches.
 Used directly by Python producers, and by the `taskq` CLI and the HTTP intake service.
 """
@@ -12,7 +15,7 @@ import builtins
 import contextlib
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain, islice
@@ -25,10 +28,20 @@ from taskq.broker.admin import DeadLetter, RequeueReport
 from taskq.broker.connection import connect, translated
 from taskq.broker.publisher import DEFAULT_WINDOW, ConfirmingPublisher, Outgoing
 from taskq.broker.topology import declare_queue_topology
+from taskq.core.document import Unpublished
 from taskq.core.message import TaskMessage, utcnow
 from taskq.core.states import TaskState
 from taskq.core.topology import dead_queue
-from taskq.errors import BrokerRejected, BrokerUnavailable, InvalidTask, QueueNotFound, TaskNotFound, TaskqError, UnknownTask
+from taskq.errors import (
+    BrokerRejected,
+    BrokerUnavailable,
+    InvalidTask,
+    QueueNotFound,
+    TaskConflict,
+    TaskNotFound,
+    TaskqError,
+    UnknownTask,
+)
 from taskq.registry import lookup
 from taskq.settings import Settings
 from taskq.store.mongo import TaskStore
@@ -253,17 +266,27 @@ class Client:
         ids: list[str] = []
         seen: set[str] = set()
         existing = 0
+        conflicts: dict[str, str] = {}
         stream = self._publisher.stream(on_confirmed=progress)
+
+        def settle() -> None:
+            confirmed = stream.take_confirmed()
+            if confirmed:
+                self.store.mark_published(confirmed)
 
         def record_and_publish(messages: builtins.list[TaskMessage]) -> int:
             for name in {m.queue for m in messages}:
                 self._ensure_queue(name)
-            fresh = self.store.insert_queued(messages, utcnow())
-            known = len(messages) - len(fresh)
-            if known and progress is not None:
-                progress(known)
-            stream.add([Outgoing(m.queue, m.encode(), m.id, m.priority) for m in messages if m.id in fresh])
-            return known
+            recorded = self.store.record_submission(messages, utcnow())
+            conflicts.update(recorded.conflicts)
+            if progress is not None and (recorded.known or recorded.conflicts):
+                progress(len(recorded.known) + len(recorded.conflicts))
+            outgoing = [Outgoing(m.queue, m.encode(), m.id, m.priority) for m in messages if m.id in recorded.fresh]
+            # Same id, name and queue, never confirmed: send the body first recorded again.
+            outgoing += [Outgoing(u.queue, u.body, u.task_id, u.priority) for u in recorded.republish]
+            stream.add(outgoing)
+            settle()
+            return len(recorded.known)
 
         def validated(chunk: builtins.list[Mapping[str, Any] | TaskMessage]) -> builtins.list[TaskMessage]:
             messages: builtins.list[TaskMessage] = []
@@ -296,18 +319,60 @@ class Client:
                         while pending:
                             existing += pending.popleft().result()
             stream.wait()
+            settle()
         except (BrokerUnavailable, BrokerRejected) as failure:
             if isinstance(failure, BrokerRejected):
                 self._declared.clear()  # a queue may have been deleted: declare again next time
-            self._forget_unpublished(stream.unconfirmed())
+            # What was not confirmed keeps its outbox entry: a resubmission or the sweeper sends it.
+            self._settle_quietly(settle)
             raise
+        except Exception:
+            # An invalid task or a store failure mid-stream: what was handed to the broker before it is
+            # still waited for and recorded as published, so that nothing is sent twice needlessly.
+            self._settle_quietly(stream.wait)
+            self._settle_quietly(settle)
+            raise
+        if conflicts:
+            raise TaskConflict(
+                f"{len(conflicts)} task id(s) exist as other tasks: {next(iter(conflicts.values()))}", sorted(conflicts)
+            )
         return SubmitReceipt(ids=ids, published=stream.added, existing=existing)
 
-    def _forget_unpublished(self, task_ids: set[str]) -> None:
-        """After a failed publish, drop the `queued` documents of what the broker did not confirm, so
-        that submitting the same ids again publishes them (best effort: the store may be down too)."""
+    def republish(self, entries: Sequence[Unpublished]) -> builtins.list[str]:
+        """Publish recorded tasks whose publish was never confirmed again (their first body), with confirms.
+
+        Declares their queues as a submission does; the confirmed ones lose their outbox entry. Returns
+        the confirmed ids; raises like `submit_many` when the broker refuses some (the others are
+        still recorded). Used by the sweeper (`taskq.sweeper`).
+        """
+        if not entries:
+            return []
+        for name in {e.queue for e in entries}:
+            self._ensure_queue(name)
+        stream = self._publisher.stream()
+        confirmed: builtins.list[str] = []
+
+        def settle() -> None:
+            taken = stream.take_confirmed()
+            if taken:
+                self.store.mark_published(taken)
+                confirmed.extend(taken)
+
+        try:
+            stream.add([Outgoing(e.queue, e.body, e.task_id, e.priority) for e in entries])
+            stream.wait()
+        except BrokerRejected:
+            self._declared.clear()
+            raise
+        finally:
+            self._settle_quietly(settle)
+        return confirmed
+
+    @staticmethod
+    def _settle_quietly(step: Callable[[], None]) -> None:
+        """Best effort after a failure (the broker or the store may be down too): the first error stays the one raised."""
         with contextlib.suppress(TaskqError):
-            self.store.forget_unpublished(task_ids)
+            step()
 
     # -- reading ------------------------------------------------------------------------------
 

@@ -101,6 +101,7 @@ class PublishStream:
         self.added = 0
         self.confirmed = 0
         self._unsettled: set[str] = set()
+        self._acked: list[str] = []
         self._problems: list[str] = []
         self._lost: str | None = None
 
@@ -136,6 +137,12 @@ class PublishStream:
         """Ids of added messages the broker has not confirmed (all of them after a failure: may or may not be queued)."""
         return set(self._unsettled)
 
+    def take_confirmed(self) -> list[str]:
+        """Ids confirmed by the broker since the last call (for the producer to record the publish)."""
+        self._drain(timeout=0)
+        taken, self._acked = self._acked, []
+        return taken
+
     def _check(self) -> None:
         if self._lost is not None:
             raise BrokerUnavailable(self._lost)
@@ -154,6 +161,7 @@ class PublishStream:
             if kind == "ack":
                 self.confirmed += len(value)
                 self._unsettled.difference_update(value)
+                self._acked.extend(value)
                 if self._on_confirmed is not None:
                     self._on_confirmed(len(value))
             elif kind == "problem":

@@ -76,3 +76,44 @@ def capped_result(value: Any, encoded_size: int) -> Any:
     if encoded_size <= RESULT_LIMIT_BYTES:
         return value
     return {"truncated": True, "size_bytes": encoded_size, "limit_bytes": RESULT_LIMIT_BYTES}
+
+
+@dataclass(frozen=True)
+class Unpublished:
+    """An outbox entry: a task recorded as `queued` whose publish the broker has not confirmed yet.
+
+    The producer writes the entry before the task's document and deletes it after the confirm;
+    what stays behind (a producer killed in between, a broker or store failure mid-batch) is sent
+    again by a resubmission of the same id or by the sweeper (`taskq.sweeper`).
+    """
+
+    task_id: str
+    queue: str
+    priority: int
+    body: bytes
+    created_at: datetime
+
+
+def outbox_entry(message: TaskMessage, now: datetime) -> dict[str, Any]:
+    """The outbox document of a message about to be published: the exact body to send again."""
+    return {"_id": message.id, "queue": message.queue, "priority": message.priority, "body": message.encode(), "created_at": now}
+
+
+def unpublished_from(entry: dict[str, Any]) -> Unpublished:
+    """An outbox document read back (see `outbox_entry`)."""
+    return Unpublished(
+        task_id=str(entry["_id"]),
+        queue=str(entry["queue"]),
+        priority=int(entry.get("priority") or 0),
+        body=bytes(entry["body"]),
+        created_at=entry["created_at"],
+    )
+
+
+def conflict_reason(document: dict[str, Any], message: TaskMessage) -> str | None:
+    """Why `message` cannot reuse the id of the stored task `document` (another name or queue), or None."""
+    if document.get("queue") != message.queue:
+        return f"task {message.id!r} exists on queue {document.get('queue')!r}, not {message.queue!r}"
+    if document.get("name") != message.name:
+        return f"task {message.id!r} exists as {document.get('name')!r}, not {message.name!r}"
+    return None

@@ -11,11 +11,13 @@ import builtins
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
 from bson.errors import BSONError
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument, UpdateOne
+from pymongo.collection import Collection
 from pymongo.errors import (
     AutoReconnect,
     BulkWriteError,
@@ -27,7 +29,7 @@ from pymongo.errors import (
     WTimeoutError,
 )
 
-from taskq.core.document import queued_document
+from taskq.core.document import Unpublished, conflict_reason, outbox_entry, queued_document, unpublished_from
 from taskq.core.message import TaskMessage
 from taskq.core.states import TaskState
 from taskq.core.storable import safe_text
@@ -44,6 +46,16 @@ DUPLICATE_KEY = 11000
 FERRETDB_OPS_PER_BULK = 4
 MONGODB_OPS_PER_BULK = 1000
 _UNAVAILABLE = (AutoReconnect, ConnectionFailure, NetworkTimeout, ServerSelectionTimeoutError, ExecutionTimeout, WTimeoutError)
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What `record_submission` found: new ids, unconfirmed ones to publish again, known ones, conflicts."""
+
+    fresh: set[str] = field(default_factory=set)
+    republish: list[Unpublished] = field(default_factory=list)
+    known: set[str] = field(default_factory=set)
+    conflicts: dict[str, str] = field(default_factory=dict)
 
 
 class TaskStore:
@@ -67,6 +79,7 @@ class TaskStore:
         db = self._client[database]
         self.tasks = db["tasks"]
         self.workers = db["workers"]
+        self.outbox = db["outbox"]
         self._ferretdb: bool | None = None
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -112,6 +125,7 @@ class TaskStore:
             self.tasks.create_index([("queue", ASCENDING), ("state", ASCENDING), ("updated_at", DESCENDING)])
             self.tasks.create_index([("state", ASCENDING), ("updated_at", DESCENDING)])
             self.workers.create_index([("queue", ASCENDING)])
+            self.outbox.create_index([("created_at", ASCENDING)])
 
     def close(self) -> None:
         self._client.close()
@@ -119,21 +133,95 @@ class TaskStore:
     # -- producer -----------------------------------------------------------------------------
 
     def insert_queued(self, messages: Sequence[TaskMessage], now: datetime) -> set[str]:
-        """Write the `queued` documents; return the ids that were new (existing ids are kept as they are)."""
+        """Write the outbox entries, then the `queued` documents; return the ids whose document was new.
+
+        Existing documents are kept as they are (see `record_submission` for what a resubmission does).
+        """
+        return self.record_submission(messages, now).fresh
+
+    def record_submission(self, messages: Sequence[TaskMessage], now: datetime) -> Submission:
+        """Record messages about to be published: an outbox entry each (first), then the `queued` document.
+
+        The entry goes first so that no crash leaves a document without a record of its pending
+        publish; `mark_published` deletes it after the broker's confirm. For an id whose document
+        exists already: the same task (name and queue) with an entry left from an unconfirmed
+        publish is to be published again (with the body first recorded); the same task without one
+        was published and is only reported as known; another task under that id is a conflict.
+        """
         if not messages:
-            return set()
-        ids = {m.id for m in messages}
+            return Submission()
+        entries = [outbox_entry(m, now) for m in messages]
         docs = [queued_document(m, now) for m in messages]
         with self._translated("recording submitted tasks"):
-            try:
-                self.tasks.insert_many(docs, ordered=False)
-            except BulkWriteError as exc:
-                errors = exc.details.get("writeErrors", [])
-                others = [err for err in errors if err.get("code") != DUPLICATE_KEY]
-                if others:
-                    raise TaskqError(f"store refused {len(others)} task documents: {others[0].get('errmsg')}") from None
-                return ids - {docs[err["index"]]["_id"] for err in errors}
+            new_entries = self._insert_new(self.outbox, entries)
+            fresh = self._insert_new(self.tasks, docs)
+            repeated = [m for m in messages if m.id not in fresh]
+            if not repeated:
+                return Submission(fresh=fresh)
+            stored = self._documents_by_id(self.tasks, [m.id for m in repeated], {"name": 1, "queue": 1})
+            known: set[str] = set()
+            conflicts: dict[str, str] = {}
+            again: list[str] = []
+            for message in repeated:
+                document = stored.get(message.id)
+                reason = conflict_reason(document, message) if document is not None else None
+                if reason is not None:
+                    conflicts[message.id] = reason
+                elif message.id in new_entries or document is None:
+                    known.add(message.id)  # published before (its entry was gone), or purged meanwhile
+                else:
+                    again.append(message.id)
+            self._delete_outbox([task_id for task_id in [*known, *conflicts] if task_id in new_entries])
+            republish = [unpublished_from(e) for e in self._documents_by_id(self.outbox, again, None).values()]
+        return Submission(fresh=fresh, republish=republish, known=known, conflicts=conflicts)
+
+    def mark_published(self, task_ids: Iterable[str]) -> None:
+        """The broker confirmed these tasks' messages: delete their outbox entries.
+
+        One `$in` delete: on FerretDB it scans the outbox collection, which holds only what is
+        unconfirmed right now (a few publish windows) plus what the sweeper has not sent again yet.
+        """
+        with self._translated("recording confirmed publishes"):
+            self._delete_outbox(list(task_ids))
+
+    def unpublished_before(self, cutoff: datetime, limit: int) -> builtins.list[tuple[Unpublished, TaskState | None]]:
+        """Outbox entries older than `cutoff` (oldest first, at most `limit`) with their task's state.
+
+        Not a query by `_id`: on FerretDB it scans the outbox collection (small: see `mark_published`);
+        on MongoDB the `created_at` index serves it. The states are read by `_id`.
+        """
+        with self._translated("reading unpublished tasks"):
+            found = self.outbox.find({"created_at": {"$lt": cutoff}}).sort("created_at", ASCENDING).limit(max(1, limit))
+            entries = [unpublished_from(e) for e in found]
+        states = self.states_of(e.task_id for e in entries)
+        return [(entry, states.get(entry.task_id)) for entry in entries]
+
+    def _insert_new(self, collection: Collection[dict[str, Any]], docs: builtins.list[dict[str, Any]]) -> set[str]:
+        """Insert `docs`, keeping existing ones as they are; the ids that were new."""
+        ids = {d["_id"] for d in docs}
+        try:
+            collection.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            others = [err for err in errors if err.get("code") != DUPLICATE_KEY]
+            if others:
+                raise TaskqError(f"store refused {len(others)} task documents: {others[0].get('errmsg')}") from None
+            return ids - {docs[err["index"]]["_id"] for err in errors}
         return ids
+
+    def _documents_by_id(
+        self, collection: Collection[dict[str, Any]], ids: builtins.list[str], projection: dict[str, int] | None
+    ) -> dict[str, dict[str, Any]]:
+        if not ids:
+            return {}
+        if self.is_ferretdb():
+            found = (collection.find_one({"_id": task_id}, projection) for task_id in ids)
+            return {d["_id"]: d for d in found if d is not None}
+        return {d["_id"]: d for d in collection.find({"_id": {"$in": ids}}, projection)}
+
+    def _delete_outbox(self, ids: builtins.list[str]) -> None:
+        if ids:
+            self.outbox.delete_many({"_id": {"$in": ids}})
 
     def forget_unpublished(self, task_ids: Iterable[str]) -> int:
         """Delete `queued` documents whose publish was not confirmed, so a retried submit sends them.

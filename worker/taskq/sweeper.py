@@ -1,0 +1,90 @@
+"""The outbox sweeper: send again the tasks whose publish the broker never confirmed.
+
+A producer writes an outbox entry before each task's `queued` document and deletes it after the
+broker's confirm (`taskq.client`); an entry that stays behind means the producer died in between, or
+the broker or the store failed mid-batch. One sweep takes at most `limit` entries older than
+`grace_s` (oldest first) and, per entry, by the task's state:
+
+- `queued`: published again with the body first recorded, then the entry is deleted. If the first
+  publish did reach the queue after all, the task is delivered twice; the worker acks a delivery of
+  a task that is already final without running it, so only a task still running when the copy is
+  delivered can run twice (at-least-once).
+- any other state: the message was delivered (a worker wrote the state), the entry is deleted.
+- no document: the submission failed before its document was written (it was never accepted), the
+  entry is deleted.
+
+Cost: the selection is not a query by `_id`. MongoDB serves it from the outbox's `created_at` index;
+FerretDB 1.x scans the whole outbox collection, which holds only the unconfirmed publishes of the
+moment plus what was left behind, then reads each task's state by `_id` (one query per entry). Run
+it every ~30 s per store, not every scaling tick. Called by `taskq sweep` and the operator's tick
+(`taskq_operator.sweep`).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from taskq.client import Client
+from taskq.core.document import Unpublished
+from taskq.core.message import utcnow
+from taskq.core.states import TaskState
+
+DEFAULT_GRACE_S = 60.0
+DEFAULT_LIMIT = 500
+log = logging.getLogger("taskq.sweeper")
+
+
+class Action(enum.Enum):
+    """What a sweep does with one outbox entry."""
+
+    PUBLISH = "publish"
+    DROP = "drop"
+
+
+def action_for(state: TaskState | None) -> Action:
+    """Publish again only what is still `queued`; any other state, or no document, needs no message."""
+    return Action.PUBLISH if state is TaskState.QUEUED else Action.DROP
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    """One sweep: the ids published again (confirmed), and the entries dropped as not needing a message."""
+
+    republished: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+
+
+def sweep(
+    client: Client,
+    *,
+    grace_s: float = DEFAULT_GRACE_S,
+    limit: int = DEFAULT_LIMIT,
+    queues: set[str] | None = None,
+    now: datetime | None = None,
+) -> SweepReport:
+    """One bounded sweep of `client`'s store, publishing through `client`'s broker.
+
+    With `queues`, entries of other queues are left alone (the operator sweeps a store per broker).
+    Raises `taskq.errors` like `Client.submit_many` when the store or the broker fails; what was
+    confirmed before that stays recorded.
+    """
+    cutoff = (now or utcnow()) - timedelta(seconds=grace_s)
+    found = client.store.unpublished_before(cutoff, limit)
+    publish: list[Unpublished] = []
+    dropped: list[str] = []
+    for entry, state in found:
+        if queues is not None and entry.queue not in queues:
+            continue
+        if action_for(state) is Action.PUBLISH:
+            publish.append(entry)
+        else:
+            dropped.append(entry.task_id)
+    if dropped:
+        client.store.mark_published(dropped)
+    republished = client.republish(publish)
+    if republished:
+        log.warning("republished %d task(s) whose publish was never confirmed, e.g. %s", len(republished), republished[0])
+    return SweepReport(republished=republished, dropped=dropped)
