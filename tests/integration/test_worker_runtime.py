@@ -298,3 +298,34 @@ def test_a_quorum_queue_runs_retries_and_dead_letters(
     assert _document(store, failing)["attempts"] == 2
     ((properties, _),) = _dead_letters(svc, 1)
     assert "retries exhausted after attempt 2" in properties.headers[DEAD_REASON_HEADER]
+
+
+def test_a_refused_retry_publish_counts_as_a_delivery_and_ends_dead_at_the_limit(
+    svc: Services, store: TaskStore, rabbitmq: RabbitMQService, tmp_path: Path
+) -> None:
+    # A broker user that may not create or publish to delay queues (`Q.retry.<ms>`): every retry publish
+    # is refused. Before, the delivery was requeued and rerun forever; now each return is a counted
+    # delivery and the task ends dead at the limit, in Q.dead (which the user may still write).
+    user, password = f"limited-{svc.queue}", "limited-pw"
+    api, auth = rabbitmq.management_base, rabbitmq.management_auth
+    vhost = quote(rabbitmq.vhost, safe="")
+    not_retry = r"^(?!.*\.retry\.).*$"
+    assert httpx.put(f"{api}/api/users/{user}", json={"password": password, "tags": ""}, auth=auth, timeout=10).status_code < 300
+    permissions = {"configure": not_retry, "write": not_retry, "read": ".*"}
+    assert httpx.put(f"{api}/api/permissions/{vhost}/{user}", json=permissions, auth=auth, timeout=10).status_code < 300
+    try:
+        with _client(svc, "classic") as producer:
+            task_id = producer.submit("fail", max_retries=3)
+        limited_url = svc.amqp_url.replace("guest:guest@", f"{user}:{password}@")
+        with workers(svc, tmp_path, amqp_url=limited_url, max_deliveries=3) as (worker,):
+            poll(lambda: _state(store, task_id) == "dead", timeout=60, what="the task to end dead")
+            refused = worker.events_named("broker.republish_refused")
+            assert worker.alive()
+        document = _document(store, task_id)
+        assert document["error"]["type"] == "DeliveryLimit"
+        assert document["redeliveries"]["a1"] == 3
+        assert len(refused) == 3  # one refused retry per delivery before the limit
+        ((properties, _),) = _dead_letters(svc, 1)
+        assert properties.headers[DEAD_REASON_HEADER].startswith("delivery-limit")
+    finally:
+        httpx.delete(f"{api}/api/users/{user}", auth=auth, timeout=10)

@@ -298,9 +298,17 @@ class Consumer:
                     with translated("publishing a dead letter", self._where):
                         republisher.dead_letter(action, delivery.properties)
             except BrokerRejected as exc:
+                # Returned to the queue: it comes back as a counted delivery, so a publish the broker
+                # keeps refusing (permissions, a missing queue) ends at the delivery limit, not in a loop.
                 task_id = delivery.message.id if delivery.message else None
                 self._log.event("broker.republish_refused", "error", error=str(exc), task_id=task_id)
                 action = Requeue()
+                # A refusal closes the publishing channel: open a fresh one for the next publishes.
+                assert self._connection is not None
+                with translated("reopening the publishing channel", self._where):
+                    republisher = self._republisher = Republisher(
+                        self._connection, self._settings.queue, self._settings.queue_type
+                    )
             if isinstance(action, Requeue):
                 if self._tracker.forget(delivery.tag):
                     channel.basic_nack(delivery.tag, requeue=True)
