@@ -34,7 +34,7 @@ def test_defaults_render_only_the_operator_and_its_rbac(render: Render) -> None:
     rendered = render()
     assert rendered.returncode == 0, rendered.stderr
     kinds = sorted(obj["kind"] for obj in rendered.objects)
-    assert kinds == ["ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding", "Deployment", "ServiceAccount"]
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Role", "RoleBinding", "ServiceAccount"]
 
 
 def test_operator_pod_runs_taskq_operator_as_non_root(render: Render) -> None:
@@ -52,9 +52,15 @@ def test_operator_pod_runs_taskq_operator_as_non_root(render: Render) -> None:
     assert "--health-port=8081" in container["args"] and "--metrics-port=9090" in container["args"]
 
 
-def test_rbac_is_least_privilege(render: Render) -> None:
-    rendered = render()
-    rules = [rule for role in rendered.of_kind("ClusterRole") for rule in role["rules"]]
+def _operator_args(rendered: Any) -> list[str]:
+    return list(rendered.one("Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]["args"])
+
+
+@pytest.mark.parametrize("cluster_wide", [False, True], ids=["namespaced", "cluster-wide"])
+def test_rbac_is_least_privilege(render: Render, cluster_wide: bool) -> None:
+    rendered = render(values={"rbac": {"clusterWide": cluster_wide}})
+    assert rendered.returncode == 0, rendered.stderr
+    rules = [rule for kind in ("Role", "ClusterRole") for role in rendered.of_kind(kind) for rule in role["rules"]]
     for rule in rules:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"], rule
         assert "delete" not in rule["verbs"] and "deletecollection" not in rule["verbs"], rule
@@ -68,14 +74,67 @@ def test_rbac_is_least_privilege(render: Render) -> None:
     }
 
 
-def test_watch_namespaces_binds_per_namespace(render: Render) -> None:
-    rendered = render(values={"operator": {"watchNamespaces": ["team-a", "team-b"]}})
+def test_rbac_is_namespaced_by_default(render: Render) -> None:
+    rendered = render()
+    cluster_roles = rendered.of_kind("ClusterRole")
+    assert [role["metadata"]["name"] for role in cluster_roles] == ["taskq-operator-crds"]
+    assert [rule["resources"] for role in cluster_roles for rule in role["rules"]] == [["customresourcedefinitions"]]
+    role = rendered.one("Role", "-operator")
+    binding = rendered.one("RoleBinding", "-operator")
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "taskq-system"
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "taskq-operator"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "taskq-operator", "namespace": "taskq-system"}]
+    args = _operator_args(rendered)
+    assert [a for a in args if "namespace" in a] == ["--namespace=taskq-system"]
+
+
+def test_watch_namespaces_get_a_role_each_and_are_watched(render: Render) -> None:
+    rendered = render(values={"operator": {"watchNamespaces": ["team-a", "taskq-system", "team-b"]}})
     assert rendered.returncode == 0, rendered.stderr
-    bindings = rendered.of_kind("RoleBinding")
-    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    for kind in ("Role", "RoleBinding"):
+        assert sorted(o["metadata"]["namespace"] for o in rendered.of_kind(kind)) == ["taskq-system", "team-a", "team-b"]
+    for binding in rendered.of_kind("RoleBinding"):
+        assert binding["subjects"][0]["namespace"] == "taskq-system"  # the operator's own ServiceAccount
     assert [b["metadata"]["name"] for b in rendered.of_kind("ClusterRoleBinding")] == ["taskq-operator-crds"]
-    args = rendered.one("Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert "--namespace=team-a" in args and "--namespace=team-b" in args
+    args = _operator_args(rendered)
+    assert [a for a in args if "namespace" in a] == ["--namespace=taskq-system", "--namespace=team-a", "--namespace=team-b"]
+
+
+def test_cluster_wide_is_an_explicit_opt_in(render: Render) -> None:
+    rendered = render(values={"rbac": {"clusterWide": True}})
+    assert rendered.returncode == 0, rendered.stderr
+    assert rendered.of_kind("Role") == [] and rendered.of_kind("RoleBinding") == []
+    assert sorted(r["metadata"]["name"] for r in rendered.of_kind("ClusterRole")) == ["taskq-operator", "taskq-operator-crds"]
+    binding = rendered.one("ClusterRoleBinding", "taskq-operator")
+    assert binding["roleRef"]["kind"] == "ClusterRole" and binding["subjects"][0]["namespace"] == "taskq-system"
+    args = _operator_args(rendered)
+    assert "--all-namespaces" in args and not [a for a in args if a.startswith("--namespace")]
+
+
+def test_cluster_wide_with_watch_namespaces_fails_loudly(render: Render) -> None:
+    rendered = render(values={"rbac": {"clusterWide": True}, "operator": {"watchNamespaces": ["team-a"]}})
+    assert rendered.returncode != 0
+    assert "operator.watchNamespaces lists namespaces, but rbac.clusterWide=true watches all of them" in rendered.stderr
+
+
+@pytest.mark.parametrize(
+    ("values", "kind", "namespaces", "resource"),
+    [
+        ({"operator": {"replicas": 2, "watchNamespaces": ["team-a"]}}, "KopfPeering", ["taskq-system", "team-a"], "kopfpeerings"),
+        ({"operator": {"replicas": 2}, "rbac": {"clusterWide": True}}, "ClusterKopfPeering", [None], "clusterkopfpeerings"),
+    ],
+    ids=["namespaced", "cluster-wide"],
+)
+def test_peering_objects_and_rules_follow_the_scope(
+    render: Render, values: dict[str, Any], kind: str, namespaces: list[str | None], resource: str
+) -> None:
+    rendered = render(values=values)
+    assert rendered.returncode == 0, rendered.stderr
+    peerings = rendered.of_kind("KopfPeering") + rendered.of_kind("ClusterKopfPeering")
+    assert {p["kind"] for p in peerings} == {kind}
+    assert sorted((p["metadata"].get("namespace") for p in peerings), key=str) == namespaces
+    rules = [rule for k in ("Role", "ClusterRole") for role in rendered.of_kind(k) for rule in role["rules"]]
+    assert {r for rule in rules if rule["apiGroups"] == ["kopf.dev"] for r in rule["resources"]} == {resource}
 
 
 def test_dev_values_bundle_rabbitmq_and_mongodb_with_a_connection_secret(render: Render) -> None:
@@ -126,8 +185,9 @@ def test_missing_required_values_fail_loudly(render: Render, values: dict[str, A
         ({"image": {"pullPolicy": "Sometimes"}}, ["/image/pullPolicy", "Always"]),
         ({"operatr": {"replicas": 1}}, ["additional properties 'operatr' not allowed"]),
         ({"rabbitmq": {"enabled": True, "password": "p@ss/word"}}, ["/rabbitmq/password"]),
+        ({"rbac": {"clusterWide": "yes"}}, ["/rbac/clusterWide", "got string, want boolean"]),
     ],
-    ids=["wrong-type-integer", "wrong-type-boolean", "not-in-enum", "unknown-key", "unsafe-password"],
+    ids=["wrong-type-integer", "wrong-type-boolean", "not-in-enum", "unknown-key", "unsafe-password", "cluster-wide-type"],
 )
 def test_schema_rejects_mistyped_or_unknown_values(render: Render, values: dict[str, Any], fragments: list[str]) -> None:
     rendered = render(values=values)

@@ -2,6 +2,10 @@
 --wait`, the operator working with the chart's RBAC (and nothing more), schema errors, and an
 uninstall that leaves nothing behind but the CRD (the chart's documented choice).
 
+The install uses the chart's defaults, so it is namespaced: `kubectl auth can-i` shows the operator's
+ServiceAccount can read Secrets in the release namespace and nothing in another one, and a TaskQueue
+outside the release namespace is left alone while the one inside gets its worker Deployment.
+
 The harness runs a real `taskq-operator` process for the operator pod, with a token of the chart's
 ServiceAccount, so the RBAC below is exercised for real.
 """
@@ -39,6 +43,15 @@ INSTALL_OUTPUT: dict[str, str] = {}
 @pytest.fixture(scope="module")
 def namespace(cluster: Any) -> Iterator[str]:
     name = f"taskq-chart-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def other_namespace(cluster: Any) -> Iterator[str]:
+    """A namespace the chart was not told about: the operator must neither see nor touch it."""
+    name = f"taskq-other-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", name)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
@@ -84,8 +97,9 @@ def _server_dry_run(cluster: Any, namespace: str, *helm_args: str) -> subprocess
         ["--values", str(DEV_VALUES)],
         ["--set", "operator.watchNamespaces={default}", "--set", "connection.create=true",
          "--set", "connection.amqpUrl=amqp://u:p@mq:5672/%2F", "--set", "connection.mongodbUri=mongodb://u:p@db/"],
+        ["--set", "rbac.clusterWide=true"],
     ],
-    ids=["defaults", "dev-bundle", "namespaced-with-secret"],
+    ids=["defaults", "dev-bundle", "namespaced-with-secret", "cluster-wide"],
 )
 def test_rendered_manifests_pass_the_api_servers_own_validation(
     cluster: Any, namespace: str, helm_args: list[str]
@@ -109,6 +123,7 @@ def test_install_notes_tell_the_user_what_to_do_next(namespace: str, release: st
     assert "kubectl -n <namespace> create secret generic taskq-connection" in notes
     assert "kind: TaskQueue" in notes and "image: taskq:dev" in notes
     assert "kubectl delete crd taskqueues.taskq.io" in notes
+    assert f"The operator watches TaskQueues in {namespace} only" in notes
 
 
 @pytest.mark.parametrize(
@@ -125,29 +140,59 @@ def test_operator_service_account_has_least_privilege(
     cluster: Any, namespace: str, release: str, verb: str, resource: str, allowed: bool
 ) -> None:
     account = f"system:serviceaccount:{namespace}:{release}-operator"
-    result = cluster.kubectl("auth", "can-i", verb, resource, "-n", "default", "--as", account, check=False)
+    result = cluster.kubectl("auth", "can-i", verb, resource, "-n", namespace, "--as", account, check=False)
     assert result.stdout.strip() == ("yes" if allowed else "no"), result.stdout + result.stderr
 
 
+@pytest.mark.parametrize(
+    ("verb", "resource"),
+    [
+        ("get", "secrets"), ("list", "secrets"), ("watch", "taskqueues.taskq.io"), ("patch", "taskqueues.taskq.io"),
+        ("create", "deployments.apps"), ("list", "pods"), ("create", "events"),
+    ],
+)
+def test_operator_can_do_nothing_outside_its_namespace(
+    cluster: Any, namespace: str, other_namespace: str, release: str, verb: str, resource: str
+) -> None:
+    account = f"system:serviceaccount:{namespace}:{release}-operator"
+    for elsewhere in (other_namespace, "default"):
+        result = cluster.kubectl("auth", "can-i", verb, resource, "-n", elsewhere, "--as", account, check=False)
+        assert result.stdout.strip() == "no", f"{verb} {resource} in {elsewhere}: {result.stdout}{result.stderr}"
+    everywhere = cluster.kubectl("auth", "can-i", verb, resource, "--all-namespaces", "--as", account, check=False)
+    assert everywhere.stdout.strip() == "no", everywhere.stdout + everywhere.stderr
+
+
+def test_the_operator_watches_only_its_namespace(cluster: Any, namespace: str, release: str) -> None:
+    deployment = json.loads(cluster.kubectl("get", "-n", namespace, "deployment", f"{release}-operator", "-o", "json").stdout)
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert [a for a in args if "namespace" in a] == [f"--namespace={namespace}"]
+
+
+def _worker_deployments(cluster: Any, namespace: str) -> list[dict[str, Any]]:
+    listing = json.loads(cluster.kubectl(
+        "get", "deployments", "-n", namespace, "-o", "json",
+        "-l", "app.kubernetes.io/managed-by=taskq-operator,app.kubernetes.io/instance=demo",
+    ).stdout)
+    return list(listing["items"])
+
+
 def test_operator_runs_the_example_taskqueue_with_the_chart_rbac(
-    cluster: Any, namespace: str, release: str, operator_pod_runs: None, amqp_url: str, mongodb_uri: str
+    cluster: Any, namespace: str, other_namespace: str, release: str, operator_pod_runs: None, amqp_url: str,
+    mongodb_uri: str,
 ) -> None:
     # On kind (dev/kind-e2e.sh) pods reach the services by their in-cluster names, not our loopback.
     pod_amqp_url = os.environ.get("TASKQ_E2E_CLUSTER_AMQP_URL", amqp_url)
     pod_mongodb_uri = os.environ.get("TASKQ_E2E_CLUSTER_MONGODB_URI", mongodb_uri)
-    cluster.kubectl(
-        "create", "secret", "generic", "taskq-connection", "-n", namespace,
-        f"--from-literal=amqp-url={pod_amqp_url}", f"--from-literal=mongodb-uri={pod_mongodb_uri}",
-    )
     example = yaml.safe_load(EXAMPLE_TASKQUEUE.read_text())
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(example))
+    for where in (other_namespace, namespace):  # the one outside first: it has had longer to be (wrongly) picked up
+        cluster.kubectl(
+            "create", "secret", "generic", "taskq-connection", "-n", where,
+            f"--from-literal=amqp-url={pod_amqp_url}", f"--from-literal=mongodb-uri={pod_mongodb_uri}",
+        )
+        cluster.kubectl("apply", "-n", where, "-f", "-", input=json.dumps(example))
     try:
         def worker_deployment() -> bool:
-            listing = json.loads(cluster.kubectl(
-                "get", "deployments", "-n", namespace, "-o", "json",
-                "-l", "app.kubernetes.io/managed-by=taskq-operator,app.kubernetes.io/instance=demo",
-            ).stdout)
-            return bool(listing["items"])
+            return bool(_worker_deployments(cluster, namespace))
 
         poll(
             worker_deployment,
@@ -161,9 +206,22 @@ def test_operator_runs_the_example_taskqueue_with_the_chart_rbac(
             return bool(body.get("status", {}).get("conditions"))
 
         poll(status_written, timeout=WAIT_S, what="the operator to write the TaskQueue status", interval=0.5)
+
+        # The TaskQueue outside the watched namespace: no Deployment, no status, none of the operator's
+        # progress annotations (which the one inside carries) and no finalizer.
+        time.sleep(3.0)  # a few more ticks of the operator, which is demonstrably running
+        def progress_marks(where: str) -> list[str]:
+            body = json.loads(cluster.kubectl("get", "tq", "demo", "-n", where, "-o", "json").stdout)
+            marks = [k for k in body["metadata"].get("annotations", {}) if k.startswith("taskq.io/")]
+            return marks + list(body["metadata"].get("finalizers") or []) + list(body.get("status", {}).get("conditions") or [])
+
+        assert progress_marks(namespace), "the handled TaskQueue should carry the operator's marks"
+        assert _worker_deployments(cluster, other_namespace) == []
+        assert progress_marks(other_namespace) == []
     finally:
-        cluster.kubectl("delete", "tq", "demo", "-n", namespace, "--wait=true", "--timeout=60s", check=False)
-        cluster.kubectl("delete", "secret", "taskq-connection", "-n", namespace, check=False)
+        for where in (namespace, other_namespace):
+            cluster.kubectl("delete", "tq", "demo", "-n", where, "--wait=true", "--timeout=60s", check=False)
+            cluster.kubectl("delete", "secret", "taskq-connection", "-n", where, check=False)
 
 
 def test_mistyped_value_fails_install_with_a_schema_error(cluster: Any, namespace: str, tmp_path: Path) -> None:

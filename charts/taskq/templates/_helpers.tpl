@@ -105,3 +105,15 @@ readOnlyRootFilesystem: true
 capabilities:
   drop: ["ALL"]
 {{- end -}}
+
+{{/*
+The namespaces the operator watches when it is namespaced (rbac.clusterWide false): the release
+namespace, then operator.watchNamespaces, each once, as a JSON list (`include ... | fromJsonArray`).
+Used by rbac.yaml, operator-deployment.yaml (--namespace flags) and peering.yaml.
+*/}}
+{{- define "taskq.watchNamespaces" -}}
+{{- if and .Values.rbac.clusterWide .Values.operator.watchNamespaces -}}
+{{- fail "operator.watchNamespaces lists namespaces, but rbac.clusterWide=true watches all of them: set only one" -}}
+{{- end -}}
+{{- prepend .Values.operator.watchNamespaces .Release.Namespace | uniq | toJson -}}
+{{- end -}}
