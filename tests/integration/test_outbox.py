@@ -6,6 +6,7 @@ subprocess SIGKILLed mid-`submit_many` and real `taskq-worker` processes (`worke
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -178,11 +179,21 @@ def test_the_sweeper_republishes_old_unconfirmed_tasks_and_leaves_fresh_ones(pro
     producer.store.insert_queued([fresh], now - timedelta(seconds=5))
     producer.store.tasks.update_one({"_id": done.id}, {"$set": {"state": TaskState.SUCCEEDED.value}})
 
-    assert sweep(producer, grace_s=60, limit=10, queues={"another"}, now=now).republished == []
-    report = sweep(producer, grace_s=60, limit=10, now=now)
+    assert (
+        sweep(
+            producer.store, producer._publisher, producer._ensure_queue, grace_s=60, limit=10, queues={"another"}, now=now
+        ).republished
+        == []
+    )
+    report = sweep(producer.store, producer._publisher, producer._ensure_queue, grace_s=60, limit=10, now=now)
 
     assert (report.republished, report.dropped) == ([old.id], [done.id])
     assert _queued_ids(producer, svc.queue) == [old.id]
     assert [d["_id"] for d in producer.store.outbox.find({})] == [fresh.id]
-    assert sweep(producer, grace_s=60, limit=10, now=now).republished == []  # nothing twice
+    assert producer.sweep(grace_s=60).republished == []  # nothing twice (the fresh one is 5 s old)
     assert [action_for(s) for s in (TaskState.QUEUED, TaskState.RUNNING, None)] == [Action.PUBLISH, Action.DROP, Action.DROP]
+
+    env = {"TASKQ_AMQP_URL": svc.amqp_url, "TASKQ_MONGODB_URI": svc.mongodb_uri, "TASKQ_DATABASE": svc.database}
+    result = CliRunner().invoke(cli_app, ["sweep", "--grace", "0", "--json"], env=env)
+    assert result.exit_code == 0 and json.loads(result.stdout) == {"republished": [fresh.id], "dropped": []}, result.output
+    assert _queued_ids(producer, svc.queue) == [fresh.id] and producer.store.outbox.count_documents({}) == 0

@@ -4,7 +4,7 @@ Exit codes: 0 ok, 1 task or queue not found (or a declined confirmation), 2 usag
 error, 3 broker or store unavailable, 4 a given task id exists as another task (other queue or name).
 Expected failures print one line on stderr, never a traceback and never credentials. `--json`
 prints machine-readable output on stdout. Entry point `taskq` (pyproject); all work goes through
-`taskq.Client` (`taskq sweep` through `taskq.sweeper`).
+`taskq.Client`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from taskq.errors import (
 )
 from taskq.settings import Settings
 from taskq.sweeper import DEFAULT_GRACE_S, DEFAULT_LIMIT
-from taskq.sweeper import sweep as run_sweep
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 1
@@ -356,7 +355,7 @@ def sweep(
 ) -> None:
     """Publish again the tasks whose publish was never confirmed (a producer died or failed mid-submission)."""
     with _client() as client:
-        report = run_sweep(client, grace_s=grace, limit=limit)
+        report = client.sweep(grace_s=grace, limit=limit)
     if as_json:
         _print_json({"republished": report.republished, "dropped": report.dropped})
     else:

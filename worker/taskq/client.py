@@ -15,7 +15,7 @@ import builtins
 import contextlib
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain, islice
@@ -28,7 +28,6 @@ from taskq.broker.admin import DeadLetter, RequeueReport
 from taskq.broker.connection import connect, translated
 from taskq.broker.publisher import DEFAULT_WINDOW, ConfirmingPublisher, Outgoing
 from taskq.broker.topology import declare_queue_topology
-from taskq.core.document import Unpublished
 from taskq.core.message import TaskMessage, utcnow
 from taskq.core.states import TaskState
 from taskq.core.topology import dead_queue
@@ -46,6 +45,7 @@ from taskq.registry import lookup
 from taskq.settings import Settings
 from taskq.store.mongo import TaskStore
 from taskq.submission import build_message, message_from_mapping
+from taskq.sweeper import DEFAULT_GRACE_S, DEFAULT_LIMIT, SweepReport, sweep
 
 T = TypeVar("T")
 DEFAULT_BATCH = 500
@@ -338,35 +338,13 @@ class Client:
             )
         return SubmitReceipt(ids=ids, published=stream.added, existing=existing)
 
-    def republish(self, entries: Sequence[Unpublished]) -> builtins.list[str]:
-        """Publish recorded tasks whose publish was never confirmed again (their first body), with confirms.
-
-        Declares their queues as a submission does; the confirmed ones lose their outbox entry. Returns
-        the confirmed ids; raises like `submit_many` when the broker refuses some (the others are
-        still recorded). Used by the sweeper (`taskq.sweeper`).
-        """
-        if not entries:
-            return []
-        for name in {e.queue for e in entries}:
-            self._ensure_queue(name)
-        stream = self._publisher.stream()
-        confirmed: builtins.list[str] = []
-
-        def settle() -> None:
-            taken = stream.take_confirmed()
-            if taken:
-                self.store.mark_published(taken)
-                confirmed.extend(taken)
-
+    def sweep(self, *, grace_s: float = DEFAULT_GRACE_S, limit: int = DEFAULT_LIMIT) -> SweepReport:
+        """Publish again the tasks whose publish was never confirmed, older than `grace_s` (see `taskq.sweeper`)."""
         try:
-            stream.add([Outgoing(e.queue, e.body, e.task_id, e.priority) for e in entries])
-            stream.wait()
+            return sweep(self.store, self._publisher, self._ensure_queue, grace_s=grace_s, limit=limit)
         except BrokerRejected:
             self._declared.clear()
             raise
-        finally:
-            self._settle_quietly(settle)
-        return confirmed
 
     @staticmethod
     def _settle_quietly(step: Callable[[], None]) -> None:

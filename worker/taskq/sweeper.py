@@ -16,21 +16,24 @@ the broker or the store failed mid-batch. One sweep takes at most `limit` entrie
 Cost: the selection is not a query by `_id`. MongoDB serves it from the outbox's `created_at` index;
 FerretDB 1.x scans the whole outbox collection, which holds only the unconfirmed publishes of the
 moment plus what was left behind, then reads each task's state by `_id` (one query per entry). Run
-it every ~30 s per store, not every scaling tick. Called by `taskq sweep` and the operator's tick
-(`taskq_operator.sweep`).
+it every ~30 s per store, not every scaling tick. Called by `taskq.Client.sweep` (`taskq sweep`) and
+by the operator (`taskq_operator.sweep`), which must not import the client.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from taskq.client import Client
+from taskq.broker.publisher import ConfirmingPublisher, Outgoing
 from taskq.core.document import Unpublished
 from taskq.core.message import utcnow
 from taskq.core.states import TaskState
+from taskq.errors import BrokerRejected, TaskqError
+from taskq.store.mongo import TaskStore
 
 DEFAULT_GRACE_S = 60.0
 DEFAULT_LIMIT = 500
@@ -57,25 +60,50 @@ class SweepReport:
     dropped: list[str] = field(default_factory=list)
 
 
+def publish_recorded(store: TaskStore, publisher: ConfirmingPublisher, entries: Sequence[Unpublished]) -> list[str]:
+    """Publish recorded tasks again (their first body) with confirms; the confirmed lose their outbox entry.
+
+    Returns the confirmed ids; raises `BrokerUnavailable`/`BrokerRejected` when the broker failed
+    or refused some (what was confirmed before is still recorded). The queues must exist.
+    """
+    if not entries:
+        return []
+    stream = publisher.stream()
+    confirmed: list[str] = []
+    try:
+        stream.add([Outgoing(e.queue, e.body, e.task_id, e.priority) for e in entries])
+        stream.wait()
+    finally:
+        try:
+            taken = stream.take_confirmed()
+            if taken:
+                store.mark_published(taken)
+                confirmed.extend(taken)
+        except TaskqError as exc:  # the store failed too: the entries stay, the next sweep sends them again
+            log.warning("republished tasks not recorded as published: %s", exc)
+    return confirmed
+
+
 def sweep(
-    client: Client,
+    store: TaskStore,
+    publisher: ConfirmingPublisher,
+    declare: Callable[[str], None],
     *,
     grace_s: float = DEFAULT_GRACE_S,
     limit: int = DEFAULT_LIMIT,
     queues: set[str] | None = None,
     now: datetime | None = None,
 ) -> SweepReport:
-    """One bounded sweep of `client`'s store, publishing through `client`'s broker.
+    """One bounded sweep of `store`, publishing through `publisher` after `declare(queue)` for each queue.
 
-    With `queues`, entries of other queues are left alone (the operator sweeps a store per broker).
-    Raises `taskq.errors` like `Client.submit_many` when the store or the broker fails; what was
-    confirmed before that stays recorded.
+    With `queues`, entries of other queues are left alone (the operator sweeps only the queues of
+    its TaskQueues). Raises `taskq.errors` when the store or the broker fails; what was confirmed
+    before that stays recorded.
     """
     cutoff = (now or utcnow()) - timedelta(seconds=grace_s)
-    found = client.store.unpublished_before(cutoff, limit)
     publish: list[Unpublished] = []
     dropped: list[str] = []
-    for entry, state in found:
+    for entry, state in store.unpublished_before(cutoff, limit):
         if queues is not None and entry.queue not in queues:
             continue
         if action_for(state) is Action.PUBLISH:
@@ -83,8 +111,14 @@ def sweep(
         else:
             dropped.append(entry.task_id)
     if dropped:
-        client.store.mark_published(dropped)
-    republished = client.republish(publish)
+        store.mark_published(dropped)
+    for queue in sorted({e.queue for e in publish}):
+        declare(queue)
+    try:
+        republished = publish_recorded(store, publisher, publish)
+    except BrokerRejected:
+        log.warning("the broker refused some republished tasks; they stay in the outbox")
+        raise
     if republished:
         log.warning("republished %d task(s) whose publish was never confirmed, e.g. %s", len(republished), republished[0])
     return SweepReport(republished=republished, dropped=dropped)
