@@ -35,6 +35,7 @@ from taskq_operator.core.spec import GROUP, PLURAL, VERSION, SpecError, parse_ta
 from taskq_operator.liveness import TickHealth, TickStalled
 from taskq_operator.reconcile import apply_deployment, declare_topology
 from taskq_operator.scaler import Scaler
+from taskq_operator.sweep import Sweeper
 
 RETRY_DELAY_S = 5
 STOP_TIMEOUT_S = 10.0
@@ -98,7 +99,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
         api = await asyncio.to_thread(load_api_client)
     except ClusterError as exc:
         raise kopf.PermanentError(str(exc)) from None
-    scaler = Scaler(state.cache, Kube(api), health=state.health)
+    scaler = Scaler(state.cache, Kube(api), health=state.health, sweeper=Sweeper.from_env())
     stopped = asyncio.Event()
     state.running = Running(scaler, stopped, asyncio.create_task(scaler.run(stopped), name="taskq-scaler"))
     logger.info("taskq operator started")
@@ -116,6 +117,8 @@ async def stop(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     except TimeoutError:
         running.task.cancel()
     await asyncio.to_thread(running.scaler.observers.close)
+    if running.scaler.sweeper is not None:
+        await asyncio.to_thread(running.scaler.sweeper.close)
     logger.info("taskq operator stopped")
 
 

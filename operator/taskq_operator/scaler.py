@@ -34,6 +34,7 @@ from taskq_operator.core.policy import History, decide, remember
 from taskq_operator.core.spec import SpecError, TaskQueueSpec, parse_taskqueue
 from taskq_operator.liveness import TickHealth
 from taskq_operator.observe import Observers, Reading, Target, target_for
+from taskq_operator.sweep import Sweeper
 
 log = logging.getLogger("taskq_operator.scaler")
 
@@ -72,6 +73,7 @@ class Scaler:
         observers: Observers | None = None,
         clock: Callable[[], float] = time.monotonic,
         health: TickHealth | None = None,
+        sweeper: Sweeper | None = None,
     ) -> None:
         self.cache = cache
         self.kube = kube
@@ -79,6 +81,7 @@ class Scaler:
         self.secrets = SecretCache(kube.read_secret)
         self.clock = clock
         self.health = health or TickHealth()
+        self.sweeper = sweeper  # the outbox sweep (`taskq_operator.sweep`), started after scaling; None: no sweep
         self.states: dict[Key, QueueState] = {}
         self.wake = asyncio.Event()
 
@@ -166,6 +169,8 @@ class Scaler:
             except TaskqError as exc:
                 metrics.ERRORS.labels("kubernetes").inc()
                 log.warning("TaskQueue %s/%s: %s", key[0], key[1], exc)
+        if self.sweeper is not None:  # starts a background sweep of the stores that are due; never waits for it
+            self.sweeper.offer([(item[1], item[2]) for item in due if item[2] is not None], set(snapshot.taskqueues))
         shortest = min(intervals, default=1)
         return TickResult(max(0.05, shortest - (self.clock() % shortest)), scaled)
 

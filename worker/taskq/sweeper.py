@@ -58,6 +58,7 @@ class SweepReport:
 
     republished: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    republished_by_queue: dict[str, int] = field(default_factory=dict)
 
 
 def publish_recorded(store: TaskStore, publisher: ConfirmingPublisher, entries: Sequence[Unpublished]) -> list[str]:
@@ -121,4 +122,9 @@ def sweep(
         raise
     if republished:
         log.warning("republished %d task(s) whose publish was never confirmed, e.g. %s", len(republished), republished[0])
-    return SweepReport(republished=republished, dropped=dropped)
+    sent = set(republished)
+    by_queue: dict[str, int] = {}
+    for entry in publish:
+        if entry.task_id in sent:
+            by_queue[entry.queue] = by_queue.get(entry.queue, 0) + 1
+    return SweepReport(republished=republished, dropped=dropped, republished_by_queue=by_queue)
