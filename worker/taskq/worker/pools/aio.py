@@ -14,6 +14,7 @@ bytecode; a blocking C call runs on until it returns; its result is discarded).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import contextvars
 import inspect
@@ -189,7 +190,8 @@ class AsyncioPool:
         if loop is not None and not loop.is_closed():
             try:
                 asyncio.run_coroutine_threadsafe(self._abandon_all(), loop).result(5.0)
-            except (RuntimeError, TimeoutError, asyncio.CancelledError):
+            except (RuntimeError, TimeoutError, asyncio.CancelledError, concurrent.futures.CancelledError):
+                # The loop ended (or cancelled the request) while stopping: nothing is left to abandon there.
                 log.warning("the asyncio pool's loop did not take the stop request")
         self._poke()
         if self._thread.is_alive():
