@@ -49,6 +49,7 @@ from taskq.sweeper import DEFAULT_GRACE_S, DEFAULT_LIMIT, SweepReport, sweep
 
 T = TypeVar("T")
 DEFAULT_BATCH = 500
+MARK_CHUNK = 2000  # confirmed publishes recorded per outbox delete during a long submit_many
 Progress = Callable[[int], None]
 
 
@@ -269,10 +270,14 @@ class Client:
         conflicts: dict[str, str] = {}
         stream = self._publisher.stream(on_confirmed=progress)
 
-        def settle() -> None:
-            confirmed = stream.take_confirmed()
-            if confirmed:
+        confirmed: builtins.list[str] = []
+
+        def settle(at_least: int = 1) -> None:
+            # Marks go in chunks: on FerretDB each one scans the outbox, so fewer, larger ones cost less.
+            confirmed.extend(stream.take_confirmed())
+            if len(confirmed) >= at_least:
                 self.store.mark_published(confirmed)
+                confirmed.clear()
 
         def record_and_publish(messages: builtins.list[TaskMessage]) -> int:
             for name in {m.queue for m in messages}:
@@ -285,7 +290,7 @@ class Client:
             # Same id, name and queue, never confirmed: send the body first recorded again.
             outgoing += [Outgoing(u.queue, u.body, u.task_id, u.priority) for u in recorded.republish]
             stream.add(outgoing)
-            settle()
+            settle(at_least=MARK_CHUNK)
             return len(recorded.known)
 
         def validated(chunk: builtins.list[Mapping[str, Any] | TaskMessage]) -> builtins.list[TaskMessage]:
