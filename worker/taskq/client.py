@@ -233,7 +233,7 @@ class Client:
         max_retries: int | None = None,
         timeout: float | None = None,
     ) -> str:
-        """Submit one task; returns its id. With a `task_id` that exists already, nothing is sent again."""
+        """Submit one task; returns its id. A `task_id` already published is not sent again (see the module)."""
         message = self.message(
             name, args, kwargs, queue=queue, priority=priority, task_id=task_id, max_retries=max_retries, timeout=timeout
         )

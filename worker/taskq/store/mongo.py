@@ -145,8 +145,9 @@ class TaskStore:
         The entry goes first so that no crash leaves a document without a record of its pending
         publish; `mark_published` deletes it after the broker's confirm. For an id whose document
         exists already: the same task (name and queue) with an entry left from an unconfirmed
-        publish is to be published again (with the body first recorded); the same task without one
-        was published and is only reported as known; another task under that id is a conflict.
+        publish and still `queued` is to be published again (with the body first recorded); the same
+        task without one, or in any later state, was delivered and is only reported as known; another
+        task under that id is a conflict.
         """
         if not messages:
             return Submission()
@@ -158,10 +159,11 @@ class TaskStore:
             repeated = [m for m in messages if m.id not in fresh]
             if not repeated:
                 return Submission(fresh=fresh)
-            stored = self._documents_by_id(self.tasks, [m.id for m in repeated], {"name": 1, "queue": 1})
+            stored = self._documents_by_id(self.tasks, [m.id for m in repeated], {"name": 1, "queue": 1, "state": 1})
             known: set[str] = set()
             conflicts: dict[str, str] = {}
             again: list[str] = []
+            delivered: list[str] = []
             for message in repeated:
                 document = stored.get(message.id)
                 reason = conflict_reason(document, message) if document is not None else None
@@ -169,9 +171,12 @@ class TaskStore:
                     conflicts[message.id] = reason
                 elif message.id in new_entries or document is None:
                     known.add(message.id)  # published before (its entry was gone), or purged meanwhile
+                elif document.get("state") != TaskState.QUEUED.value:
+                    known.add(message.id)  # unconfirmed, but a worker has it: the message did arrive
+                    delivered.append(message.id)
                 else:
                     again.append(message.id)
-            self._delete_outbox([task_id for task_id in [*known, *conflicts] if task_id in new_entries])
+            self._delete_outbox([task_id for task_id in [*known, *conflicts] if task_id in new_entries] + delivered)
             republish = [unpublished_from(e) for e in self._documents_by_id(self.outbox, again, None).values()]
         return Submission(fresh=fresh, republish=republish, known=known, conflicts=conflicts)
 
