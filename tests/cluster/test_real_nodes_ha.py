@@ -74,6 +74,7 @@ def release(cluster: Any, namespace: str, tmp_path_factory: pytest.TempPathFacto
     for pod in operator_pods(cluster, namespace):  # what each replica did, for the test report
         for previous in (True, False):
             text = logs(cluster, namespace, pod["metadata"]["name"], previous=previous)
+            (values_file.parent / f"{pod['metadata']['name']}{'-previous' if previous else ''}.log").write_text(text)
             if text:
                 tail = "\n".join([line for line in text.splitlines()
                                   if ("taskq_operator" in line or "peering" in line or "Error" in line)
@@ -87,6 +88,12 @@ def operator_pods(cluster: Any, namespace: str) -> list[dict[str, Any]]:
                               "-o", "json").stdout
     items: list[dict[str, Any]] = json.loads(listing)["items"]
     return items
+
+
+def worker_pods(cluster: Any, namespace: str) -> list[str]:
+    listing = cluster.kubectl("get", "pods", "-n", namespace, "-l", "app.kubernetes.io/instance=ha",
+                              "-o", "jsonpath={.items[*].metadata.name}").stdout
+    return listing.split()
 
 
 def logs(cluster: Any, namespace: str, pod: str, previous: bool = False) -> str:
@@ -181,6 +188,8 @@ def test_standby_operator_takes_over_when_the_active_one_is_killed(
     finally:
         task_store.close()
     wait_for(lambda: replicas(cluster, namespace, "ha-worker") == 0, 120, "the new leader to scale down to 0")
+    # Draining workers keep consuming until they exit; a burst sent before that would be theirs.
+    wait_for(lambda: not worker_pods(cluster, namespace), 90, "the scaled-down workers to exit", interval=1)
     with Client(settings) as client:
         client.submit_many([{"name": "noop"} for _ in range(60)])
     wait_for(lambda: replicas(cluster, namespace, "ha-worker") == 3, 60, "the new leader to scale up again")
