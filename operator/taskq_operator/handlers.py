@@ -58,6 +58,7 @@ class OperatorState:
     cache: WatchCache = field(default_factory=WatchCache)
     health: TickHealth = field(default_factory=TickHealth)
     running: Running | None = None
+    named_namespaces: bool = False  # watching listed namespaces (the chart's namespaced default), not all
 
 
 def state_of(memo: Any) -> OperatorState:
@@ -95,6 +96,9 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
     state = memo.get(MEMO_KEY)
     if not isinstance(state, OperatorState):  # not started through taskq_operator.main (e.g. `kopf run`)
         state = memo[MEMO_KEY] = OperatorState()
+    # Listed namespaces are exact names: no namespace scanning. Scanning lists every namespace first,
+    # which the namespaced RBAC forbids, and kopf falls back to the names only after ~55 s of retries.
+    settings.scanning.disabled = state.named_namespaces
     try:
         api = await asyncio.to_thread(load_api_client)
     except ClusterError as exc:

@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     start_metrics_server(args.metrics_port)
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
-    state = handlers.OperatorState(health=TickHealth(stall_after_s=args.tick_stall_seconds))
+    state = handlers.OperatorState(
+        health=TickHealth(stall_after_s=args.tick_stall_seconds), named_namespaces=bool(args.namespace)
+    )
     asyncio.run(
         kopf.operator(
             clusterwide=not args.namespace,
