@@ -228,18 +228,6 @@ class TaskStore:
         if ids:
             self.outbox.delete_many({"_id": {"$in": ids}})
 
-    def forget_unpublished(self, task_ids: Iterable[str]) -> int:
-        """Delete `queued` documents whose publish was not confirmed, so a retried submit sends them.
-
-        Only documents no worker has touched (`queued`, 0 attempts) go; returns how many.
-        """
-        ids = list(task_ids)
-        if not ids:
-            return 0
-        with self._translated("forgetting unpublished tasks"):
-            result = self.tasks.delete_many({"_id": {"$in": ids}, "state": TaskState.QUEUED.value, "attempts": 0})
-        return result.deleted_count
-
     def requeue_dead(self, task_id: str, now: datetime) -> bool:
         """Administrative reset of a `dead` task to `queued` before its message is republished.
 
