@@ -11,14 +11,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from pool_support import MODULES, attempt, collect, completions, started_pool
+
 import taskq
 from taskq.registry import task
-from taskq.worker.pools import Attempt, Completed, PoolEvent, Progress, Started, make_pool
+from taskq.worker.pools import PoolEvent, Progress, Started, make_pool
 from taskq.worker.pools.aio import AsyncioPool
 
-MODULES = ["taskq.examples"]
 _peak = {"now": 0, "max": 0}
 _peak_lock = threading.Lock()
+
+
+@contextmanager
+def asyncio_pool(size: int = 2, **options: Any) -> Iterator[tuple[AsyncioPool, queue.Queue[PoolEvent]]]:
+    with started_pool("asyncio", size, 2.0, **options) as (pool, events):
+        assert isinstance(pool, AsyncioPool)
+        yield pool, events
 
 
 @task(name="tests.aio.measured")
@@ -56,44 +64,6 @@ async def context_and_progress() -> dict[str, Any]:
     now = taskq.current()
     taskq.report_progress(1.0)
     return {"id": now.id, "attempt": now.attempt, "thread": seen_in_thread}
-
-
-def attempt(key: Any, name: str, *args: Any, timeout_s: float = 30.0, number: int = 1, **kwargs: Any) -> Attempt:
-    return Attempt(key, f"task-{key}", name, number, "q", list(args), kwargs, timeout_s)
-
-
-@contextmanager
-def asyncio_pool(size: int = 2, **options: Any) -> Iterator[tuple[AsyncioPool, queue.Queue[PoolEvent]]]:
-    events: queue.Queue[PoolEvent] = queue.Queue()
-    pool = make_pool("asyncio", size=size, events=events, task_modules=MODULES, **options)
-    assert isinstance(pool, AsyncioPool)
-    pool.start()
-    try:
-        yield pool, events
-    finally:
-        pool.stop(2.0)
-
-
-def collect(events: queue.Queue[PoolEvent], completed: int, timeout_s: float = 30.0) -> list[PoolEvent]:
-    seen: list[PoolEvent] = []
-    deadline = time.monotonic() + timeout_s
-    while sum(isinstance(event, Completed) for event in seen) < completed:
-        left = deadline - time.monotonic()
-        assert left > 0, f"only {sum(isinstance(e, Completed) for e in seen)} of {completed} attempts completed: {seen}"
-        try:
-            seen.append(events.get(timeout=left))
-        except queue.Empty:
-            continue
-    return seen
-
-
-def completions(seen: list[PoolEvent]) -> dict[Any, Completed]:
-    done: dict[Any, Completed] = {}
-    for event in seen:
-        if isinstance(event, Completed):
-            assert event.key not in done, f"two Completed events for {event.key!r}"
-            done[event.key] = event
-    return done
 
 
 def test_coroutines_and_sync_functions_give_results_and_errors() -> None:

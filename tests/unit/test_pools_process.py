@@ -18,45 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pool_support import MODULES, attempt, collect, completions, started_pool
 
-from taskq.worker.pools import Attempt, Completed, PoolEvent, Progress, Started, make_pool
+from taskq.worker.pools import Completed, PoolEvent, Progress, Started, make_pool
 from taskq.worker.pools.process import ChildStartFailed, ProcessPool
-
-MODULES = ["taskq.examples"]
-
-
-def attempt(key: Any, name: str, *args: Any, timeout_s: float = 30.0, number: int = 1, **kwargs: Any) -> Attempt:
-    return Attempt(key, f"task-{key}", name, number, "q", list(args), kwargs, timeout_s)
 
 
 @contextmanager
 def process_pool(size: int = 1, **options: Any) -> Iterator[tuple[ProcessPool, queue.Queue[PoolEvent]]]:
-    events: queue.Queue[PoolEvent] = queue.Queue()
-    pool = make_pool("process", size=size, events=events, task_modules=MODULES, **options)
-    assert isinstance(pool, ProcessPool)
-    pool.start()
-    try:
+    with started_pool("process", size, 5.0, **options) as (pool, events):
+        assert isinstance(pool, ProcessPool)
         yield pool, events
-    finally:
-        pool.stop(5.0)
-
-
-def collect(events: queue.Queue[PoolEvent], completed: int, timeout_s: float = 30.0) -> list[PoolEvent]:
-    """Every event until `completed` Completed events arrived (fails after `timeout_s`)."""
-    seen: list[PoolEvent] = []
-    deadline = time.monotonic() + timeout_s
-    while sum(isinstance(event, Completed) for event in seen) < completed:
-        left = deadline - time.monotonic()
-        assert left > 0, f"only {sum(isinstance(e, Completed) for e in seen)} of {completed} attempts completed: {seen}"
-        try:
-            seen.append(events.get(timeout=left))
-        except queue.Empty:
-            continue
-    return seen
-
-
-def completions(seen: list[PoolEvent]) -> dict[Any, Completed]:
-    return {event.key: event for event in seen if isinstance(event, Completed)}
 
 
 def wait_started(events: queue.Queue[PoolEvent], key: Any, timeout_s: float = 30.0) -> Started:

@@ -11,12 +11,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pool_support import MODULES, attempt, collect, completions, started_pool
+
 import taskq
 from taskq.registry import task
-from taskq.worker.pools import Attempt, Completed, PoolEvent, Progress, Started, make_pool
+from taskq.worker.pools import PoolEvent, Progress, Started, make_pool
 from taskq.worker.pools.thread import ThreadPool
 
-MODULES = ["taskq.examples"]
+
+@contextmanager
+def thread_pool(size: int = 1, **options: Any) -> Iterator[tuple[ThreadPool, queue.Queue[PoolEvent]]]:
+    with started_pool("thread", size, 2.0, **options) as (pool, events):
+        assert isinstance(pool, ThreadPool)
+        yield pool, events
 
 
 @task(name="tests.thread.spin")
@@ -27,44 +34,6 @@ def spin(seconds: float) -> int:
     while time.monotonic() < deadline:
         count += 1
     return count
-
-
-def attempt(key: Any, name: str, *args: Any, timeout_s: float = 30.0, number: int = 1, **kwargs: Any) -> Attempt:
-    return Attempt(key, f"task-{key}", name, number, "q", list(args), kwargs, timeout_s)
-
-
-@contextmanager
-def thread_pool(size: int = 1, **options: Any) -> Iterator[tuple[ThreadPool, queue.Queue[PoolEvent]]]:
-    events: queue.Queue[PoolEvent] = queue.Queue()
-    pool = make_pool("thread", size=size, events=events, task_modules=MODULES, **options)
-    assert isinstance(pool, ThreadPool)
-    pool.start()
-    try:
-        yield pool, events
-    finally:
-        pool.stop(2.0)
-
-
-def collect(events: queue.Queue[PoolEvent], completed: int, timeout_s: float = 30.0) -> list[PoolEvent]:
-    seen: list[PoolEvent] = []
-    deadline = time.monotonic() + timeout_s
-    while sum(isinstance(event, Completed) for event in seen) < completed:
-        left = deadline - time.monotonic()
-        assert left > 0, f"only {sum(isinstance(e, Completed) for e in seen)} of {completed} attempts completed: {seen}"
-        try:
-            seen.append(events.get(timeout=left))
-        except queue.Empty:
-            continue
-    return seen
-
-
-def completions(seen: list[PoolEvent]) -> dict[Any, Completed]:
-    done: dict[Any, Completed] = {}
-    for event in seen:
-        if isinstance(event, Completed):
-            assert event.key not in done, f"two Completed events for {event.key!r}"
-            done[event.key] = event
-    return done
 
 
 def test_results_errors_retry_rules_and_unstorable_results() -> None:
