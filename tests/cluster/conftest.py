@@ -6,7 +6,7 @@ scheduler, 3 kwok nodes), started once and torn down at the end even when tests 
 it. `bridge` (per test): a running `WorkerBridge`, stopped (children killed) after the test. Every test
 in this folder gets the `cluster` marker.
 
-`real_nodes` (session, opt-in with `TASKQ_REAL_NODES=1`): two real nodes (Docker containers running
+`real_nodes` (session; `TASKQ_REAL_NODES=0` skips its tests): two real nodes (Docker containers running
 containerd and a kubelet) joined to that cluster, revived after a test that killed or paused one;
 `pod_services`: the test services' URLs as pods on them see them.
 """
@@ -29,14 +29,15 @@ from taskq_dev.realnodes import RealNodes, cluster_key
 
 HERE = Path(__file__).parent
 REAL_NODE_COUNT = 2
-REAL_NODES_OPT_IN = "TASKQ_REAL_NODES"
+REAL_NODES_SWITCH = "TASKQ_REAL_NODES"
+"""`0` skips the real-node tests (they run by default, also in `make test`)."""
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         f"realnodes: runs pods on the harness's real nodes (Docker containers with containerd and a kubelet); "
-        f"opt in with {REAL_NODES_OPT_IN}=1",
+        f"{REAL_NODES_SWITCH}=0 skips them",
     )
 
 
@@ -87,8 +88,8 @@ def bridge(cluster: ClusterAccess, tmp_path: Path) -> Iterator[WorkerBridge]:
 def real_nodes(cluster: ClusterAccess) -> Iterator[RealNodes]:
     """Two real nodes (containerd + kubelet in Docker containers) joined to the session's cluster, with
     the current tree's `taskq:dev` image imported; removed at the end of the session."""
-    if os.environ.get(REAL_NODES_OPT_IN) != "1":
-        pytest.skip(f"real-node tests are opt-in: set {REAL_NODES_OPT_IN}=1")
+    if os.environ.get(REAL_NODES_SWITCH) == "0":
+        pytest.skip(f"real-node tests switched off ({REAL_NODES_SWITCH}=0)")
     if cluster.local is None or cluster.local.layout is None:
         pytest.skip("real nodes join the harness's own control plane (TASKQ_USE_EXISTING_CLUSTER is set)")
     docker.build_image()

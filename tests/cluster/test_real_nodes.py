@@ -2,8 +2,8 @@
 probes, scaling a burst up and back down, a node container killed with work in flight, and SIGTERM
 from the kubelet on scale-down.
 
-The real nodes are Docker containers running containerd and a kubelet (`real_nodes` fixture,
-opt-in with `TASKQ_REAL_NODES=1`); workers run `taskq:dev` built from this tree and reach RabbitMQ and
+The real nodes are Docker containers running containerd and a kubelet (`real_nodes` fixture;
+`TASKQ_REAL_NODES=0` skips them); workers run `taskq:dev` built from this tree and reach RabbitMQ and
 the store through the node network's gateway (`pod_services`). The operator runs as a local
 `taskq-operator` process. Pods land on real nodes only through the TaskQueue's nodeSelector and
 toleration; the kwok-based tests are unaffected.

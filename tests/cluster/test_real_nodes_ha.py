@@ -2,7 +2,7 @@
 between the replicas, SIGKILL of the active operator's process, the standby taking over (measured),
 scaling going on, and one actor at a time.
 
-Needs the `real_nodes` fixture (opt-in with `TASKQ_REAL_NODES=1`). The operator pods reach the API
+Needs the `real_nodes` fixture (`TASKQ_REAL_NODES=0` skips it). The operator pods reach the API
 server through the `kubernetes` Service address (each node DNATs it), RabbitMQ and the store through
 the node network's gateway (`pod_services`).
 """
