@@ -31,7 +31,7 @@ from taskq.context import SoftTimeLimitExceeded, TaskContext, TaskTimeout, runni
 from taskq.registry import TaskSpec, import_task_modules, lookup
 from taskq.worker.pools.base import Attempt, Completed, ErrorInfo, PoolEvent, Progress, Started
 from taskq.worker.pools.outcome import default_kill_grace_s, encode_result, error_info, lost_error, timeout_error
-from taskq.worker.pools.pending import PendingAttempts
+from taskq.worker.pools.pending import PendingAttempts, PendingIntake
 from taskq.worker.pools.thread import raise_in_thread
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ async def run_in_daemon_thread(function: Callable[..., Any], *args: Any, **kwarg
         raise
 
 
-class AsyncioPool:
+class AsyncioPool(PendingIntake):
     """See the module docstring. `submit`/`take_queued`/counters/`stop` may be called from any thread."""
 
     kind = "asyncio"
@@ -162,20 +162,12 @@ class AsyncioPool:
             raise RuntimeError("the asyncio pool's event loop did not start")
 
     def submit(self, attempt: Attempt) -> None:
-        if self._stopping.is_set():
-            raise RuntimeError("the pool is stopped")
-        self._pending.put(attempt)
-        self._poke()
-
-    def take_queued(self, predicate: Callable[[Attempt], bool] | None = None) -> list[Attempt]:
-        return self._pending.take(predicate)
+        super().submit(attempt)
+        self._poke()  # the loop waits on its own event, not on the pending queue
 
     def running(self) -> int:
         with self._lock:
             return len(self._runs)
-
-    def queued(self) -> int:
-        return len(self._pending)
 
     def stop(self, timeout_s: float) -> None:
         """No new starts; wait up to `timeout_s` for running attempts, then cancel them (Completed: WorkerLost)."""

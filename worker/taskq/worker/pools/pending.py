@@ -1,4 +1,4 @@
-"""The queue of submitted attempts not started yet, shared by the thread and process pools.
+"""The queue of submitted attempts not started yet, and the intake every pool builds on it.
 
 `put` never blocks; slot threads `get` with a timeout; the runtime takes attempts back with `take`
 (on shutdown or when a channel is lost) and they will then never start.
@@ -62,3 +62,24 @@ class PendingAttempts:
     def __len__(self) -> int:
         with self._ready:
             return len(self._items)
+
+
+class PendingIntake:
+    """The not-started side every pool shares: `submit`, `take_queued`, `queued` (mixed into each pool).
+
+    A pool sets `_pending` and `_stopping` in its constructor; `submit` after `stop` raises.
+    """
+
+    _pending: PendingAttempts
+    _stopping: threading.Event
+
+    def submit(self, attempt: Attempt) -> None:
+        if self._stopping.is_set():
+            raise RuntimeError("the pool is stopped")
+        self._pending.put(attempt)
+
+    def take_queued(self, predicate: Callable[[Attempt], bool] | None = None) -> list[Attempt]:
+        return self._pending.take(predicate)
+
+    def queued(self) -> int:
+        return len(self._pending)

@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
@@ -49,7 +49,7 @@ from taskq.worker.pools import child as child_main
 from taskq.worker.pools.base import Attempt, Completed, ErrorInfo, PoolEvent, Progress, Started
 from taskq.worker.pools.memory import rss_bytes
 from taskq.worker.pools.outcome import MESSAGE_MAX, default_kill_grace_s, lost_error, memory_error, timeout_error
-from taskq.worker.pools.pending import PendingAttempts
+from taskq.worker.pools.pending import PendingAttempts, PendingIntake
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class _Running:
     soft_at: float | None = None
 
 
-class ProcessPool:
+class ProcessPool(PendingIntake):
     """See the module docstring. Thread-safe: `submit`/`take_queued`/counters may be called from any thread."""
 
     kind = "process"
@@ -202,20 +202,9 @@ class ProcessPool:
         self.stop(0.0)
         raise failure
 
-    def submit(self, attempt: Attempt) -> None:
-        if self._stopping.is_set():
-            raise RuntimeError("the pool is stopped")
-        self._pending.put(attempt)
-
-    def take_queued(self, predicate: Callable[[Attempt], bool] | None = None) -> list[Attempt]:
-        return self._pending.take(predicate)
-
     def running(self) -> int:
         with self._lock:
             return len(self._running)
-
-    def queued(self) -> int:
-        return len(self._pending)
 
     def stop(self, timeout_s: float) -> None:
         if not self._started:

@@ -28,7 +28,7 @@ from taskq.context import SoftTimeLimitExceeded, TaskContext, TaskTimeout, runni
 from taskq.registry import TaskSpec, import_task_modules, lookup
 from taskq.worker.pools.base import Attempt, Completed, ErrorInfo, PoolEvent, Progress, Started
 from taskq.worker.pools.outcome import call_sync, default_kill_grace_s, encode_result, error_info, lost_error, timeout_error
-from taskq.worker.pools.pending import PendingAttempts
+from taskq.worker.pools.pending import PendingAttempts, PendingIntake
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class _Run:
     abandoned: bool = False
 
 
-class ThreadPool:
+class ThreadPool(PendingIntake):
     """See the module docstring. Thread-safe."""
 
     kind = "thread"
@@ -97,20 +97,9 @@ class ThreadPool:
             self._spawn()
         self._watchdog.start()
 
-    def submit(self, attempt: Attempt) -> None:
-        if self._stopping.is_set():
-            raise RuntimeError("the pool is stopped")
-        self._pending.put(attempt)
-
-    def take_queued(self, predicate: Callable[[Attempt], bool] | None = None) -> list[Attempt]:
-        return self._pending.take(predicate)
-
     def running(self) -> int:
         with self._lock:
             return len(self._runs)
-
-    def queued(self) -> int:
-        return len(self._pending)
 
     def stop(self, timeout_s: float) -> None:
         """No new starts; wait up to `timeout_s` for running attempts, then abandon them (Completed: WorkerLost)."""
