@@ -15,7 +15,7 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +28,7 @@ from taskq.settings import Settings
 from taskq.store.mongo import TaskStore
 from taskq_dev.operator_process import running_operator
 from taskq_dev.pod_services import PodServiceUrls
+from taskq_dev.ports import poll
 from taskq_dev.realnodes import REAL_NODE_SELECTOR, REAL_NODE_TOLERATION, RealNodes
 
 pytestmark = [pytest.mark.cluster, pytest.mark.services, pytest.mark.slow, pytest.mark.realnodes]
@@ -35,17 +36,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.services, pytest.mark.slow, pytes
 CRD = Path(__file__).resolve().parents[2] / "crds" / "taskqueue.yaml"
 NODE_LOSS_TOLERATION_S = 10
 T = TypeVar("T")
-
-
-def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.5) -> T:
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 # -- fixtures ---------------------------------------------------------------------------------
@@ -58,8 +48,13 @@ def namespace(cluster: Any, real_nodes: RealNodes) -> Iterator[str]:
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/taskqueues.taskq.io")
     name = f"tq-real-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", name)
-    cluster.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted",
-                    "pod-security.kubernetes.io/enforce-version=latest")
+    cluster.kubectl(
+        "label",
+        "namespace",
+        name,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/enforce-version=latest",
+    )
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
@@ -68,8 +63,9 @@ def namespace(cluster: Any, real_nodes: RealNodes) -> Iterator[str]:
 def operator(cluster: Any, namespace: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     log_path = tmp_path_factory.mktemp("operator") / "operator.log"
     try:
-        with running_operator(namespace, log_path, env={"KUBECONFIG": str(cluster.kubeconfig)},
-                              start_timeout=30, stop_timeout=15):
+        with running_operator(
+            namespace, log_path, env={"KUBECONFIG": str(cluster.kubeconfig)}, start_timeout=30, stop_timeout=15
+        ):
             yield log_path
     finally:
         sys.stderr.write(log_path.read_text(errors="replace")[-3000:])
@@ -78,10 +74,11 @@ def operator(cluster: Any, namespace: str, tmp_path_factory: pytest.TempPathFact
 @pytest.fixture(scope="module")
 def secrets(cluster: Any, namespace: str, pod_services: PodServiceUrls) -> tuple[str, str]:
     broker, store = "rabbit-pods", "mongo-pods"
-    for name, data in ((broker, {"amqp-url": pod_services.amqp_url, "management-url": pod_services.management_url}),
-                       (store, {"mongodb-uri": pod_services.mongodb_uri})):
-        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
-                  "stringData": data}
+    for name, data in (
+        (broker, {"amqp-url": pod_services.amqp_url, "management-url": pod_services.management_url}),
+        (store, {"mongodb-uri": pod_services.mongodb_uri}),
+    ):
+        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace}, "stringData": data}
         cluster.kubectl("apply", "-f", "-", input=json.dumps(secret))
     return broker, store
 
@@ -89,8 +86,15 @@ def secrets(cluster: Any, namespace: str, pod_services: PodServiceUrls) -> tuple
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def taskqueue(name: str, namespace: str, queue: str, secrets: tuple[str, str], database: str,
-              scaling: dict[str, Any], worker: dict[str, Any] | None = None) -> dict[str, Any]:
+def taskqueue(
+    name: str,
+    namespace: str,
+    queue: str,
+    secrets: tuple[str, str],
+    database: str,
+    scaling: dict[str, Any],
+    worker: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """A TaskQueue whose workers run on the real nodes only."""
     return {
         "apiVersion": "taskq.io/v1alpha1",
@@ -100,9 +104,15 @@ def taskqueue(name: str, namespace: str, queue: str, secrets: tuple[str, str], d
             "queue": queue,
             "broker": {"secretRef": {"name": secrets[0]}},
             "store": {"secretRef": {"name": secrets[1]}, "database": database},
-            "worker": {"image": "taskq:dev", "taskModules": ["taskq.examples"], "concurrency": 2,
-                       "nodeSelector": dict(REAL_NODE_SELECTOR), "tolerations": [dict(REAL_NODE_TOLERATION)],
-                       "terminationGracePeriodSeconds": 30, **(worker or {})},
+            "worker": {
+                "image": "taskq:dev",
+                "taskModules": ["taskq.examples"],
+                "concurrency": 2,
+                "nodeSelector": dict(REAL_NODE_SELECTOR),
+                "tolerations": [dict(REAL_NODE_TOLERATION)],
+                "terminationGracePeriodSeconds": 30,
+                **(worker or {}),
+            },
             "tasks": {"timeoutSeconds": 20},
             "scaling": {"pollIntervalSeconds": 1, **scaling},
         },
@@ -119,8 +129,7 @@ def replicas(cluster: Any, namespace: str, deployment: str) -> int | None:
 
 
 def pods(cluster: Any, namespace: str, instance: str) -> list[dict[str, Any]]:
-    listing = cluster.kubectl("get", "pods", "-n", namespace, "-l", f"app.kubernetes.io/instance={instance}",
-                              "-o", "json").stdout
+    listing = cluster.kubectl("get", "pods", "-n", namespace, "-l", f"app.kubernetes.io/instance={instance}", "-o", "json").stdout
     items: list[dict[str, Any]] = json.loads(listing)["items"]
     return items
 
@@ -134,8 +143,7 @@ def is_ready(pod: dict[str, Any]) -> bool:
 
 def ready_pods(cluster: Any, namespace: str, instance: str) -> dict[str, str]:
     """Ready, not terminating pods of the TaskQueue: name -> node."""
-    return {p["metadata"]["name"]: p["spec"].get("nodeName", "") for p in pods(cluster, namespace, instance)
-            if is_ready(p)}
+    return {p["metadata"]["name"]: p["spec"].get("nodeName", "") for p in pods(cluster, namespace, instance) if is_ready(p)}
 
 
 def at_least_ready(cluster: Any, namespace: str, instance: str, count: int, exactly: bool = False) -> dict[str, str] | None:
@@ -167,20 +175,32 @@ def client_settings(amqp_url: str, mongodb_uri: str, database: str, queue: str) 
 
 @pytest.mark.timeout(600)
 def test_workers_are_admitted_under_restricted_and_run_hardened(
-        cluster: Any, real_nodes: RealNodes, namespace: str, operator: Path, secrets: tuple[str, str],
-        amqp_url: str, mongodb_uri: str, database_name: str, queue_name: str) -> None:
+    cluster: Any,
+    real_nodes: RealNodes,
+    namespace: str,
+    operator: Path,
+    secrets: tuple[str, str],
+    amqp_url: str,
+    mongodb_uri: str,
+    database_name: str,
+    queue_name: str,
+) -> None:
     # Pod Security Admission really enforces here: a privileged pod is refused.
     privileged = {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "privileged", "namespace": namespace},
-        "spec": {"nodeSelector": dict(REAL_NODE_SELECTOR), "tolerations": [dict(REAL_NODE_TOLERATION)],
-                 "containers": [{"name": "c", "image": "taskq:dev", "securityContext": {"privileged": True}}]},
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "privileged", "namespace": namespace},
+        "spec": {
+            "nodeSelector": dict(REAL_NODE_SELECTOR),
+            "tolerations": [dict(REAL_NODE_TOLERATION)],
+            "containers": [{"name": "c", "image": "taskq:dev", "securityContext": {"privileged": True}}],
+        },
     }
     refused = cluster.kubectl("apply", "-f", "-", input=json.dumps(privileged), check=False)
     assert refused.returncode != 0 and "violates PodSecurity" in refused.stderr, refused.stderr
 
-    apply(cluster, taskqueue("hardened", namespace, queue_name, secrets, database_name,
-                             {"minReplicas": 1, "maxReplicas": 1}))
-    placed = wait_for(lambda: ready_pods(cluster, namespace, "hardened"), 120, "a Ready worker pod on a real node")
+    apply(cluster, taskqueue("hardened", namespace, queue_name, secrets, database_name, {"minReplicas": 1, "maxReplicas": 1}))
+    placed = poll(lambda: ready_pods(cluster, namespace, "hardened"), timeout=120, what="a Ready worker pod on a real node")
     pod, node = next(iter(placed.items()))
     assert node in real_nodes.names()
 
@@ -195,8 +215,12 @@ def test_workers_are_admitted_under_restricted_and_run_hardened(
         client.submit_many([{"name": "echo", "args": [i]} for i in range(20)])
     task_store = store_for(mongodb_uri, database_name)
     try:
-        wait_for(lambda: task_store.counts_by_state(queue_name).get("succeeded") == 20, 120,
-                 "the pod to run 20 echo tasks", interval=1)
+        poll(
+            lambda: task_store.counts_by_state(queue_name).get("succeeded") == 20,
+            timeout=120,
+            what="the pod to run 20 echo tasks",
+            interval=1,
+        )
         workers = {doc["worker"] for doc in task_store.list(queue=queue_name, limit=100)}
         assert workers == {pod}, workers
     finally:
@@ -206,49 +230,72 @@ def test_workers_are_admitted_under_restricted_and_run_hardened(
 
 @pytest.mark.timeout(900)
 def test_burst_scales_real_pods_up_drains_and_back_to_min(
-        cluster: Any, real_nodes: RealNodes, namespace: str, operator: Path, secrets: tuple[str, str],
-        amqp_url: str, mongodb_uri: str, database_name: str, queue_name: str) -> None:
-    scaling = {"minReplicas": 0, "maxReplicas": 4, "tasksPerReplica": 50,
-               "scaleDown": {"stabilizationWindowSeconds": 10}}
+    cluster: Any,
+    real_nodes: RealNodes,
+    namespace: str,
+    operator: Path,
+    secrets: tuple[str, str],
+    amqp_url: str,
+    mongodb_uri: str,
+    database_name: str,
+    queue_name: str,
+) -> None:
+    scaling = {"minReplicas": 0, "maxReplicas": 4, "tasksPerReplica": 50, "scaleDown": {"stabilizationWindowSeconds": 10}}
     apply(cluster, taskqueue("burst", namespace, queue_name, secrets, database_name, scaling))
-    wait_for(lambda: replicas(cluster, namespace, "burst-worker") == 0, 60, "the Deployment at 0 replicas")
+    poll(lambda: replicas(cluster, namespace, "burst-worker") == 0, timeout=60, what="the Deployment at 0 replicas")
 
     total = 400
     with Client(client_settings(amqp_url, mongodb_uri, database_name, queue_name)) as client:
         client.submit_many([{"name": "sleep", "kwargs": {"seconds": 0.1}} for _ in range(total)])
-    wait_for(lambda: replicas(cluster, namespace, "burst-worker") == 4, 30, "4 replicas for 400 tasks at 50 per replica")
-    ready = wait_for(lambda: at_least_ready(cluster, namespace, "burst", 2), 180,
-                     "worker pods Ready (readiness probe answered by each pod's /readyz)", interval=1)
+    poll(lambda: replicas(cluster, namespace, "burst-worker") == 4, timeout=30, what="4 replicas for 400 tasks at 50 per replica")
+    ready = poll(
+        lambda: at_least_ready(cluster, namespace, "burst", 2),
+        timeout=180,
+        what="worker pods Ready (readiness probe answered by each pod's /readyz)",
+        interval=1,
+    )
     assert set(ready.values()) <= set(real_nodes.names())
     # Readiness is the kubelet's probe result: each pod turned Ready after its container started.
     for pod in pods(cluster, namespace, "burst"):
         if pod["metadata"]["name"] in ready:
             started = parse_time(pod["status"]["containerStatuses"][0]["state"]["running"]["startedAt"])
-            ready_at = next(parse_time(c["lastTransitionTime"]) for c in pod["status"]["conditions"]
-                            if c["type"] == "Ready")
+            ready_at = next(parse_time(c["lastTransitionTime"]) for c in pod["status"]["conditions"] if c["type"] == "Ready")
             assert ready_at >= started
 
     task_store = store_for(mongodb_uri, database_name)
     try:
-        wait_for(lambda: task_store.counts_by_state(queue_name).get("succeeded") == total, 600,
-                 "the worker pods to finish all 400 tasks", interval=2)
+        poll(
+            lambda: task_store.counts_by_state(queue_name).get("succeeded") == total,
+            timeout=600,
+            what="the worker pods to finish all 400 tasks",
+            interval=2,
+        )
         counts = task_store.counts_by_state(queue_name)
         assert sum(counts.values()) == total, counts
     finally:
         task_store.close()
-    wait_for(lambda: replicas(cluster, namespace, "burst-worker") == 0, 90, "scale-down to 0 after the 10 s window")
-    wait_for(lambda: not pods(cluster, namespace, "burst"), 90, "the worker pods to terminate", interval=1)
+    poll(lambda: replicas(cluster, namespace, "burst-worker") == 0, timeout=90, what="scale-down to 0 after the 10 s window")
+    poll(lambda: not pods(cluster, namespace, "burst"), timeout=90, what="the worker pods to terminate", interval=1)
     cluster.kubectl("delete", "-n", namespace, "tq", "burst")
 
 
 @pytest.mark.timeout(900)
 def test_killed_node_container_reschedules_its_pods_and_loses_no_task(
-        cluster: Any, real_nodes: RealNodes, namespace: str, operator: Path, secrets: tuple[str, str],
-        amqp_url: str, mongodb_uri: str, database_name: str, queue_name: str) -> None:
+    cluster: Any,
+    real_nodes: RealNodes,
+    namespace: str,
+    operator: Path,
+    secrets: tuple[str, str],
+    amqp_url: str,
+    mongodb_uri: str,
+    database_name: str,
+    queue_name: str,
+) -> None:
     scaling = {"minReplicas": 2, "maxReplicas": 2, "scaleDown": {"stabilizationWindowSeconds": 0}}
     apply(cluster, taskqueue("sturdy", namespace, queue_name, secrets, database_name, scaling))
-    placement = wait_for(lambda: at_least_ready(cluster, namespace, "sturdy", 2, exactly=True), 180,
-                         "2 Ready worker pods")
+    placement = poll(
+        lambda: at_least_ready(cluster, namespace, "sturdy", 2, exactly=True), timeout=180, what="2 Ready worker pods"
+    )
     total = 80
     task_store = store_for(mongodb_uri, database_name)
     try:
@@ -261,19 +308,23 @@ def test_killed_node_container_reschedules_its_pods_and_loses_no_task(
             running = task_store.list(queue=queue_name, state=TaskState.RUNNING, limit=50)
             return any(doc.get("worker") in lost_pods for doc in running)
 
-        wait_for(running_on_victim, 120, f"tasks running on {victim}")
+        poll(running_on_victim, timeout=120, what=f"tasks running on {victim}")
         killed = time.monotonic()
         real_nodes.kill(victim)
 
-        wait_for(lambda: "node.kubernetes.io/unreachable" in node_taints(cluster, victim), 60,
-                 f"{victim} tainted unreachable", interval=0.5)
+        poll(
+            lambda: "node.kubernetes.io/unreachable" in node_taints(cluster, victim),
+            timeout=60,
+            what=f"{victim} tainted unreachable",
+            interval=0.5,
+        )
         tainted = time.monotonic()
 
         def replaced() -> dict[str, str] | None:
             now = ready_pods(cluster, namespace, "sturdy")
             return now if len(now) == 2 and not set(now) & lost_pods else None
 
-        wait_for(replaced, 120, f"the pods of {victim} Ready elsewhere", interval=0.5)
+        poll(replaced, timeout=120, what=f"the pods of {victim} Ready elsewhere", interval=0.5)
         rescheduled = time.monotonic()
         sys.stderr.write(
             f"\nnode loss: unreachable taint {tainted - killed:.1f} s after docker kill; replacement pods Ready "
@@ -282,8 +333,12 @@ def test_killed_node_container_reschedules_its_pods_and_loses_no_task(
         # Evicted at the end of the 10 s toleration; a few seconds more for scheduling, start and readiness.
         assert rescheduled - tainted <= NODE_LOSS_TOLERATION_S + 20
 
-        wait_for(lambda: task_store.counts_by_state(queue_name).get("succeeded") == total, 600,
-                 "every task to succeed after the node loss", interval=2)
+        poll(
+            lambda: task_store.counts_by_state(queue_name).get("succeeded") == total,
+            timeout=600,
+            what="every task to succeed after the node loss",
+            interval=2,
+        )
         counts = task_store.counts_by_state(queue_name)
         assert counts["succeeded"] == total and sum(counts.values()) == total, counts
     finally:
@@ -293,13 +348,21 @@ def test_killed_node_container_reschedules_its_pods_and_loses_no_task(
 
 @pytest.mark.timeout(900)
 def test_scale_down_sigterm_lets_running_tasks_finish_within_the_grace_period(
-        cluster: Any, real_nodes: RealNodes, namespace: str, operator: Path, secrets: tuple[str, str],
-        amqp_url: str, mongodb_uri: str, database_name: str, queue_name: str) -> None:
+    cluster: Any,
+    real_nodes: RealNodes,
+    namespace: str,
+    operator: Path,
+    secrets: tuple[str, str],
+    amqp_url: str,
+    mongodb_uri: str,
+    database_name: str,
+    queue_name: str,
+) -> None:
     scaling = {"minReplicas": 2, "maxReplicas": 2, "scaleDown": {"stabilizationWindowSeconds": 0}}
-    apply(cluster, taskqueue("graceful", namespace, queue_name, secrets, database_name, scaling,
-                             {"prefetch": 2}))
-    placement = wait_for(lambda: at_least_ready(cluster, namespace, "graceful", 2, exactly=True), 180,
-                         "2 Ready worker pods")
+    apply(cluster, taskqueue("graceful", namespace, queue_name, secrets, database_name, scaling, {"prefetch": 2}))
+    placement = poll(
+        lambda: at_least_ready(cluster, namespace, "graceful", 2, exactly=True), timeout=180, what="2 Ready worker pods"
+    )
     total = 8
     task_store = store_for(mongodb_uri, database_name)
     try:
@@ -311,20 +374,37 @@ def test_scale_down_sigterm_lets_running_tasks_finish_within_the_grace_period(
             per_pod = {pod: sum(1 for d in running if d.get("worker") == pod) for pod in placement}
             return per_pod if all(per_pod.values()) else None
 
-        wait_for(running_on_each, 120, "tasks running on both pods", interval=0.5)
+        poll(running_on_each, timeout=120, what="tasks running on both pods", interval=0.5)
         scaled_down = time.monotonic()
-        cluster.kubectl("patch", "-n", namespace, "tq", "graceful", "--type=merge",
-                        "-p", json.dumps({"spec": {"scaling": {"minReplicas": 1, "maxReplicas": 1}}}))
-        remaining = wait_for(lambda: at_least_ready(cluster, namespace, "graceful", 1, exactly=True), 60,
-                             "one pod left Ready")
+        cluster.kubectl(
+            "patch",
+            "-n",
+            namespace,
+            "tq",
+            "graceful",
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": {"scaling": {"minReplicas": 1, "maxReplicas": 1}}}),
+        )
+        remaining = poll(
+            lambda: at_least_ready(cluster, namespace, "graceful", 1, exactly=True), timeout=60, what="one pod left Ready"
+        )
         stopped = (set(placement) - set(remaining)).pop()
-        wait_for(lambda: stopped not in {p["metadata"]["name"] for p in pods(cluster, namespace, "graceful")}, 60,
-                 f"{stopped} to exit", interval=0.5)
+        poll(
+            lambda: stopped not in {p["metadata"]["name"] for p in pods(cluster, namespace, "graceful")},
+            timeout=60,
+            what=f"{stopped} to exit",
+            interval=0.5,
+        )
         exited = time.monotonic()
         assert exited - scaled_down < 30, "the stopped pod outlived its terminationGracePeriodSeconds"
 
-        wait_for(lambda: task_store.counts_by_state(queue_name).get("succeeded") == total, 300,
-                 "every task to succeed", interval=1)
+        poll(
+            lambda: task_store.counts_by_state(queue_name).get("succeeded") == total,
+            timeout=300,
+            what="every task to succeed",
+            interval=1,
+        )
         documents = task_store.list(queue=queue_name, limit=50)
         finished_by_stopped = [d for d in documents if d.get("worker") == stopped]
         assert finished_by_stopped, "the stopped pod finished none of its running tasks"

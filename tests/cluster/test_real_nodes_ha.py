@@ -14,7 +14,7 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +25,7 @@ from taskq.client import Client
 from taskq.settings import Settings
 from taskq.store.mongo import TaskStore
 from taskq_dev.pod_services import PodServiceUrls
+from taskq_dev.ports import poll
 from taskq_dev.realnodes import REAL_NODE_SELECTOR, REAL_NODE_TOLERATION, RealNodes
 
 pytestmark = [pytest.mark.cluster, pytest.mark.services, pytest.mark.slow, pytest.mark.realnodes]
@@ -34,18 +35,8 @@ TAKEOVER_TARGET_S = 15.0
 RESUMED = "Resuming operations after the pause"
 PAUSED = "Pausing operations in favour of"
 NAMESPACES_FALLBACK = "Not enough permissions to list namespaces"
+STARTED = "taskq operator started"
 T = TypeVar("T")
-
-
-def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.5) -> T:
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 @pytest.fixture(scope="module")
@@ -63,36 +54,44 @@ def release(cluster: Any, namespace: str, tmp_path_factory: pytest.TempPathFacto
     name = f"ha-{uuid.uuid4().hex[:6]}"
     values = {
         "image": {"repository": "taskq", "tag": "dev", "pullPolicy": "Never"},
-        "operator": {"replicas": 2, "watchNamespaces": [namespace], "nodeSelector": dict(REAL_NODE_SELECTOR),
-                     "tolerations": [dict(REAL_NODE_TOLERATION)]},
+        "operator": {
+            "replicas": 2,
+            "watchNamespaces": [namespace],
+            "nodeSelector": dict(REAL_NODE_SELECTOR),
+            "tolerations": [dict(REAL_NODE_TOLERATION)],
+        },
     }
     values_file = tmp_path_factory.mktemp("ha") / "values.yaml"
     values_file.write_text(yaml.safe_dump(values))
-    cluster.helm("install", name, str(CHART), "--namespace", namespace, "--wait", "--timeout", "180s",
-                 "-f", str(values_file))
+    cluster.helm("install", name, str(CHART), "--namespace", namespace, "--wait", "--timeout", "180s", "-f", str(values_file))
     yield name
     for pod in operator_pods(cluster, namespace):  # what each replica did, for the test report
         for previous in (True, False):
             text = logs(cluster, namespace, pod["metadata"]["name"], previous=previous)
             (values_file.parent / f"{pod['metadata']['name']}{'-previous' if previous else ''}.log").write_text(text)
             if text:
-                tail = "\n".join([line for line in text.splitlines()
-                                  if ("taskq_operator" in line or "peering" in line or "Error" in line)
-                                  and "namespaces is forbidden" not in line][-40:])
+                tail = "\n".join(
+                    [
+                        line
+                        for line in text.splitlines()
+                        if ("taskq_operator" in line or "peering" in line or "Error" in line)
+                        and "namespaces is forbidden" not in line
+                    ][-40:]
+                )
                 sys.stderr.write(f"\n--- {pod['metadata']['name']}{' (previous)' if previous else ''}:\n{tail}\n")
     cluster.helm("uninstall", name, "--namespace", namespace, "--wait", check=False)
 
 
 def operator_pods(cluster: Any, namespace: str) -> list[dict[str, Any]]:
-    listing = cluster.kubectl("get", "pods", "-n", namespace, "-l", "app.kubernetes.io/name=taskq-operator",
-                              "-o", "json").stdout
+    listing = cluster.kubectl("get", "pods", "-n", namespace, "-l", "app.kubernetes.io/name=taskq-operator", "-o", "json").stdout
     items: list[dict[str, Any]] = json.loads(listing)["items"]
     return items
 
 
 def worker_pods(cluster: Any, namespace: str) -> list[str]:
-    listing = cluster.kubectl("get", "pods", "-n", namespace, "-l", "app.kubernetes.io/instance=ha",
-                              "-o", "jsonpath={.items[*].metadata.name}").stdout
+    listing = cluster.kubectl(
+        "get", "pods", "-n", namespace, "-l", "app.kubernetes.io/instance=ha", "-o", "jsonpath={.items[*].metadata.name}"
+    ).stdout
     return listing.split()
 
 
@@ -114,8 +113,11 @@ def active_operator(cluster: Any, namespace: str) -> str | None:
     Replicas starting together may both resume for a moment, before each sees the other's record
     (kopf evaluates the peering object as soon as its first event arrives); then the younger pauses.
     """
-    leaders = [p["metadata"]["name"] for p in operator_pods(cluster, namespace)
-               if peering_state(logs(cluster, namespace, p["metadata"]["name"])) == "resumed"]
+    leaders = [
+        p["metadata"]["name"]
+        for p in operator_pods(cluster, namespace)
+        if peering_state(logs(cluster, namespace, p["metadata"]["name"])) == "resumed"
+    ]
     return leaders[0] if len(leaders) == 1 else None
 
 
@@ -130,41 +132,74 @@ def replicas(cluster: Any, namespace: str, deployment: str) -> int | None:
 
 @pytest.mark.timeout(900)
 def test_standby_operator_takes_over_when_the_active_one_is_killed(
-        cluster: Any, real_nodes: RealNodes, namespace: str, release: str, pod_services: PodServiceUrls,
-        amqp_url: str, mongodb_uri: str, database_name: str, queue_name: str) -> None:
+    cluster: Any,
+    real_nodes: RealNodes,
+    namespace: str,
+    release: str,
+    pod_services: PodServiceUrls,
+    amqp_url: str,
+    mongodb_uri: str,
+    database_name: str,
+    queue_name: str,
+) -> None:
     pods = operator_pods(cluster, namespace)
     assert len(pods) == 2 and all(p["spec"]["nodeName"] in real_nodes.names() for p in pods)
-    # kopf lists namespaces first; the chart's RBAC does not allow it, so each replica retries for
-    # ~40 s before it falls back to the namespaces it was given. Only then does it watch anything.
-    wait_for(lambda: all(NAMESPACES_FALLBACK in logs(cluster, namespace, p["metadata"]["name"]) for p in pods), 180,
-             "both replicas to finish kopf's namespace discovery", interval=2)
-    leader = wait_for(lambda: active_operator(cluster, namespace), 60, "one operator replica to lead")
+    # Both replicas are up, and neither spent its first minute retrying a namespace listing the
+    # chart's RBAC forbids (kopf's namespace scanning is off for listed namespaces).
+    poll(
+        lambda: all(STARTED in logs(cluster, namespace, p["metadata"]["name"]) for p in pods),
+        timeout=120,
+        what="both replicas to start",
+        interval=2,
+    )
+    assert not any(NAMESPACES_FALLBACK in logs(cluster, namespace, p["metadata"]["name"]) for p in pods)
+    leader = poll(lambda: active_operator(cluster, namespace), timeout=60, what="one operator replica to lead")
     standby = next(p["metadata"]["name"] for p in pods if p["metadata"]["name"] != leader)
 
-    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "conn", "namespace": namespace},
-              "stringData": {"amqp-url": pod_services.amqp_url, "management-url": pod_services.management_url,
-                             "mongodb-uri": pod_services.mongodb_uri}}
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "conn", "namespace": namespace},
+        "stringData": {
+            "amqp-url": pod_services.amqp_url,
+            "management-url": pod_services.management_url,
+            "mongodb-uri": pod_services.mongodb_uri,
+        },
+    }
     cluster.kubectl("apply", "-f", "-", input=json.dumps(secret))
     taskqueue = {
-        "apiVersion": "taskq.io/v1alpha1", "kind": "TaskQueue", "metadata": {"name": "ha", "namespace": namespace},
+        "apiVersion": "taskq.io/v1alpha1",
+        "kind": "TaskQueue",
+        "metadata": {"name": "ha", "namespace": namespace},
         "spec": {
-            "queue": queue_name, "broker": {"secretRef": {"name": "conn"}},
+            "queue": queue_name,
+            "broker": {"secretRef": {"name": "conn"}},
             "store": {"secretRef": {"name": "conn"}, "database": database_name},
-            "worker": {"image": "taskq:dev", "taskModules": ["taskq.examples"], "concurrency": 2,
-                       "nodeSelector": dict(REAL_NODE_SELECTOR), "tolerations": [dict(REAL_NODE_TOLERATION)],
-                       "terminationGracePeriodSeconds": 30},
+            "worker": {
+                "image": "taskq:dev",
+                "taskModules": ["taskq.examples"],
+                "concurrency": 2,
+                "nodeSelector": dict(REAL_NODE_SELECTOR),
+                "tolerations": [dict(REAL_NODE_TOLERATION)],
+                "terminationGracePeriodSeconds": 30,
+            },
             "tasks": {"timeoutSeconds": 20},
-            "scaling": {"minReplicas": 0, "maxReplicas": 3, "tasksPerReplica": 20, "pollIntervalSeconds": 1,
-                        "scaleDown": {"stabilizationWindowSeconds": 5}},
+            "scaling": {
+                "minReplicas": 0,
+                "maxReplicas": 3,
+                "tasksPerReplica": 20,
+                "pollIntervalSeconds": 1,
+                "scaleDown": {"stabilizationWindowSeconds": 5},
+            },
         },
     }
     cluster.kubectl("apply", "-f", "-", input=json.dumps(taskqueue))
-    wait_for(lambda: replicas(cluster, namespace, "ha-worker") == 0, 60, "the leader to create the Deployment")
+    poll(lambda: replicas(cluster, namespace, "ha-worker") == 0, timeout=60, what="the leader to create the Deployment")
 
     settings = Settings(amqp_url=amqp_url, mongodb_uri=mongodb_uri, database=database_name, queue=queue_name)
     with Client(settings) as client:
         client.submit_many([{"name": "sleep", "kwargs": {"seconds": 0.5}} for _ in range(40)])
-    wait_for(lambda: (replicas(cluster, namespace, "ha-worker") or 0) >= 2, 60, "the leader to scale up")
+    poll(lambda: (replicas(cluster, namespace, "ha-worker") or 0) >= 2, timeout=60, what="the leader to scale up")
     assert scaling_lines(logs(cluster, namespace, leader), "ha"), "the leader logged no scaling decision"
     assert not scaling_lines(logs(cluster, namespace, standby), "ha"), "the paused standby scaled too"
 
@@ -172,10 +207,13 @@ def test_standby_operator_takes_over_when_the_active_one_is_killed(
     leader_pod = next(p for p in operator_pods(cluster, namespace) if p["metadata"]["name"] == leader)
     container_id = leader_pod["status"]["containerStatuses"][0]["containerID"].split("://", 1)[1]
     killed = time.monotonic()
-    real_nodes.exec(leader_pod["spec"]["nodeName"], "ctr", "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL",
-                    container_id)
-    wait_for(lambda: peering_state(logs(cluster, namespace, standby)) == "resumed", 60, f"{standby} to take over",
-             interval=0.25)
+    real_nodes.exec(leader_pod["spec"]["nodeName"], "ctr", "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", container_id)
+    poll(
+        lambda: peering_state(logs(cluster, namespace, standby)) == "resumed",
+        timeout=60,
+        what=f"{standby} to take over",
+        interval=0.25,
+    )
     takeover = time.monotonic() - killed
     sys.stderr.write(f"\noperator HA: standby {standby} resumed {takeover:.1f} s after SIGKILL of {leader}\n")
     assert takeover <= TAKEOVER_TARGET_S
@@ -183,23 +221,36 @@ def test_standby_operator_takes_over_when_the_active_one_is_killed(
     # Scaling goes on under the new leader: the drained queue scales down, a new burst scales up.
     task_store = TaskStore(mongodb_uri, database_name)
     try:
-        wait_for(lambda: task_store.counts_by_state(queue_name).get("succeeded") == 40, 300,
-                 "the first 40 tasks to succeed", interval=1)
+        poll(
+            lambda: task_store.counts_by_state(queue_name).get("succeeded") == 40,
+            timeout=300,
+            what="the first 40 tasks to succeed",
+            interval=1,
+        )
     finally:
         task_store.close()
-    wait_for(lambda: replicas(cluster, namespace, "ha-worker") == 0, 120, "the new leader to scale down to 0")
+    poll(lambda: replicas(cluster, namespace, "ha-worker") == 0, timeout=120, what="the new leader to scale down to 0")
     # Draining workers keep consuming until they exit; a burst sent before that would be theirs.
-    wait_for(lambda: not worker_pods(cluster, namespace), 90, "the scaled-down workers to exit", interval=1)
+    poll(lambda: not worker_pods(cluster, namespace), timeout=90, what="the scaled-down workers to exit", interval=1)
     with Client(settings) as client:
         client.submit_many([{"name": "noop"} for _ in range(60)])
-    wait_for(lambda: replicas(cluster, namespace, "ha-worker") == 3, 60, "the new leader to scale up again")
+    poll(lambda: replicas(cluster, namespace, "ha-worker") == 3, timeout=60, what="the new leader to scale up again")
 
     # One actor at a time: the restarted old leader (a younger replica now) stays paused.
     restarted = logs(cluster, namespace, leader)
     assert peering_state(restarted) == "paused" and not scaling_lines(restarted, "ha"), restarted[-2000:]
     assert scaling_lines(logs(cluster, namespace, standby), "ha")
-    events = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json",
-                                        "--field-selector=involvedObject.kind=TaskQueue,involvedObject.name=ha").stdout)
+    events = json.loads(
+        cluster.kubectl(
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "-o",
+            "json",
+            "--field-selector=involvedObject.kind=TaskQueue,involvedObject.name=ha",
+        ).stdout
+    )
     reasons = [e["reason"] for e in sorted(events["items"], key=lambda e: e["metadata"]["creationTimestamp"])]
     assert "ScaleUp" in reasons and "ScaleDown" in reasons, reasons
     cluster.kubectl("delete", "-n", namespace, "tq", "ha")
