@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pika
@@ -97,7 +97,7 @@ def test_unacked_comes_from_fresh_heartbeats(amqp_url: str, rabbitmq: Any, mongo
         observers.broker(Target(queue_name, amqp_url, None, mongodb_uri, database_name)).declare(
             queue_name, max_priority=10, task_timeout_s=60)
         _publish(amqp_url, queue_name, 5)
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         store.heartbeat("pod-a", queue_name, inflight=7, processed=1, started_at=now, now=now)
         store.heartbeat("pod-b", queue_name, inflight=2, processed=1, started_at=now, now=now)
         target = Target(queue_name, amqp_url, rabbitmq.management_url, mongodb_uri, database_name)
