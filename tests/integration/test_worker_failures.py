@@ -7,25 +7,14 @@ import random
 from pathlib import Path
 
 import pytest
-from worker_procs import Services, drain_queue, publish_raw, workers
+from worker_procs import Services, dead_letters, publish_raw, workers
 
 from taskq.client import Client
-from taskq.core.topology import DEAD_REASON_HEADER, dead_queue
+from taskq.core.topology import DEAD_REASON_HEADER
 from taskq.store.mongo import TaskStore
 from taskq_dev.ports import poll
 
 pytestmark = [pytest.mark.services]
-
-
-def _dead_letters(svc: Services, expected: int, timeout: float = 60) -> list:
-    taken: list = []
-
-    def collect() -> bool:
-        taken.extend(drain_queue(svc.amqp_url, dead_queue(svc.queue)))
-        return len(taken) >= expected
-
-    poll(collect, timeout=timeout, interval=0.3, what=f"{expected} dead letters")
-    return taken
 
 
 def test_retry_backoff_then_dead(svc: Services, client: Client, store: TaskStore, tmp_path: Path) -> None:
@@ -44,7 +33,7 @@ def test_retry_backoff_then_dead(svc: Services, client: Client, store: TaskStore
     assert [e["attempt"] for e in retrying] == [1, 2]
     assert all(0 < e["delay_ms"] <= 1000 for e in retrying)
     assert len(dead_events) == 1
-    ((properties, body),) = _dead_letters(svc, 1)
+    ((properties, body),) = dead_letters(svc, 1)
     assert json.loads(body)["id"] == task_id
     assert "retries exhausted after attempt 3" in properties.headers[DEAD_REASON_HEADER]
 
@@ -111,7 +100,7 @@ def test_fuzzed_bodies_are_dead_lettered_with_reasons_and_the_worker_keeps_runni
     client.submit("echo", args=["warm-up"])  # declares the queue topology
     with workers(svc, tmp_path) as (worker,):
         publish_raw(svc.amqp_url, svc.queue, bodies)
-        letters = _dead_letters(svc, len(bodies), timeout=120)
+        letters = dead_letters(svc, len(bodies), timeout=120)
         assert worker.alive()
         after = client.submit("echo", args=["still alive"])
         poll(lambda: (store.get(after) or {}).get("state") == "succeeded", timeout=30, what="a valid task after the fuzz")

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from worker_procs import Services, WorkerProcess, count_in_state, drain_queue, publish_raw, workers
+from worker_procs import Services, WorkerProcess, count_in_state, dead_letters, publish_raw, workers
 
 from taskq.client import Client
 from taskq.core.states import TaskState
@@ -61,17 +61,6 @@ def _livez(port: int) -> int:
     return httpx.get(f"http://127.0.0.1:{port}/livez", timeout=5).status_code
 
 
-def _dead_letters(svc: Services, expected: int, timeout: float = 60) -> list:
-    taken: list = []
-
-    def collect() -> bool:
-        taken.extend(drain_queue(svc.amqp_url, dead_queue(svc.queue)))
-        return len(taken) >= expected
-
-    poll(collect, timeout=timeout, interval=0.3, what=f"{expected} dead letters")
-    return taken
-
-
 @pytest.mark.parametrize("pool", ["process", "thread"])
 def test_unstorable_results_and_a_deep_body_do_not_stall_the_worker(
     pool: str, svc: Services, client: Client, store: TaskStore, tmp_path: Path
@@ -88,7 +77,7 @@ def test_unstorable_results_and_a_deep_body_do_not_stall_the_worker(
         document = _document(store, task_id)
         assert document["error"]["type"] == "UnstorableResult", document["error"]
         assert document["result"] is None
-    ((properties, body),) = _dead_letters(svc, 1)
+    ((properties, body),) = dead_letters(svc, 1)
     assert body.startswith(b'{"a":{"a":')
     assert "nested deeper" in properties.headers[DEAD_REASON_HEADER]
 
@@ -245,7 +234,7 @@ def test_a_task_that_kills_its_whole_worker_is_dead_after_the_delivery_limit(
     assert document["state"] == "dead"
     assert document["error"]["type"] == "DeliveryLimit"
     assert len(exits) == 3 and set(exits) == {7}
-    ((properties, _),) = _dead_letters(svc, 1)
+    ((properties, _),) = dead_letters(svc, 1)
     assert properties.headers[DEAD_REASON_HEADER].startswith("delivery-limit: delivered 4 times (limit 3)")
 
 
@@ -296,7 +285,7 @@ def test_a_quorum_queue_runs_retries_and_dead_letters(
         url = f"{rabbitmq.management_base}/api/queues/{quote(rabbitmq.vhost, safe='')}/{quote(name, safe='')}"
         assert httpx.get(url, auth=rabbitmq.management_auth, timeout=5).json()["type"] == "quorum"
     assert _document(store, failing)["attempts"] == 2
-    ((properties, _),) = _dead_letters(svc, 1)
+    ((properties, _),) = dead_letters(svc, 1)
     assert "retries exhausted after attempt 2" in properties.headers[DEAD_REASON_HEADER]
 
 
@@ -325,7 +314,7 @@ def test_a_refused_retry_publish_counts_as_a_delivery_and_ends_dead_at_the_limit
         assert document["error"]["type"] == "DeliveryLimit"
         assert document["redeliveries"]["a1"] == 3
         assert len(refused) == 3  # one refused retry per delivery before the limit
-        ((properties, _),) = _dead_letters(svc, 1)
+        ((properties, _),) = dead_letters(svc, 1)
         assert properties.headers[DEAD_REASON_HEADER].startswith("delivery-limit")
     finally:
         httpx.delete(f"{api}/api/users/{user}", auth=auth, timeout=10)

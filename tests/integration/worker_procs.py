@@ -23,6 +23,7 @@ import pika
 
 from taskq.broker.connection import connect
 from taskq.core.states import TaskState
+from taskq.core.topology import dead_queue
 from taskq.store.mongo import TaskStore
 from taskq_dev.ports import poll
 
@@ -180,6 +181,18 @@ def drain_queue(amqp_url: str, queue: str, limit: int = 10_000) -> list[tuple[pi
         return taken
     finally:
         connection.close()
+
+
+def dead_letters(services: Services, expected: int, timeout: float = 60) -> list[tuple[pika.BasicProperties, bytes]]:
+    """Take messages from the test queue's dead-letter queue until `expected` arrived (bounded)."""
+    taken: list[tuple[pika.BasicProperties, bytes]] = []
+
+    def collect() -> bool:
+        taken.extend(drain_queue(services.amqp_url, dead_queue(services.queue)))
+        return len(taken) >= expected
+
+    poll(collect, timeout=timeout, interval=0.3, what=f"{expected} dead letters")
+    return taken
 
 
 def publish_raw(amqp_url: str, queue: str, bodies: list[bytes]) -> None:
