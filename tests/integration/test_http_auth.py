@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
+import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,20 +191,29 @@ def test_taskq_api_refuses_an_invalid_token_file(tmp_path: Path, content: str, m
 
 
 def test_disabled_auth_starts_with_a_warning_and_serves_without_tokens(amqp_url: str, mongodb_uri: str) -> None:
-    port = _free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("TASKQ_API_")}
     env = {**clean, "TASKQ_API_AUTH": "disabled", "TASKQ_AMQP_URL": amqp_url, "TASKQ_MONGODB_URI": mongodb_uri}
-    command = [sys.executable, "-m", "taskq.http.serve", "--host", "127.0.0.1", "--port", str(port)]
+    # Port 0: the server binds a free port itself and logs it (no race with another process for it).
+    command = [sys.executable, "-m", "taskq.http.serve", "--host", "127.0.0.1", "--port", "0"]
     with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) as server:
+        lines: list[str] = []
+        # A thread reads stderr line by line: select() on a buffered pipe misses lines already buffered.
+        reader = threading.Thread(target=lambda: lines.extend(iter(server.stderr.readline, "")), daemon=True)  # type: ignore[union-attr]
+        reader.start()
         try:
-            seen = ""
+            running = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+
+            def bound_port() -> int | None:
+                found = [m for line in list(lines) if (m := running.search(line))]
+                return int(found[0].group(1)) if found else None
+
             deadline = time.monotonic() + 90  # a cold start on a loaded 2-core machine imports slowly
-            while "Uvicorn running" not in seen and time.monotonic() < deadline and server.poll() is None:
-                ready, _, _ = select.select([server.stderr], [], [], 1.0)
-                if ready and server.stderr is not None:
-                    seen += server.stderr.readline()
+            while bound_port() is None and time.monotonic() < deadline and server.poll() is None:
+                time.sleep(0.1)
+            seen = "".join(lines)
+            port = bound_port()
+            assert port is not None, seen
             assert "authentication DISABLED" in seen and "WARNING" in seen, seen
-            assert "Uvicorn running" in seen, seen
             with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
                 sock.sendall(b"GET /v1/queues/never-declared-auth HTTP/1.0\r\nHost: x\r\n\r\n")
                 reply = sock.recv(4096).decode()
