@@ -18,6 +18,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from taskq.core.storable import safe_text
+
 PROGRESS_INTERVAL_S = 1.0
 PROGRESS_MESSAGE_MAX = 200
 
@@ -70,14 +72,6 @@ def current() -> TaskContext:
     if active is None or not active.open:
         raise RuntimeError("taskq.current() was called outside a running task")
     return active.context
-
-
-def safe_text(value: str, limit: int, *, keep: str = "head") -> str:
-    """`value` as storable text: lone surrogates escaped, at most `limit` characters (head or tail kept)."""
-    text = value.encode("utf-8", "backslashreplace").decode("utf-8")
-    if len(text) <= limit:
-        return text
-    return text[: limit - 1] + "…" if keep == "head" else "…" + text[-(limit - 1) :]
 
 
 def report_progress(fraction: float, message: str | None = None) -> bool:

@@ -19,14 +19,17 @@ INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 
 
-def safe_text(value: object, limit: int) -> str:
-    """`value` as storable text: its `str()` (or a fallback if that raises), lone surrogates replaced, capped."""
+def safe_text(value: object, limit: int, *, keep: str = "head") -> str:
+    """`value` as storable text: its `str()` (or a fallback if that raises), lone surrogates escaped, NUL
+    replaced, at most `limit` characters (the head kept, or the tail with `keep="tail"`, marked with `…`)."""
     try:
         text = value if isinstance(value, str) else str(value)
     except Exception:  # noqa: BLE001 - a task's exception may have a __str__ that raises anything
         text = f"<{type(value).__name__} whose str() failed>"
-    text = text.encode("utf-8", "replace").decode("utf-8")
-    return text.replace("\x00", "\ufffd")[:limit]
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\ufffd")
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…" if keep == "head" else "…" + text[-(limit - 1) :]
 
 
 def _text_problem(text: str) -> str | None:

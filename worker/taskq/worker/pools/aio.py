@@ -28,9 +28,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from taskq.context import SoftTimeLimitExceeded, TaskContext, TaskTimeout, running
+from taskq.core.limits import kill_grace_s
 from taskq.registry import TaskSpec, import_task_modules, lookup
 from taskq.worker.pools.base import Attempt, Completed, ErrorInfo, PoolEvent, Progress, Started
-from taskq.worker.pools.outcome import default_kill_grace_s, encode_result, error_info, lost_error, timeout_error
+from taskq.worker.pools.outcome import encode_result, error_info, lost_error, timeout_error
 from taskq.worker.pools.pending import PendingAttempts, PendingIntake
 from taskq.worker.pools.thread import raise_in_thread
 
@@ -241,7 +242,7 @@ class AsyncioPool(PendingIntake):
         return done
 
     def _grace(self, attempt: Attempt) -> float:
-        return self._kill_grace_s if self._kill_grace_s is not None else default_kill_grace_s(attempt.timeout_s)
+        return self._kill_grace_s if self._kill_grace_s is not None else kill_grace_s(attempt.timeout_s)
 
     async def _run(self, attempt: Attempt) -> None:
         started_at = datetime.now(UTC)

@@ -21,7 +21,8 @@ from multiprocessing.connection import Connection
 from types import FrameType
 from typing import Any
 
-from taskq.context import SoftTimeLimitExceeded, TaskContext, running, safe_text
+from taskq.context import SoftTimeLimitExceeded, TaskContext, running
+from taskq.core.storable import safe_text
 from taskq.registry import TaskSpec, import_task_modules, lookup
 from taskq.worker.pools.outcome import MESSAGE_MAX, call_sync, encode_result, error_info
 

@@ -14,17 +14,13 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from taskq.context import Reject, TaskTimeout, safe_text
+from taskq.context import Reject, TaskTimeout
+from taskq.core.storable import safe_text
 from taskq.registry import TaskSpec
 from taskq.worker.pools.base import ErrorInfo
 
 MESSAGE_MAX = 2000
 TRACEBACK_MAX = 4000
-
-
-def default_kill_grace_s(timeout_s: float) -> float:
-    """How long a task gets after its soft time limit before it is killed: min(10, max(1, 10 % of the timeout))."""
-    return min(10.0, max(1.0, 0.1 * timeout_s))
 
 
 def _describe(exc: BaseException) -> str:

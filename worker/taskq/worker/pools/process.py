@@ -44,11 +44,12 @@ from multiprocessing.process import BaseProcess
 from types import ModuleType
 from typing import Any
 
-from taskq.context import safe_text
+from taskq.core.limits import kill_grace_s
+from taskq.core.storable import safe_text
 from taskq.worker.pools import child as child_main
 from taskq.worker.pools.base import Attempt, Completed, ErrorInfo, PoolEvent, Progress, Started
 from taskq.worker.pools.memory import rss_bytes
-from taskq.worker.pools.outcome import MESSAGE_MAX, default_kill_grace_s, lost_error, memory_error, timeout_error
+from taskq.worker.pools.outcome import MESSAGE_MAX, lost_error, memory_error, timeout_error
 from taskq.worker.pools.pending import PendingAttempts, PendingIntake
 
 log = logging.getLogger(__name__)
@@ -371,7 +372,7 @@ class ProcessPool(PendingIntake):
         attempt = run.attempt
         sent = time.monotonic()
         deadline = sent + attempt.timeout_s
-        grace = self._kill_grace_s if self._kill_grace_s is not None else default_kill_grace_s(attempt.timeout_s)
+        grace = self._kill_grace_s if self._kill_grace_s is not None else kill_grace_s(attempt.timeout_s)
         limit = self._max_memory_mb * 2**20
         next_sample = sent + self._memory_sample_s
         while True:

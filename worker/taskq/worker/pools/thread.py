@@ -25,9 +25,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from taskq.context import SoftTimeLimitExceeded, TaskContext, TaskTimeout, running
+from taskq.core.limits import kill_grace_s
 from taskq.registry import TaskSpec, import_task_modules, lookup
 from taskq.worker.pools.base import Attempt, Completed, ErrorInfo, PoolEvent, Progress, Started
-from taskq.worker.pools.outcome import call_sync, default_kill_grace_s, encode_result, error_info, lost_error, timeout_error
+from taskq.worker.pools.outcome import call_sync, encode_result, error_info, lost_error, timeout_error
 from taskq.worker.pools.pending import PendingAttempts, PendingIntake
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ class ThreadPool(PendingIntake):
                 continue  # a time limit landing after its attempt was settled; nothing is left to do
 
     def _grace(self, attempt: Attempt) -> float:
-        return self._kill_grace_s if self._kill_grace_s is not None else default_kill_grace_s(attempt.timeout_s)
+        return self._kill_grace_s if self._kill_grace_s is not None else kill_grace_s(attempt.timeout_s)
 
     def _run(self, attempt: Attempt) -> bool:
         """Run one attempt in this thread; True when the thread was abandoned meanwhile."""
