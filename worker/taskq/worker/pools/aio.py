@@ -28,11 +28,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from taskq.context import SoftTimeLimitExceeded, TaskContext, TaskTimeout, running
-from taskq.core.limits import kill_grace_s
 from taskq.registry import TaskSpec, import_task_modules, lookup
 from taskq.worker.pools.base import Attempt, Completed, ErrorInfo, PoolEvent, Progress, Started
 from taskq.worker.pools.outcome import encode_result, error_info, lost_error, timeout_error
-from taskq.worker.pools.pending import PendingAttempts, PendingIntake
+from taskq.worker.pools.pending import PendingIntake
 from taskq.worker.pools.thread import raise_in_thread
 
 log = logging.getLogger(__name__)
@@ -133,23 +132,13 @@ class AsyncioPool(PendingIntake):
         task_modules: Sequence[str] = (),
         kill_grace_s: float | None = None,
     ) -> None:
-        if size < 1:
-            raise ValueError("a pool needs size >= 1")
-        self.size = size
-        self._events = events
-        self._task_modules = list(task_modules)
-        self._kill_grace_s = kill_grace_s
-        self._pending = PendingAttempts()
-        self._lock = threading.Lock()
+        self._init_intake(size, events, task_modules, kill_grace_s)
         self._idle = threading.Condition(self._lock)
         self._runs: dict[int, _Run] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._ready = threading.Event()
-        self._stopping = threading.Event()
-        self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._main, name="taskq-asyncio-pool", daemon=True)
-        self._started = False
 
     # -- Pool protocol ---------------------------------------------------------------------------
 
@@ -189,9 +178,6 @@ class AsyncioPool(PendingIntake):
         self._poke()
         if self._thread.is_alive():
             self._thread.join(5.0)
-
-    def failure(self) -> BaseException | None:
-        return self._failure
 
     # -- the loop thread ----------------------------------------------------------------------------
 
@@ -240,9 +226,6 @@ class AsyncioPool(PendingIntake):
             self._wake.set()
 
         return done
-
-    def _grace(self, attempt: Attempt) -> float:
-        return self._kill_grace_s if self._kill_grace_s is not None else kill_grace_s(attempt.timeout_s)
 
     async def _run(self, attempt: Attempt) -> None:
         started_at = datetime.now(UTC)

@@ -6,12 +6,14 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from taskq.worker.pools.base import Attempt
+from taskq.core.limits import kill_grace_s
+from taskq.worker.pools.base import Attempt, PoolEvent
 
 
 class PendingAttempts:
@@ -65,13 +67,26 @@ class PendingAttempts:
 
 
 class PendingIntake:
-    """The not-started side every pool shares: `submit`, `take_queued`, `queued` (mixed into each pool).
+    """What every pool shares (mixed into each): its settings, the not-started queue (`submit`,
+    `take_queued`, `queued`), the internal-failure slot and the kill grace of an attempt.
 
-    A pool sets `_pending` and `_stopping` in its constructor; `submit` after `stop` raises.
+    A pool calls `_init_intake` first in its constructor; `submit` after `stop` raises.
     """
 
-    _pending: PendingAttempts
-    _stopping: threading.Event
+    def _init_intake(
+        self, size: int, events: queue.Queue[PoolEvent], task_modules: Sequence[str], kill_grace: float | None
+    ) -> None:
+        if size < 1:
+            raise ValueError("a pool needs size >= 1")
+        self.size = size
+        self._events = events
+        self._task_modules = list(task_modules)
+        self._kill_grace_s = kill_grace
+        self._pending = PendingAttempts()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._failure: BaseException | None = None
+        self._started = False
 
     def submit(self, attempt: Attempt) -> None:
         if self._stopping.is_set():
@@ -83,3 +98,10 @@ class PendingIntake:
 
     def queued(self) -> int:
         return len(self._pending)
+
+    def failure(self) -> BaseException | None:
+        return self._failure
+
+    def _grace(self, attempt: Attempt) -> float:
+        """How long `attempt` gets after its time limit before it is killed or abandoned."""
+        return self._kill_grace_s if self._kill_grace_s is not None else kill_grace_s(attempt.timeout_s)

@@ -44,13 +44,12 @@ from multiprocessing.process import BaseProcess
 from types import ModuleType
 from typing import Any
 
-from taskq.core.limits import kill_grace_s
 from taskq.core.storable import safe_text
 from taskq.worker.pools import child as child_main
 from taskq.worker.pools.base import Attempt, Completed, ErrorInfo, PoolEvent, Progress, Started
 from taskq.worker.pools.memory import rss_bytes
 from taskq.worker.pools.outcome import MESSAGE_MAX, lost_error, memory_error, timeout_error
-from taskq.worker.pools.pending import PendingAttempts, PendingIntake
+from taskq.worker.pools.pending import PendingIntake
 
 log = logging.getLogger(__name__)
 
@@ -155,28 +154,18 @@ class ProcessPool(PendingIntake):
         kill_grace_s: float | None = None,
         memory_sample_s: float = MEMORY_SAMPLE_S,
     ) -> None:
-        if size < 1:
-            raise ValueError("a pool needs size >= 1")
-        self.size = size
-        self._events = events
-        self._task_modules = list(task_modules)
+        self._init_intake(size, events, task_modules, kill_grace_s)
         self._max_tasks = max(0, max_tasks_per_child)
         self._max_memory_mb = max(0, max_memory_per_child_mb)
-        self._kill_grace_s = kill_grace_s
         self._memory_sample_s = memory_sample_s
         self._context = multiprocessing.get_context("forkserver")
-        self._pending = PendingAttempts()
-        self._lock = threading.Lock()
         self._running: dict[int, _Running] = {}
         self._children: dict[int, _Child] = {}
-        self._stopping = threading.Event()
         self._kill_now = threading.Event()
-        self._failure: BaseException | None = None
         self._threads = [
             threading.Thread(target=self._slot_main, args=(slot,), name=f"taskq-pool-slot-{slot}", daemon=True)
             for slot in range(size)
         ]
-        self._started = False
 
     # -- Pool protocol ---------------------------------------------------------------------------
 
@@ -224,9 +213,6 @@ class ProcessPool(PendingIntake):
                 thread.join(REAP_WAIT_S)
         self._kill_all()
         _live_pools.discard(self)
-
-    def failure(self) -> BaseException | None:
-        return self._failure
 
     # -- introspection (metrics, tests) ----------------------------------------------------------
 
@@ -372,7 +358,7 @@ class ProcessPool(PendingIntake):
         attempt = run.attempt
         sent = time.monotonic()
         deadline = sent + attempt.timeout_s
-        grace = self._kill_grace_s if self._kill_grace_s is not None else kill_grace_s(attempt.timeout_s)
+        grace = self._grace(attempt)
         limit = self._max_memory_mb * 2**20
         next_sample = sent + self._memory_sample_s
         while True:

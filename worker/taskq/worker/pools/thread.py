@@ -25,11 +25,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from taskq.context import SoftTimeLimitExceeded, TaskContext, TaskTimeout, running
-from taskq.core.limits import kill_grace_s
 from taskq.registry import TaskSpec, import_task_modules, lookup
 from taskq.worker.pools.base import Attempt, Completed, ErrorInfo, PoolEvent, Progress, Started
 from taskq.worker.pools.outcome import call_sync, encode_result, error_info, lost_error, timeout_error
-from taskq.worker.pools.pending import PendingAttempts, PendingIntake
+from taskq.worker.pools.pending import PendingIntake
 
 log = logging.getLogger(__name__)
 
@@ -69,22 +68,12 @@ class ThreadPool(PendingIntake):
         task_modules: Sequence[str] = (),
         kill_grace_s: float | None = None,
     ) -> None:
-        if size < 1:
-            raise ValueError("a pool needs size >= 1")
-        self.size = size
-        self._events = events
-        self._task_modules = list(task_modules)
-        self._kill_grace_s = kill_grace_s
-        self._pending = PendingAttempts()
-        self._lock = threading.Lock()
+        self._init_intake(size, events, task_modules, kill_grace_s)
         self._idle = threading.Condition(self._lock)
         self._runs: dict[int, _Run] = {}
         self._threads: list[threading.Thread] = []
         self._spawned = 0
-        self._stopping = threading.Event()
-        self._failure: BaseException | None = None
         self._watchdog = threading.Thread(target=self._guard(self._watch), name="taskq-thread-pool-watchdog", daemon=True)
-        self._started = False
         self.abandoned_threads = 0
 
     # -- Pool protocol ---------------------------------------------------------------------------
@@ -125,9 +114,6 @@ class ThreadPool(PendingIntake):
             if thread.is_alive():
                 thread.join(0.5)
 
-    def failure(self) -> BaseException | None:
-        return self._failure
-
     # -- internals -------------------------------------------------------------------------------
 
     def _guard(self, target: Callable[[], None]) -> Callable[[], None]:
@@ -159,9 +145,6 @@ class ThreadPool(PendingIntake):
                     return  # abandoned after a timeout: a replacement thread serves now
             except TaskTimeout:
                 continue  # a time limit landing after its attempt was settled; nothing is left to do
-
-    def _grace(self, attempt: Attempt) -> float:
-        return self._kill_grace_s if self._kill_grace_s is not None else kill_grace_s(attempt.timeout_s)
 
     def _run(self, attempt: Attempt) -> bool:
         """Run one attempt in this thread; True when the thread was abandoned meanwhile."""
