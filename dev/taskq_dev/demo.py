@@ -224,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     report(summary, png)
     console.print(
         "\nEverything is still running. Try:\n"
+        f"  . {Path(sys.executable).parent / 'activate'}   # taskq and taskq-dev (installed by make) on PATH\n"
         f"  export KUBECONFIG={kubeconfig}\n"
         f"  {tools.kube_binary('kubectl')} get tq            # queue, backlog, replicas, min/max\n"
         f"  {tools.kube_binary('kubectl')} describe tq {TASKQUEUE}   # conditions and scaling events\n"
