@@ -442,3 +442,83 @@ class TaskStore:
         """Heartbeats newer than `since` of workers consuming `queues`."""
         with self._translated("reading heartbeats"):
             return list(self.workers.find({"queue": {"$in": list(queues)}, "heartbeat_at": {"$gte": since}}))
+
+    # -- dashboard reads and actions (taskq.http.dashboard) ---------------------------------------
+    # Each read is meant to be served by an index on MongoDB (named per method); FerretDB 1.x runs any
+    # filter other than `{_id: <string>}` as a scan of the collection, so there they scan regardless.
+
+    def ensure_dashboard_indexes(self) -> None:
+        """The index the dashboard's name filter needs, next to `ensure_indexes`' (idempotent)."""
+        with self._translated("creating dashboard indexes"):
+            self.tasks.create_index([("name", ASCENDING), ("state", ASCENDING), ("updated_at", DESCENDING)])
+
+    def queue_names(self, limit: int = 500) -> builtins.list[str]:
+        """Queues that have task documents, sorted (a distinct scan of the `queue, state, updated_at` index)."""
+        with self._translated("listing queues"):
+            names = self.tasks.distinct("queue")
+        return sorted(str(n) for n in names if isinstance(n, str))[: max(1, limit)]
+
+    def state_counts(self, queues: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Tasks per state of each queue: one count per (queue, state) on MongoDB, each a count over the
+        `queue, state, updated_at` index's keys; on FerretDB the one aggregation of
+        `counts_by_queue_and_state` (one scan instead of one per count)."""
+        if not queues:
+            return {}
+        if self.is_ferretdb():
+            return self.counts_by_queue_and_state(queues)
+        with self._translated("counting tasks"):
+            return {q: {s.value: self.tasks.count_documents({"queue": q, "state": s.value}) for s in TaskState} for q in queues}
+
+    def task_page(
+        self,
+        *,
+        queue: str | None = None,
+        state: TaskState | None = None,
+        name: str | None = None,
+        id_prefix: str | None = None,
+        skip: int = 0,
+        limit: int = 50,
+    ) -> builtins.list[dict[str, Any]]:
+        """One page of tasks, most recently updated first, without arguments, results or tracebacks.
+
+        Without a state every state is asked for (`$in`), so that MongoDB can merge the per-state
+        ranges of `queue, state, updated_at` (or `state, updated_at`, or `name, state, updated_at`)
+        in update order instead of sorting; an id prefix is a range of the `_id` index, its matches
+        sorted by update time.
+        """
+        query: dict[str, Any] = {"state": state.value if state else {"$in": [s.value for s in TaskState]}}
+        if queue:
+            query["queue"] = queue
+        if name:
+            query["name"] = name
+        if id_prefix:
+            query["_id"] = {"$gte": id_prefix, "$lt": id_prefix[:-1] + chr(ord(id_prefix[-1]) + 1)}
+        hidden = {"write_token": 0, "args": 0, "kwargs": 0, "result": 0, "error.traceback": 0, "redeliveries": 0}
+        with self._translated("listing tasks"):
+            cursor = self.tasks.find(query, hidden).sort("updated_at", DESCENDING)
+            return list(cursor.skip(max(0, skip)).limit(max(1, min(limit, 500))))
+
+    def heartbeats(self, limit: int = 1000) -> builtins.list[dict[str, Any]]:
+        """Every worker's last heartbeat, by worker id (the collection holds one document per worker)."""
+        with self._translated("reading heartbeats"):
+            return list(self.workers.find({}).sort("_id", ASCENDING).limit(max(1, limit)))
+
+    def retry_finished(self, message: TaskMessage, now: datetime) -> bool:
+        """Administrative retry of a `failed` or `dead` task as `message` (a first attempt again).
+
+        Like a submission, the outbox entry goes first; then the document is reset to `queued` (its
+        error and timestamps kept until the new attempt writes its own). The caller publishes
+        `message` and calls `mark_published`; an unconfirmed publish is left to the sweeper. False,
+        and no entry left, when the task is in neither state.
+        """
+        final = [TaskState.FAILED.value, TaskState.DEAD.value]
+        with self._translated("retrying a task"):
+            self.outbox.replace_one({"_id": message.id}, outbox_entry(message, now), upsert=True)
+            result = self.tasks.update_one(
+                {"_id": message.id, "state": {"$in": final}},
+                {"$set": {"state": TaskState.QUEUED.value, "updated_at": now, f"timestamps.{TaskState.QUEUED.value}": now}},
+            )
+            if result.modified_count != 1:
+                self._delete_outbox([message.id])
+                return False
+        return True
