@@ -1,5 +1,5 @@
 """Example tasks shipped with taskq: `sleep`, `echo`, `fail`, `cpu`, `noop`, `flaky`, and for the pools'
-fault tests `exit`, `allocate`, `ledger`, `progress`, `async_sleep`, `unstorable`, `reject`, `picky`,
+fault tests `exit`, `allocate`, `ledger`, `journal`, `progress`, `async_sleep`, `unstorable`, `reject`, `picky`,
 `stubborn`, `context`, `bad_exception`, `segfault`, `chatty`.
 
 Imported by a worker with `TASKQ_TASK_MODULES=taskq.examples`; used by the demo, the tests and the
@@ -12,6 +12,7 @@ import asyncio
 import os
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from taskq.context import Reject, SoftTimeLimitExceeded, current, report_progress
@@ -131,6 +132,42 @@ def ledger(path: str, seconds: float = 0.0) -> int:
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(f"{context.id} {context.attempt} {os.getpid()} {start:.6f} {end:.6f}\n")
     return os.getpid()
+
+
+EXECUTIONS_COLLECTION = "executions"
+
+
+@task(name="journal")
+def journal(seconds: float = 1.0) -> str:
+    """Sleep `seconds` (like `sleep`), then insert one record of this execution into the worker's own store.
+
+    The record goes to the collection `executions` of the store the worker uses (`TASKQ_MONGODB_URI`,
+    `TASKQ_DATABASE`): task id, attempt, worker id, pid, start and end (UTC). A ledger of executions
+    that ran to their end and outlives the worker pod, so a test can count executions across pods
+    (a paused node's worker finishing late). Returns the worker id.
+    """
+    import pymongo
+
+    from taskq.settings import Settings
+
+    context = current()
+    settings = Settings()
+    started = datetime.now(UTC)
+    sleep(seconds)
+    record = {
+        "task_id": context.id,
+        "attempt": context.attempt,
+        "worker": settings.worker_id,
+        "pid": os.getpid(),
+        "started": started,
+        "ended": datetime.now(UTC),
+    }
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(settings.mongodb_uri, serverSelectionTimeoutMS=10_000)
+    try:
+        client[settings.database][EXECUTIONS_COLLECTION].insert_one(record)
+    finally:
+        client.close()
+    return settings.worker_id
 
 
 @task(name="progress")
