@@ -404,17 +404,20 @@ class Client:
         name = queue or self.settings.queue
         return self._with_admin(lambda conn: admin.peek_dead(conn, name, limit))
 
-    def requeue_dead(self, queue: str | None = None, *, limit: int = 1000) -> RequeueReport:
+    def requeue_dead(self, queue: str | None = None, *, limit: int = 1000, ids: builtins.set[str] | None = None) -> RequeueReport:
         """Send dead letters back to their work queue as fresh first attempts; malformed ones stay.
 
         A task whose document is `dead` is reset to `queued` first (an explicit operator action, the
         only way out of a final state); a task that meanwhile finished otherwise is left dead-lettered.
+        With `ids`, only those tasks' letters are sent (among the first `limit`); the others stay.
         """
         name = queue or self.settings.queue
 
         def prepare(letter: DeadLetter) -> bytes | None:
             assert letter.message is not None
             task_id = letter.message.id
+            if ids is not None and task_id not in ids:
+                return None
             if not self.store.requeue_dead(task_id, utcnow()):
                 document = self.store.get(task_id)
                 if document is not None and document.get("state") != TaskState.QUEUED.value:
