@@ -174,11 +174,12 @@ def bridge_run(
 
 @tools_app.command("build")
 def tools_build() -> None:
-    """Resolve or build every harness tool (kube binaries, etcd, kwok, helm, FerretDB, the RabbitMQ 4.0 root)."""
+    """Resolve or build every harness tool (kube binaries, etcd, kwok, helm, FerretDB, toxiproxy, the RabbitMQ 4.0 root)."""
     started = time.monotonic()
     try:
         resolved = tools.all_cluster_tools()
         resolved["ferretdb"] = tools.ferretdb_binary()
+        resolved.update(tools.toxiproxy_binaries())
         resolved["rabbitmq-trixie"] = rootfs.ensure_root(rootfs.RABBITMQ_TRIXIE)
     except (gobuild.GoBuildError, rootfs.RootfsError) as exc:
         _fail(str(exc))

@@ -87,6 +87,33 @@ def ferretdb_binary() -> Path:
     return built
 
 
+# --- toxiproxy, the fault proxy of the chaos tests (used by taskq_dev.faultproxy) ---------------
+
+TOXIPROXY_MODULE = "github.com/Shopify/toxiproxy/v2"
+TOXIPROXY_BINARIES = {"toxiproxy-server": "server", "toxiproxy-cli": "cli"}
+"""Installed name -> the name `go build` gives the module's `cmd/<dir>` main."""
+
+
+def toxiproxy_binaries() -> dict[str, Path]:
+    """`toxiproxy-server` and `toxiproxy-cli` at the pinned version, built on first use (~1 min cold)."""
+    out_dir = paths.tool_dir("toxiproxy", versions.TOXIPROXY)
+    installed = {name: out_dir / name for name in TOXIPROXY_BINARIES}
+    if all(_binary_runs(path, "--version") for path in installed.values()):
+        return installed
+    tool = gobuild.GoTool(
+        module=TOXIPROXY_MODULE,
+        version=versions.TOXIPROXY,
+        packages=[f"{TOXIPROXY_MODULE}/cmd/{main}" for main in TOXIPROXY_BINARIES.values()],
+        ldflags=(f"-X {TOXIPROXY_MODULE}.Version={versions.TOXIPROXY}",),
+    )
+    built = gobuild.build(tool, out_dir / "build", list(TOXIPROXY_BINARIES.values()))
+    for name, main in TOXIPROXY_BINARIES.items():
+        shutil.copy2(built[main], installed[name])
+        if not _binary_runs(installed[name], "--version"):
+            raise gobuild.GoBuildError(f"the toxiproxy build at {installed[name]} does not start; delete it and retry")
+    return installed
+
+
 # --- Kubernetes control plane, etcd, kwok, helm (used by taskq_dev.cluster) ---------------------
 
 KUBERNETES_MODULE = "k8s.io/kubernetes"
