@@ -13,8 +13,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from taskq.core.limits import default_prefetch
-from taskq.core.message import MAX_TIMEOUT_S
+from taskq.core import limits
+from taskq.core.limits import MAX_TIMEOUT_S, default_prefetch
 from taskq.core.retry import RetryPolicy
 from taskq.errors import redact_url
 
@@ -31,23 +31,25 @@ class Settings(BaseSettings):
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
     mongodb_uri: str = "mongodb://127.0.0.1:27017/"
     database: str = "taskq"
-    queue: str = "default"
+    queue: str = Field(default="default", pattern=limits.QUEUE_NAME_PATTERN)
     task_modules: str = ""
     # None: `taskq.core.limits.default_prefetch(concurrency)` (one per slot plus a look-ahead of one per slot).
-    prefetch: int | None = Field(default=None, ge=1, le=10_000)
-    concurrency: int = Field(default=4, ge=1, le=1024)
+    prefetch: int | None = Field(default=None, ge=limits.PREFETCH.low, le=limits.PREFETCH.high)
+    concurrency: int = Field(default=limits.DEFAULT_CONCURRENCY, ge=limits.CONCURRENCY.low, le=limits.CONCURRENCY.high)
     pool: Literal["process", "thread", "asyncio"] = "process"
-    max_tasks_per_child: int = Field(default=0, ge=0)
-    max_memory_per_child_mb: int = Field(default=0, ge=0)
+    max_tasks_per_child: int = Field(default=0, ge=limits.MAX_TASKS_PER_CHILD.low, le=limits.MAX_TASKS_PER_CHILD.high)
+    max_memory_per_child_mb: int = Field(
+        default=0, ge=limits.MAX_MEMORY_PER_CHILD_MIB.low, le=limits.MAX_MEMORY_PER_CHILD_MIB.high
+    )
     # The worker's limits: the default for tasks that set nothing, and a cap on what they set.
-    max_retries: int = Field(default=3, ge=0, le=100)
+    max_retries: int = Field(default=3, ge=limits.MAX_RETRIES.low, le=limits.MAX_RETRIES.high)
     task_timeout: float = Field(default=300.0, gt=0, le=MAX_TIMEOUT_S)
-    max_deliveries: int = Field(default=5, ge=1, le=100)
+    max_deliveries: int = Field(default=5, ge=limits.MAX_DELIVERIES.low, le=limits.MAX_DELIVERIES.high)
     queue_type: Literal["classic", "quorum"] = "classic"
-    retry_initial: float = Field(default=1.0, gt=0)
-    retry_max: float = Field(default=300.0, gt=0)
-    retry_factor: float = Field(default=2.0, ge=1)
-    max_priority: int = Field(default=10, ge=0, le=255)
+    retry_initial: float = Field(default=1.0, gt=limits.RETRY_DELAY_S.low, le=limits.RETRY_DELAY_S.high)
+    retry_max: float = Field(default=300.0, gt=limits.RETRY_DELAY_S.low, le=limits.RETRY_DELAY_S.high)
+    retry_factor: float = Field(default=2.0, ge=limits.RETRY_FACTOR.low, le=limits.RETRY_FACTOR.high)
+    max_priority: int = Field(default=10, ge=limits.MAX_PRIORITY.low, le=limits.MAX_PRIORITY.high)
     grace_seconds: float = Field(default=30.0, ge=0)
     health_port: int = Field(default=8080, ge=0, le=65535)
     worker_id: str = Field(default_factory=_default_worker_id)

@@ -7,9 +7,14 @@ so that objects the API server never defaulted (unit tests, KMock) parse the sam
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from taskq.core import limits
+from taskq.core.limits import QUORUM_MAX_PRIORITY as QUORUM_MAX_PRIORITY
+from taskq.core.limits import IntRange
 
 GROUP = "taskq.io"
 VERSION = "v1alpha1"
@@ -18,8 +23,6 @@ KIND = "TaskQueue"
 
 POOLS = ("process", "thread", "asyncio")
 QUEUE_TYPES = ("classic", "quorum")
-QUORUM_MAX_PRIORITY = 10
-"""The only `maxPriority` a quorum queue accepts: the default (quorum queues ignore it: two fixed levels)."""
 
 
 class SpecError(ValueError):
@@ -109,22 +112,22 @@ def _section(parent: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any
     return value
 
 
-def _int(section: Mapping[str, Any], key: str, path: str, default: int, low: int, high: int) -> int:
+def _int(section: Mapping[str, Any], key: str, path: str, default: int, bounds: IntRange) -> int:
     value = section.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int):
         raise SpecError(f"{path}.{key} must be an integer, got {value!r}")
-    if not low <= value <= high:
-        raise SpecError(f"{path}.{key} must be between {low} and {high}, got {value}")
+    if value not in bounds:
+        raise SpecError(f"{path}.{key} must be between {bounds.low} and {bounds.high}, got {value}")
     return value
 
 
-def _number(section: Mapping[str, Any], key: str, path: str, default: float, low: float, *, above: bool = False) -> float:
-    """A number >= `low` (or > `low` when `above`)."""
+def _number(section: Mapping[str, Any], key: str, path: str, default: float, bounds: limits.NumberRange) -> float:
     value = section.get(key, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SpecError(f"{path}.{key} must be a number, got {value!r}")
-    if value < low or (above and value == low):
-        raise SpecError(f"{path}.{key} must be {'>' if above else '>='} {low}, got {value}")
+    if value not in bounds:
+        low = f"> {bounds.low}" if bounds.low_exclusive else f">= {bounds.low}"
+        raise SpecError(f"{path}.{key} must be {low} and <= {bounds.high}, got {value}")
     return float(value)
 
 
@@ -144,13 +147,15 @@ def _secret_name(spec: Mapping[str, Any], section: str) -> str:
     return name
 
 
-def _step_rules(scaling: Mapping[str, Any], key: str, default: StepRules) -> StepRules:
+def _step_rules(scaling: Mapping[str, Any], key: str, default: StepRules, percent: IntRange) -> StepRules:
     section = _section(scaling, key, "spec.scaling")
     path = f"spec.scaling.{key}"
     return StepRules(
-        stabilization_window_s=_int(section, "stabilizationWindowSeconds", path, default.stabilization_window_s, 0, 3600),
-        max_step_pods=_int(section, "maxStepPods", path, default.max_step_pods, 1, 1000),
-        max_step_percent=_int(section, "maxStepPercent", path, default.max_step_percent, 0, 1000),
+        stabilization_window_s=_int(
+            section, "stabilizationWindowSeconds", path, default.stabilization_window_s, limits.STABILIZATION_WINDOW_S
+        ),
+        max_step_pods=_int(section, "maxStepPods", path, default.max_step_pods, limits.MAX_STEP_PODS),
+        max_step_percent=_int(section, "maxStepPercent", path, default.max_step_percent, percent),
     )
 
 
@@ -158,30 +163,30 @@ def parse_scaling(spec: Mapping[str, Any]) -> ScalingSpec:
     scaling = _section(spec, "scaling", "spec")
     path = "spec.scaling"
     defaults = ScalingSpec()
-    minimum = _int(scaling, "minReplicas", path, defaults.min_replicas, 0, 1000)
-    maximum = _int(scaling, "maxReplicas", path, defaults.max_replicas, 1, 1000)
+    minimum = _int(scaling, "minReplicas", path, defaults.min_replicas, limits.MIN_REPLICAS)
+    maximum = _int(scaling, "maxReplicas", path, defaults.max_replicas, limits.MAX_REPLICAS)
     if minimum > maximum:
         raise SpecError("spec.scaling.minReplicas must be <= spec.scaling.maxReplicas")
     fallback = scaling.get("fallbackReplicas")
     if fallback is not None:
-        fallback = _int(scaling, "fallbackReplicas", path, 0, 0, maximum)
+        fallback = _int(scaling, "fallbackReplicas", path, 0, IntRange(limits.MIN_REPLICAS.low, maximum))
     manual = spec.get("replicas")
     if manual is not None:
-        manual = _int(spec, "replicas", "spec", 0, 0, 1000)
+        manual = _int(spec, "replicas", "spec", 0, limits.REPLICAS)
     paused = scaling.get("paused", False)
     if not isinstance(paused, bool):
         raise SpecError("spec.scaling.paused must be a boolean")
     return ScalingSpec(
         min_replicas=minimum,
         max_replicas=maximum,
-        tasks_per_replica=_int(scaling, "tasksPerReplica", path, defaults.tasks_per_replica, 1, 1_000_000),
-        activation_backlog=_int(scaling, "activationBacklog", path, defaults.activation_backlog, 0, 1_000_000),
-        poll_interval_s=_int(scaling, "pollIntervalSeconds", path, defaults.poll_interval_s, 1, 300),
+        tasks_per_replica=_int(scaling, "tasksPerReplica", path, defaults.tasks_per_replica, limits.TASKS_PER_REPLICA),
+        activation_backlog=_int(scaling, "activationBacklog", path, defaults.activation_backlog, limits.ACTIVATION_BACKLOG),
+        poll_interval_s=_int(scaling, "pollIntervalSeconds", path, defaults.poll_interval_s, limits.POLL_INTERVAL_S),
         fallback_replicas=fallback,
         paused=paused,
         manual_replicas=manual,
-        scale_up=_step_rules(scaling, "scaleUp", defaults.scale_up),
-        scale_down=_step_rules(scaling, "scaleDown", defaults.scale_down),
+        scale_up=_step_rules(scaling, "scaleUp", defaults.scale_up, limits.MAX_STEP_PERCENT_UP),
+        scale_down=_step_rules(scaling, "scaleDown", defaults.scale_down, limits.MAX_STEP_PERCENT_DOWN),
     )
 
 
@@ -191,19 +196,19 @@ def parse_tasks(spec: Mapping[str, Any]) -> TasksSpec:
     defaults = TasksSpec()
     path = "spec.tasks.retryBackoff"
     retry = RetryBackoff(
-        initial_s=_number(backoff, "initialSeconds", path, defaults.retry_backoff.initial_s, 0, above=True),
-        max_s=_number(backoff, "maxSeconds", path, defaults.retry_backoff.max_s, 0, above=True),
-        factor=_number(backoff, "factor", path, defaults.retry_backoff.factor, 1),
+        initial_s=_number(backoff, "initialSeconds", path, defaults.retry_backoff.initial_s, limits.RETRY_DELAY_S),
+        max_s=_number(backoff, "maxSeconds", path, defaults.retry_backoff.max_s, limits.RETRY_DELAY_S),
+        factor=_number(backoff, "factor", path, defaults.retry_backoff.factor, limits.RETRY_FACTOR),
     )
     if retry.initial_s > retry.max_s:
         raise SpecError("spec.tasks.retryBackoff.initialSeconds must be <= maxSeconds")
     parsed = TasksSpec(
-        max_retries=_int(tasks, "maxRetries", "spec.tasks", defaults.max_retries, 0, 100),
-        timeout_s=_int(tasks, "timeoutSeconds", "spec.tasks", defaults.timeout_s, 1, 86400),
-        max_priority=_int(tasks, "maxPriority", "spec.tasks", defaults.max_priority, 0, 255),
+        max_retries=_int(tasks, "maxRetries", "spec.tasks", defaults.max_retries, limits.MAX_RETRIES),
+        timeout_s=_int(tasks, "timeoutSeconds", "spec.tasks", defaults.timeout_s, limits.TASKQUEUE_TIMEOUT_S),
+        max_priority=_int(tasks, "maxPriority", "spec.tasks", defaults.max_priority, limits.MAX_PRIORITY),
         retry_backoff=retry,
         queue_type=_choice(tasks, "queueType", "spec.tasks", QUEUE_TYPES),
-        max_deliveries=_int(tasks, "maxDeliveries", "spec.tasks", defaults.max_deliveries, 1, 100),
+        max_deliveries=_int(tasks, "maxDeliveries", "spec.tasks", defaults.max_deliveries, limits.MAX_DELIVERIES),
     )
     if parsed.queue_type == "quorum" and parsed.max_priority != QUORUM_MAX_PRIORITY:
         raise SpecError(f"spec.tasks.maxPriority must stay at its default ({QUORUM_MAX_PRIORITY}) with queueType quorum")
@@ -215,6 +220,8 @@ def parse_worker(spec: Mapping[str, Any]) -> WorkerSpec:
     image = worker.get("image")
     if not isinstance(image, str) or not image:
         raise SpecError("spec.worker.image is required")
+    if len(image) > limits.IMAGE_MAX_LENGTH or re.fullmatch(limits.IMAGE_PATTERN, image) is None:
+        raise SpecError(f"spec.worker.image must be an image reference ([registry/]path[:tag][@digest]), got {image!r}")
     modules = worker.get("taskModules") or []
     if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
         raise SpecError("spec.worker.taskModules must be a list of module names")
@@ -223,16 +230,16 @@ def parse_worker(spec: Mapping[str, Any]) -> WorkerSpec:
     if not isinstance(env, list) or not isinstance(tolerations, list):
         raise SpecError("spec.worker.env and spec.worker.tolerations must be lists")
     path = "spec.worker"
-    concurrency = _int(worker, "concurrency", path, 4, 1, 1024)
-    prefetch = None if worker.get("prefetch") is None else _int(worker, "prefetch", path, 0, 1, 10_000)
+    concurrency = _int(worker, "concurrency", path, limits.DEFAULT_CONCURRENCY, limits.CONCURRENCY)
+    prefetch = None if worker.get("prefetch") is None else _int(worker, "prefetch", path, 0, limits.PREFETCH)
     if prefetch is not None and prefetch < concurrency:
         # The CRD rejects this for new and edited objects, but objects stored before the rule (with the
         # old default prefetch 64 and a larger concurrency) still reach the operator: run them, every
         # slot busy, instead of giving up on them.
         prefetch = concurrency
     pool = _choice(worker, "pool", path, POOLS)
-    max_tasks = _int(worker, "maxTasksPerChild", path, 0, 0, 1_000_000)
-    max_memory = _int(worker, "maxMemoryPerChildMiB", path, 0, 0, 1_048_576)
+    max_tasks = _int(worker, "maxTasksPerChild", path, 0, limits.MAX_TASKS_PER_CHILD)
+    max_memory = _int(worker, "maxMemoryPerChildMiB", path, 0, limits.MAX_MEMORY_PER_CHILD_MIB)
     for key, value in (("maxTasksPerChild", max_tasks), ("maxMemoryPerChildMiB", max_memory)):
         if value and pool != "process":
             raise SpecError(f"spec.worker.{key} applies to pool 'process' only, got pool {pool!r}")
@@ -244,7 +251,9 @@ def parse_worker(spec: Mapping[str, Any]) -> WorkerSpec:
         concurrency=concurrency,
         max_tasks_per_child=max_tasks,
         max_memory_per_child_mib=max_memory,
-        termination_grace_s=_int(worker, "terminationGracePeriodSeconds", path, 330, 1, 86400),
+        termination_grace_s=_int(
+            worker, "terminationGracePeriodSeconds", path, limits.DEFAULT_TERMINATION_GRACE_S, limits.TERMINATION_GRACE_S
+        ),
         resources=dict(_section(worker, "resources", "spec.worker")),
         env=tuple(env),
         node_selector={str(k): str(v) for k, v in _section(worker, "nodeSelector", "spec.worker").items()},
@@ -259,9 +268,16 @@ def parse_taskqueue(body: Mapping[str, Any]) -> TaskQueueSpec:
     name = meta.get("name")
     if not isinstance(name, str) or not name:
         raise SpecError("metadata.name is required")
+    if not limits.valid_taskqueue_name(name):
+        raise SpecError(
+            f"metadata.name must be a DNS-1123 label of at most {limits.TASKQUEUE_NAME_MAX_LENGTH} characters, got {name!r}"
+        )
     queue = spec.get("queue") or name
-    if not isinstance(queue, str) or queue.startswith("amq."):
-        raise SpecError("spec.queue must be a string not starting with 'amq.'")
+    if not isinstance(queue, str) or not limits.valid_queue_name(queue):
+        raise SpecError(
+            f"spec.queue must be 1-{limits.QUEUE_NAME_MAX_LENGTH} letters, digits, '_' or '-' "
+            f"(no '.', ':' or 'amq.'), got {queue!r}"
+        )
     store = _section(spec, "store", "spec")
     database = store.get("database") or "taskq"
     if not isinstance(database, str):

@@ -160,5 +160,5 @@ def test_spec_change_changes_the_pod_template() -> None:
 
 
 def test_queue_label_is_a_valid_label_value() -> None:
-    labels = _build(queue="orders:eu")["spec"]["template"]["metadata"]["labels"]
-    assert labels["taskq.io/queue"] == "orders_eu"
+    labels = _build(queue="orders-" + "x" * 150)["spec"]["template"]["metadata"]["labels"]
+    assert labels["taskq.io/queue"] == ("orders-" + "x" * 150)[:63]

@@ -14,12 +14,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from taskq.core.limits import MAX_PRIORITY, MAX_RETRIES
+from taskq.core.limits import MAX_TIMEOUT_S as MAX_TIMEOUT_S
+from taskq.core.limits import QUEUE_NAME_PATTERN as QUEUE_NAME_PATTERN
+
 TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
 TASK_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$"
-QUEUE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,199}$"
-MAX_PRIORITY_LIMIT = 255
-MAX_RETRIES_LIMIT = 100
-MAX_TIMEOUT_S = 7 * 24 * 3600.0
+# Queue names and caps come from the one table of limits (shared with the CRD and the worker's settings).
+MAX_PRIORITY_LIMIT = MAX_PRIORITY.high
+MAX_RETRIES_LIMIT = MAX_RETRIES.high
 
 
 class MalformedMessage(ValueError):
