@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the Debian packages the tooling runs (RabbitMQ, Docker, debootstrap, iproute2, and python3-venv
+# Install the Debian packages the tooling runs (RabbitMQ, Docker, debootstrap, iproute2, chromium, and python3-venv
 # when $PYTHON3 cannot make the project virtualenv) when they are missing, and check for Go (needed
 # once, to build the harness tools). Used by `make demo`, `make test` and `.ci/run`; does nothing
 # when everything is there.
@@ -10,6 +10,7 @@ need=()
 [ -x /usr/sbin/dockerd ] || need+=(docker.io)
 [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
 command -v ip >/dev/null || need+=(iproute2)
+[ -x /usr/bin/chromium ] || need+=(chromium)  # the dashboard tests drive it with Playwright (no browser download)
 # The project virtualenv (.venv, made by the Makefile) needs venv with ensurepip: Debian's own python3
 # has it only with python3-venv, a pyenv or python.org build always. Checked by making a throwaway one.
 PYTHON3="${PYTHON3:-python3}"

@@ -31,6 +31,7 @@ from taskq.errors import (
     TaskqError,
 )
 from taskq.http.auth import DISABLED, READ, SUBMIT, Auth, TokenSet, requires
+from taskq.http.dashboard import dashboard_router
 from taskq.http.models import (
     BatchSubmission,
     BatchSubmitted,
@@ -277,5 +278,6 @@ def create_app(
         taskq.ping()
         return Health(status="ready")
 
+    app.include_router(dashboard_router(taskq, auth))  # the browser dashboard at `/` (taskq.http.dashboard)
     app.add_middleware(BodyLimit, limit=max_body_bytes)
     return app

@@ -1,0 +1,285 @@
+"""The dashboard end to end: a real `taskq-api` and `taskq-worker` on the test RabbitMQ and store, driven
+by headless Chromium through Playwright as a person would use it: log in, open every page, filter
+tasks, open a task, retry a failed one, requeue a dead one, watch a count change live after
+submitting tasks, purge the queue. Screenshots go to tests/artifacts/dashboard/ (git-ignored).
+Skips only when Debian's `chromium` is not installed (dev/system-deps.sh installs it)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
+from worker_procs import Services, workers
+
+from taskq.client import Client
+from taskq.core.states import TaskState
+from taskq.store.mongo import TaskStore
+from taskq_dev.ports import poll
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+
+CHROMIUM = Path(os.environ.get("TASKQ_TEST_CHROMIUM", "/usr/bin/chromium"))
+# Without the background-networking flags Chromium keeps trying hosts this machine cannot reach.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+FULL = "dash-full-0123456789abcdef0123"
+READ_ONLY = "dash-read-0123456789abcdef0123"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "dashboard"
+WAIT_MS = 30_000
+
+if not CHROMIUM.exists():
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+
+
+@dataclass
+class Api:
+    base: str
+    process: subprocess.Popen[str]
+    log: list[str]
+
+
+def _start_api(svc: Services, tokens: Path) -> Api:
+    env = {k: v for k, v in svc.env().items() if not k.startswith("TASKQ_API_")}
+    env["TASKQ_API_TOKENS_FILE"] = str(tokens)
+    command = [sys.executable, "-m", "taskq.http.serve", "--host", "127.0.0.1", "--port", "0"]
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    lines: list[str] = []
+    # A thread reads stderr line by line (select() on a buffered pipe misses lines already buffered).
+    threading.Thread(target=lambda: lines.extend(iter(process.stderr.readline, "")), daemon=True).start()  # type: ignore[union-attr]
+    running = re.compile(r"Uvicorn running on http://127\.0\.0\.1:(\d+)")
+
+    def port() -> int | None:
+        if process.poll() is not None:
+            raise AssertionError("taskq-api exited:\n" + "".join(lines))
+        found = [m for line in list(lines) if (m := running.search(line))]
+        return int(found[0].group(1)) if found else None
+
+    bound = poll(port, timeout=90, interval=0.1, what="taskq-api to listen")
+    return Api(f"http://127.0.0.1:{bound}", process, lines)
+
+
+@pytest.fixture
+def api(svc: Services, tmp_path: Path) -> Iterator[Api]:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"submit,read {FULL}\nread {READ_ONLY}\n")
+    server = _start_api(svc, tokens)
+    try:
+        yield server
+    finally:
+        server.process.terminate()
+        try:
+            server.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait(timeout=10)
+        (tmp_path / "api.log").write_text("".join(server.log))
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def _shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS.parent / ".gitignore").write_text("*\n")
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _login(page: Page, base: str, token: str, path: str = "/") -> None:
+    page.goto(base + path)
+    expect(page).to_have_url(re.compile(r"/ui/login\?next="))
+    page.fill("#token", token)
+    page.click("button[type=submit]")
+    page.wait_for_url(re.compile(re.escape(base + path) + r"$"))
+
+
+def _wait_state(store: TaskStore, task_id: str, state: TaskState, after: Any = None) -> dict[str, Any]:
+    """The task's document once it is in `state` (and, with `after`, entered it later than `after`)."""
+
+    def reached() -> dict[str, Any] | None:
+        doc = store.get(task_id)
+        if doc is None or doc["state"] != state.value:
+            return None
+        if after is not None and not doc["timestamps"][state.value] > after:
+            return None
+        return doc
+
+    return poll(reached, timeout=60, interval=0.2, what=f"{task_id} {state.value}")
+
+
+def _http(api: Api, token: str | None = None) -> httpx.Client:
+    cookies = {"taskq_session": token} if token else None
+    return httpx.Client(base_url=api.base, cookies=cookies, timeout=10, follow_redirects=False)
+
+
+def _accepting(page: Page, seen: list[str]) -> None:
+    def accept(dialog: Dialog) -> None:
+        seen.append(dialog.message)
+        dialog.accept()
+
+    page.on("dialog", accept)
+
+
+def test_dashboard_in_chromium(
+    svc: Services, client: Client, store: TaskStore, api: Api, browser: Browser, tmp_path: Path
+) -> None:
+    with workers(svc, tmp_path, count=1) as started:
+        echo_ids = [client.submit("echo", args=[i], kwargs={"who": f"user-{i}"}, task_id=f"echo-{i}") for i in range(3)]
+        failed_id = client.submit("reject", kwargs={"message": "bad input on purpose"}, task_id="reject-1")
+        dead_id = client.submit("fail", kwargs={"message": "always fails"}, task_id="fail-1", max_retries=0)
+        for task_id in echo_ids:
+            _wait_state(store, task_id, TaskState.SUCCEEDED)
+        failed = _wait_state(store, failed_id, TaskState.FAILED)
+        dead = _wait_state(store, dead_id, TaskState.DEAD)
+        poll(lambda: client.queue_info(svc.queue).dead == 1, timeout=30, what="the dead letter")
+
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        dialogs: list[str] = []
+        _accepting(page, dialogs)
+
+        # Login: a wrong token is refused, the right one lands on the queues page with an HttpOnly, strict cookie.
+        page.goto(api.base + "/")
+        expect(page).to_have_url(re.compile(r"/ui/login"))
+        page.fill("#token", "not-a-token-0123456789")
+        page.click("button[type=submit]")
+        expect(page.locator("[role=alert]")).to_have_text("Not a valid token.")
+        _shot(page, "01-login")
+        page.fill("#token", FULL)
+        page.click("button[type=submit]")
+        page.wait_for_url(api.base + "/")
+        cookie = next(c for c in page.context.cookies() if c["name"] == "taskq_session")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+
+        # Queues: counts by state, dead letters, consumers.
+        row = page.locator(f"tr[data-queue='{svc.queue}']")
+        expect(row.locator("[data-state=succeeded]")).to_have_text("3")
+        expect(row.locator("[data-state=failed]")).to_have_text("1")
+        expect(row.locator("[data-state=dead]")).to_have_text("1")
+        expect(row.locator("[data-field=dead]")).to_have_text("1")
+        expect(row.locator("[data-field=consumers]")).to_have_text("1")
+        _shot(page, "02-queues")
+
+        # Workers: the one worker, live.
+        page.click("nav >> text=Workers")
+        worker_id = started[0].env["TASKQ_WORKER_ID"]
+        expect(page.locator(f"tr[data-worker='{worker_id}']")).to_have_class("live")
+        _shot(page, "03-workers")
+
+        # Tasks: every task, then filtered by state, name, id prefix and queue.
+        page.click("nav >> text=Tasks")
+        expect(page.locator("#tasks tbody tr[data-task]")).to_have_count(5)
+        page.select_option("select[name=state]", "failed")
+        page.click("#filters button[type=submit]")
+        expect(page.locator("#tasks tbody tr[data-task]")).to_have_count(1)
+        expect(page.locator(f"tr[data-task='{failed_id}']")).to_be_visible()
+        page.select_option("select[name=state]", "")
+        page.fill("input[name=name]", "echo")
+        page.click("#filters button[type=submit]")
+        expect(page.locator("#tasks tbody tr[data-task]")).to_have_count(3)
+        page.fill("input[name=name]", "")
+        page.fill("input[name=id]", "echo-1")
+        page.select_option("select[name=queue]", svc.queue)
+        page.click("#filters button[type=submit]")
+        expect(page.locator("#tasks tbody tr[data-task]")).to_have_count(1)
+        page.goto(f"{api.base}/ui/tasks?queue={svc.queue}")
+        _shot(page, "04-tasks")
+
+        # One task: arguments, result, timeline.
+        page.click(f"tr[data-task='{echo_ids[2]}'] a")
+        expect(page.locator("#state")).to_have_text("succeeded")
+        expect(page.locator("#args")).to_contain_text('"who": "user-2"')
+        expect(page.locator("#result")).to_be_visible()
+        expect(page.locator("#timeline li")).to_have_count(3)
+        expect(page.locator("#retry")).to_be_disabled()
+
+        # The failed task: its error with traceback; retry it (confirmed), it runs again and fails again.
+        page.goto(f"{api.base}/ui/tasks/{failed_id}")
+        expect(page.locator("#error")).to_contain_text("bad input on purpose")
+        expect(page.locator("#traceback")).to_contain_text("Traceback")
+        _shot(page, "05-task-failed")
+        page.click("#retry")
+        expect(page.locator(".notice")).to_have_text("The task was queued again as a first attempt.")
+        assert dialogs[-1] == f"Retry task {failed_id}? It runs again as a first attempt."
+        again = _wait_state(store, failed_id, TaskState.FAILED, after=failed["timestamps"]["failed"])
+        assert again["timestamps"]["queued"] > failed["timestamps"]["failed"] and again["attempts"] == 1
+        expect(page.locator("#timeline li").last).to_contain_text("failed")  # the live part caught up
+
+        # Dead letters: the dead task's letter; requeue it (confirmed): it leaves the dead-letter queue and runs again.
+        page.click("nav >> text=Dead letters")
+        expect(page.locator(f"#dead tr[data-task='{dead_id}']")).to_contain_text("retries exhausted")
+        _shot(page, "06-dead-letters")
+        page.click(f"#dead tr[data-task='{dead_id}'] button")
+        expect(page.locator(".notice")).to_have_text("The task's dead letter was sent back to its queue.")
+        assert dialogs[-1] == f"Requeue dead task {dead_id}?"
+        _wait_state(store, dead_id, TaskState.DEAD, after=dead["timestamps"]["dead"])
+
+        # Live: submit tasks while the queues page is open; the count changes without a reload.
+        page.click("nav >> text=Queues")
+        row = page.locator(f"tr[data-queue='{svc.queue}']")
+        expect(row.locator("[data-state=succeeded]")).to_have_text("3")
+        page.evaluate("window.__notReloaded = true")
+        started_at = time.monotonic()
+        client.submit_many({"name": "echo", "args": [i]} for i in range(20))
+        expect(row.locator("[data-state=succeeded]")).to_have_text("23", timeout=WAIT_MS)
+        seen_after_s = time.monotonic() - started_at
+        assert page.evaluate("window.__notReloaded") is True
+        _shot(page, "07-queues-live")
+        print(f"dashboard: 20 submitted tasks counted as succeeded on the open page after {seen_after_s:.1f} s")
+
+        # Purge (confirmed): messages, dead letters and documents of the queue are gone.
+        poll(lambda: client.queue_info(svc.queue).dead == 1, timeout=30, what="the dead letter back")
+        row.locator("button.danger").click()
+        expect(page.locator(".notice")).to_contain_text("were removed")
+        assert dialogs[-1].startswith(f"Purge queue {svc.queue}?")
+        assert store.counts_by_state(svc.queue)["succeeded"] == 0 and client.queue_info(svc.queue).dead == 0
+
+
+def test_read_only_sessions_and_csrf(svc: Services, client: Client, api: Api, browser: Browser) -> None:
+    client.submit("reject", task_id="ro-1")  # no worker: stays queued
+    page = browser.new_page()
+    _login(page, api.base, READ_ONLY, "/ui/tasks/ro-1")
+    expect(page.locator("#state")).to_have_text("queued")
+    expect(page.locator("#retry")).to_have_count(0)  # no action for a read-only session
+    expect(page.locator(".who")).to_contain_text("read only")
+    with _http(api) as anonymous, _http(api, READ_ONLY) as reader, _http(api, FULL) as full:
+        # Pages need a session; actions need the submit scope and the session's CSRF token.
+        assert anonymous.get("/ui/tasks").status_code == 303
+        assert anonymous.get("/ui/tasks", headers={"HX-Request": "true"}).status_code == 401
+        assert reader.post("/ui/tasks/ro-1/retry", data={"csrf": "x"}).status_code == 403
+        assert full.post("/ui/tasks/ro-1/retry", data={"csrf": "forged"}).status_code == 403
+        assert full.post(f"/ui/queues/{svc.queue}/purge").status_code == 403
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', full.get("/ui/tasks/ro-1").text)
+        assert csrf is not None
+        retried = full.post("/ui/tasks/ro-1/retry", data={"csrf": csrf.group(1)})
+        assert retried.status_code == 303 and retried.headers["location"].endswith("notice=not-retryable")
+        # The login redirect stays on this site; static assets are served without a session.
+        login = anonymous.post("/ui/login", data={"token": FULL, "next": "//elsewhere.example/x"})
+        assert login.status_code == 303 and login.headers["location"] == "/"
+        htmx = anonymous.get("/ui/static/htmx.min.js")
+        assert htmx.status_code == 200 and htmx.text.startswith("/*! htmx 2.0.11")
+        assert anonymous.get("/ui/static/../app.py").status_code == 404
+    assert client.status("ro-1")["state"] == "queued"
