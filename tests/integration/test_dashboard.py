@@ -6,6 +6,7 @@ Skips only when Debian's `chromium` is not installed (dev/system-deps.sh install
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -14,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
 from worker_procs import Services, workers
 
 from taskq.client import Client
+from taskq.core.message import utcnow
 from taskq.core.states import TaskState
 from taskq.store.mongo import TaskStore
 from taskq_dev.ports import poll
@@ -44,6 +47,9 @@ FULL = "dash-full-0123456789abcdef0123"
 READ_ONLY = "dash-read-0123456789abcdef0123"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "dashboard"
 WAIT_MS = 30_000
+
+# A page's live part refreshes every 2-3 s from figures at most ~2 s old (taskq.http.dashboard.snapshots).
+expect.set_options(timeout=15_000)
 
 if not CHROMIUM.exists():
     pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
@@ -283,3 +289,85 @@ def test_read_only_sessions_and_csrf(svc: Services, client: Client, api: Api, br
         assert htmx.status_code == 200 and htmx.text.startswith("/*! htmx 2.0.11")
         assert anonymous.get("/ui/static/../app.py").status_code == 404
     assert client.status("ro-1")["state"] == "queued"
+
+
+SCALE_ENV = "TASKQ_DASHBOARD_SCALE"
+
+
+def _seed(store: TaskStore, queues: list[str], total: int) -> None:
+    """`total` task documents spread over `queues`, states and names, written directly (no broker)."""
+    weights = [("succeeded", 70), ("failed", 8), ("queued", 12), ("dead", 4), ("running", 4), ("retrying", 2)]
+    states = [state for state, weight in weights for _ in range(weight)]
+    start = utcnow() - timedelta(hours=2)
+    chunk: list[dict[str, Any]] = []
+    for i in range(total):
+        at = start + timedelta(milliseconds=i * 50)
+        state = states[i % len(states)]
+        chunk.append(
+            {
+                "_id": f"seed-{i:07d}",
+                "name": f"job{i % 5}",
+                "queue": queues[i % len(queues)],
+                "state": state,
+                "args": [i],
+                "kwargs": {"n": i},
+                "priority": 0,
+                "attempts": 1,
+                "worker": "seed-worker",
+                "created_at": at,
+                "updated_at": at,
+                "timestamps": {"queued": at, state: at},
+                "result": {"n": i} if state == "succeeded" else None,
+                "error": {"type": "Boom", "message": "seeded", "traceback": "Traceback ...\n"}
+                if state in ("failed", "dead")
+                else None,
+            }
+        )
+        if len(chunk) == 5000:
+            store.tasks.insert_many(chunk, ordered=False)
+            chunk = []
+    if chunk:
+        store.tasks.insert_many(chunk, ordered=False)
+
+
+@pytest.mark.skipif(
+    not os.environ.get(SCALE_ENV), reason=f"a measurement: set {SCALE_ENV}=100000 to time the pages at that many tasks"
+)
+def test_page_load_times_at_scale(svc: Services, client: Client, store: TaskStore, api: Api, browser: Browser) -> None:
+    total = int(os.environ[SCALE_ENV])
+    queues = [svc.queue, f"{svc.queue}-b", f"{svc.queue}-c", f"{svc.queue}-d"]
+    for name in queues:
+        client._ensure_queue(name)
+    began = time.monotonic()
+    _seed(store, queues, total)
+    seeded_s = time.monotonic() - began
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    _login(page, api.base, FULL)
+    pages = {
+        "queues": "/",
+        "workers": "/ui/workers",
+        "tasks": "/ui/tasks",
+        "tasks, queue + state": f"/ui/tasks?queue={svc.queue}&state=failed",
+        "tasks, name": "/ui/tasks?name=job3",
+        "tasks, id prefix": "/ui/tasks?id=seed-00123",
+        "tasks, page 20": f"/ui/tasks?queue={svc.queue}&page=20",
+        "task": "/ui/tasks/seed-0000042",
+        "dead letters": "/ui/dead",
+    }
+    timings: dict[str, float] = {}
+    for label, path in pages.items():
+        samples = []
+        for _ in range(3):
+            began = time.monotonic()
+            answer = page.goto(api.base + path)
+            assert answer is not None and answer.status == 200, (label, answer.status if answer else None)
+            samples.append(time.monotonic() - began)
+        timings[label] = sorted(samples)[1]
+    page.goto(api.base + "/")
+    _shot(page, f"08-queues-{total}")
+    page.goto(api.base + "/ui/tasks")
+    _shot(page, f"09-tasks-{total}")
+    report = {"tasks": total, "store": "FerretDB" if store.is_ferretdb() else "MongoDB", "seed_s": round(seeded_s, 1)}
+    report["median_of_3_s"] = {label: round(seconds, 3) for label, seconds in timings.items()}
+    (ARTIFACTS / f"load-times-{total}.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))

@@ -27,6 +27,7 @@ from taskq.errors import BrokerUnavailable, StoreUnavailable, TaskqError
 from taskq.http.auth import Auth
 from taskq.http.dashboard import actions, data
 from taskq.http.dashboard.session import COOKIE, COOKIE_MAX_AGE_S, CSRF_FIELD, Session, Sessions, safe_next
+from taskq.http.dashboard.snapshots import Snapshots
 
 LOGIN = "/ui/login"
 MAX_FORM_BYTES = 8 * 1024
@@ -105,6 +106,7 @@ def _htmx(request: Request) -> bool:
 def dashboard_router(client: Client, auth: Auth) -> APIRouter:
     """The dashboard's routes for one API app, reading and acting through `client`, checking `auth`'s tokens."""
     sessions = Sessions(auth)
+    snapshots = Snapshots(max_age_s=2.0)
     env = _environment()
     router = APIRouter(include_in_schema=False)
     indexed = threading.Event()
@@ -181,7 +183,11 @@ def dashboard_router(client: Client, auth: Auth) -> APIRouter:
 
     @router.get("/", response_class=HTMLResponse)
     async def queues_page(request: Request) -> Response:
-        return await page(request, "queues.html", lambda: {"queues": data.queues(client)})
+        def load() -> dict[str, Any]:
+            snapshot = snapshots.get("queues", lambda: data.queues(client))
+            return {"queues": snapshot.value, "snapshot": snapshot}
+
+        return await page(request, "queues.html", load)
 
     @router.get("/ui/workers", response_class=HTMLResponse)
     async def workers_page(request: Request) -> Response:
@@ -192,7 +198,10 @@ def dashboard_router(client: Client, auth: Auth) -> APIRouter:
         wanted = data.TaskFilter.parse(dict(request.query_params))
 
         def load() -> dict[str, Any]:
-            return {"filters": wanted, "result": data.task_page(client, wanted), "queue_names": client.store.queue_names()}
+            key = ("tasks", wanted.queue, wanted.state, wanted.name, wanted.id_prefix, wanted.page)
+            snapshot = snapshots.get(key, lambda: data.task_page(client, wanted))
+            names = snapshots.get("queue-names", client.store.queue_names).value
+            return {"filters": wanted, "result": snapshot.value, "snapshot": snapshot, "queue_names": names}
 
         return await page(request, "tasks.html", load)
 
@@ -208,7 +217,7 @@ def dashboard_router(client: Client, auth: Auth) -> APIRouter:
         chosen = request.query_params.get("queue", "")
 
         def load() -> dict[str, Any]:
-            rows = data.queues(client)
+            rows = snapshots.get("queues", lambda: data.queues(client)).value
             names = [r.name for r in rows]
             queue = chosen if chosen in names else next((r.name for r in rows if r.dead), names[0] if names else "")
             letters = data.dead_letters(client, queue) if queue else []
