@@ -17,7 +17,7 @@ import pytest
 
 from taskq.core.limits import AttemptLimits
 from taskq.core.message import TaskMessage
-from taskq.core.outcomes import Ack, DeadLetter, Retry
+from taskq.core.outcomes import Ack, DeadLetter, RedeliveryCheck, Retry
 from taskq.core.retry import RetryPolicy
 from taskq.core.states import TaskState
 from taskq.core.transitions import Transition
@@ -63,10 +63,10 @@ class MemoryStore:
     def states_of(self, task_ids: list[str]) -> dict[str, TaskState]:
         return {i: self.states[i] for i in task_ids if i in self.states}
 
-    def note_redelivery(self, task_id: str, attempt: int, *, count: bool = True) -> tuple[TaskState | None, int]:
+    def note_redelivery(self, task_id: str, attempt: int, *, count: bool = True) -> RedeliveryCheck:
         if count:
             self.redeliveries[task_id] = self.redeliveries.get(task_id, 0) + 1
-        return self.states.get(task_id), self.redeliveries.get(task_id, 0) + 1
+        return RedeliveryCheck(self.states.get(task_id), self.redeliveries.get(task_id, 0) + 1)
 
 
 class Sink:

@@ -62,6 +62,7 @@ def queued_document(message: TaskMessage, now: datetime) -> dict[str, Any]:
         "max_retries": message.max_retries,
         "timeout": message.timeout,
         "attempts": 0,
+        "fence": 0,
         "worker": None,
         "created_at": message.created_at,
         "updated_at": now,

@@ -23,7 +23,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from taskq.core.document import RESULT_LIMIT_BYTES, TaskError
 from taskq.core.limits import AttemptLimits
@@ -86,6 +86,15 @@ class Decision:
     act_only_if_recorded: bool = True
 
 
+class RedeliveryCheck(NamedTuple):
+    """What the store found for a redelivered message: the task's state, its deliveries so far (this
+    one too), and whether the redelivered attempt has an outcome claimed already (it is then over)."""
+
+    state: TaskState | None
+    deliveries: int
+    decided: bool = False
+
+
 @dataclass(frozen=True)
 class AttemptError:
     """How an attempt failed: the storable error, whether the task allows a retry, and the kind.
@@ -130,13 +139,22 @@ def attempt_outcome(
     started_at: datetime | None,
     start_recorded: bool,
     unit_random: float,
+    epoch: int = 1,
 ) -> Decision:
-    """The decision for a finished attempt: succeeded, failed, retrying (with a delay) or dead."""
+    """The decision for a finished attempt (delivery `epoch` of it): succeeded, failed, retrying (with a delay) or dead."""
     base = _base_fields(message, duration_s)
 
     def record(target: TaskState, *, result: Any = None, error: TaskError | None = None) -> Transition:
         return finish(
-            message, target, worker_id, now, started_at=started_at, result=result, error=error, start_recorded=start_recorded
+            message,
+            target,
+            worker_id,
+            now,
+            started_at=started_at,
+            result=result,
+            error=error,
+            start_recorded=start_recorded,
+            epoch=epoch,
         )
 
     if failure is None:
@@ -164,18 +182,29 @@ def attempt_outcome(
 
 
 def redelivery_outcome(
-    message: TaskMessage, body: bytes, *, state: TaskState | None, deliveries: int, max_deliveries: int, now: datetime
+    message: TaskMessage,
+    body: bytes,
+    *,
+    state: TaskState | None,
+    deliveries: int,
+    max_deliveries: int,
+    now: datetime,
+    decided: bool = False,
 ) -> Decision:
-    """A redelivered message: ack it if its task is final, bury it past the delivery limit, else run it.
+    """A redelivered message: ack it if its task is final or its attempt decided, bury it past the delivery limit, else run it.
 
     `deliveries` counts this delivery too (the broker's or the store's count of earlier ones, plus one).
+    `decided`: this attempt's outcome is claimed already (it ended `retrying`, say, and its next
+    attempt is on its way): running it again would only repeat it.
     """
     fields: dict[str, Any] = {"task_id": message.id, "name": message.name, "attempt": message.attempt, "deliveries": deliveries}
     if state is not None and state.is_final:
         return Decision(None, Ack(), "task.redelivered_final", {**fields, "state": state.value})
+    if decided:
+        return Decision(None, Ack(), "task.redelivered_decided", {**fields, "state": state.value if state else None})
     if deliveries > max_deliveries:
         reason = f"{DELIVERY_LIMIT_REASON}: delivered {deliveries} times (limit {max_deliveries}) without an outcome"
-        transition = bury(message, reason, now, error_type="DeliveryLimit")
+        transition = bury(message, reason, now, error_type="DeliveryLimit", epoch=deliveries)
         return Decision(
             transition, DeadLetter(body, reason), "task.delivery_limit", {**fields, "reason": reason}, act_only_if_recorded=False
         )

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from taskq.core.document import TaskError, queued_document
+from taskq.core.fencing import OUTCOME_STATES, fence, outcome_fence
 from taskq.core.message import TaskMessage
 from taskq.core.states import TaskState, allowed_sources, allowed_sources_via_running
 
@@ -21,7 +22,10 @@ class Transition:
     """Move task `task_id` to `target` if it is in one of `sources`; `fields` are written with it.
 
     `insert` is the document to create when the task has no document yet (a message published
-    without the producer API); None means a missing document refuses the transition.
+    without the producer API); None means a missing document refuses the transition. `attempt` and
+    `epoch` (the delivery of that attempt) fence the write (`taskq.core.fencing`); a transition
+    without an attempt (a malformed message's) is guarded by its sources alone. `worker` names the
+    writer in an outcome's claim.
     """
 
     task_id: str
@@ -29,6 +33,27 @@ class Transition:
     sources: frozenset[TaskState]
     fields: dict[str, Any] = field(default_factory=dict)
     insert: dict[str, Any] | None = None
+    attempt: int | None = None
+    epoch: int = 1
+    worker: str | None = None
+
+    @property
+    def is_outcome(self) -> bool:
+        """An attempt's outcome: decided by its claim, one per attempt."""
+        return self.attempt is not None and self.target in OUTCOME_STATES
+
+    @property
+    def fence(self) -> int | None:
+        """The fence this write carries (and leaves), or None when it has no attempt."""
+        if self.attempt is None:
+            return None
+        return outcome_fence(self.attempt) if self.is_outcome else fence(self.attempt, self.epoch)
+
+    def with_fields(self, extra: dict[str, Any]) -> Transition:
+        """The same transition writing `extra` too."""
+        return Transition(
+            self.task_id, self.target, self.sources, {**self.fields, **extra}, self.insert, self.attempt, self.epoch, self.worker
+        )
 
 
 def _insert_base(message: TaskMessage, now: datetime, exclude: dict[str, Any]) -> dict[str, Any]:
@@ -37,18 +62,26 @@ def _insert_base(message: TaskMessage, now: datetime, exclude: dict[str, Any]) -
     return {key: value for key, value in base.items() if key not in exclude and not any(k.startswith(key + ".") for k in exclude)}
 
 
-def start(message: TaskMessage, worker_id: str, now: datetime) -> Transition:
-    """The task begins attempt `message.attempt` on `worker_id`."""
+def start(message: TaskMessage, worker_id: str, now: datetime, *, epoch: int = 1) -> Transition:
+    """The task begins attempt `message.attempt` on `worker_id` (delivery `epoch` of that attempt)."""
     fields: dict[str, Any] = {
         "state": TaskState.RUNNING.value,
         "worker": worker_id,
         "attempts": message.attempt,
         "updated_at": now,
         "timestamps.running": now,
+        "fence": fence(message.attempt, epoch),
     }
-    return Transition(
-        message.id, TaskState.RUNNING, allowed_sources(TaskState.RUNNING), fields, _insert_base(message, now, fields)
-    )
+    insert = _insert_base(message, now, fields)
+    sources = allowed_sources(TaskState.RUNNING)
+    return Transition(message.id, TaskState.RUNNING, sources, fields, insert, message.attempt, epoch, worker_id)
+
+
+def progress(message: TaskMessage, worker_id: str, values: dict[str, Any], now: datetime, *, epoch: int = 1) -> Transition:
+    """Attempt `message.attempt`, still running on `worker_id`, reports progress."""
+    fields: dict[str, Any] = {"progress": values, "updated_at": now, "fence": fence(message.attempt, epoch)}
+    sources = frozenset({TaskState.RUNNING})
+    return Transition(message.id, TaskState.RUNNING, sources, fields, None, message.attempt, epoch, worker_id)
 
 
 def finish(
@@ -61,6 +94,7 @@ def finish(
     result: Any = None,
     error: TaskError | None = None,
     start_recorded: bool = True,
+    epoch: int = 1,
 ) -> Transition:
     """An attempt ended in `target` (succeeded, failed, retrying or dead).
 
@@ -75,6 +109,7 @@ def finish(
         f"timestamps.{target.value}": now,
         "result": result,
         "error": error.as_dict() if error else None,
+        "fence": outcome_fence(message.attempt),
     }
     if start_recorded:
         sources = allowed_sources(target)
@@ -84,15 +119,26 @@ def finish(
         if started_at is not None:
             fields["timestamps.running"] = started_at
         insert = _insert_base(message, now, fields)
-    return Transition(message.id, target, sources, fields, insert)
+    return Transition(message.id, target, sources, fields, insert, message.attempt, epoch, worker_id)
 
 
-def bury(message: TaskMessage, reason: str, now: datetime, *, error_type: str = "Undeliverable") -> Transition:
+def bury(
+    message: TaskMessage,
+    reason: str,
+    now: datetime,
+    *,
+    error_type: str = "Undeliverable",
+    epoch: int = 1,
+    worker_id: str | None = None,
+) -> Transition:
     """The task is dead without running again (its function is not registered here, its delivery limit is hit)."""
     fields: dict[str, Any] = {
         "state": TaskState.DEAD.value,
         "updated_at": now,
         "timestamps.dead": now,
         "error": TaskError.storable(error_type, reason).as_dict(),
+        "fence": outcome_fence(message.attempt),
     }
-    return Transition(message.id, TaskState.DEAD, allowed_sources(TaskState.DEAD), fields, _insert_base(message, now, fields))
+    insert = _insert_base(message, now, fields)
+    sources = allowed_sources(TaskState.DEAD)
+    return Transition(message.id, TaskState.DEAD, sources, fields, insert, message.attempt, epoch, worker_id)

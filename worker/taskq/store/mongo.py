@@ -30,7 +30,18 @@ from pymongo.errors import (
 )
 
 from taskq.core.document import Unpublished, conflict_reason, outbox_entry, queued_document, unpublished_from
-from taskq.core.message import TaskMessage
+from taskq.core.fencing import (
+    admits,
+    claim_document,
+    claim_id,
+    claim_to_check,
+    claimed_fields,
+    is_own_claim,
+    outcome_fence,
+    rolled_forward,
+)
+from taskq.core.message import TaskMessage, utcnow
+from taskq.core.outcomes import RedeliveryCheck
 from taskq.core.states import TaskState
 from taskq.core.storable import safe_text
 from taskq.core.transitions import Transition
@@ -59,7 +70,7 @@ class Submission:
 
 
 class TaskStore:
-    """Reads and guarded writes of task documents; one instance per process is enough."""
+    """Reads and fenced writes of task documents; one instance per process is enough."""
 
     def __init__(self, uri: str, database: str = "taskq", *, timeout_ms: int = 5000) -> None:
         self._where = redact_url(uri)
@@ -80,6 +91,7 @@ class TaskStore:
         self.tasks = db["tasks"]
         self.workers = db["workers"]
         self.outbox = db["outbox"]
+        self.claims = db["claims"]
         self._ferretdb: bool | None = None
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -126,6 +138,7 @@ class TaskStore:
             self.tasks.create_index([("state", ASCENDING), ("updated_at", DESCENDING)])
             self.workers.create_index([("queue", ASCENDING)])
             self.outbox.create_index([("created_at", ASCENDING)])
+            self.claims.create_index([("task_id", ASCENDING)])
 
     def close(self) -> None:
         self._client.close()
@@ -201,7 +214,13 @@ class TaskStore:
         states = self.states_of(e.task_id for e in entries)
         return [(entry, states.get(entry.task_id)) for entry in entries]
 
-    def _insert_new(self, collection: Collection[dict[str, Any]], docs: builtins.list[dict[str, Any]]) -> set[str]:
+    def _insert_new(
+        self,
+        collection: Collection[dict[str, Any]],
+        docs: builtins.list[dict[str, Any]],
+        *,
+        refused: type[TaskqError] = TaskqError,
+    ) -> set[str]:
         """Insert `docs`, keeping existing ones as they are; the ids that were new."""
         ids = {d["_id"] for d in docs}
         try:
@@ -210,7 +229,7 @@ class TaskStore:
             errors = exc.details.get("writeErrors", [])
             others = [err for err in errors if err.get("code") != DUPLICATE_KEY]
             if others:
-                raise TaskqError(f"store refused {len(others)} task documents: {others[0].get('errmsg')}") from None
+                raise refused(f"store refused {len(others)} documents: {safe_text(others[0].get('errmsg'), 300)}") from None
             return ids - {docs[err["index"]]["_id"] for err in errors}
         return ids
 
@@ -235,47 +254,109 @@ class TaskStore:
         False when the task is not dead (it is then left as it is).
         """
         with self._translated("requeueing a dead task"):
+            document = self.tasks.find_one({"_id": task_id}, {"state": 1, "attempts": 1})
+            if document is None or document.get("state") != TaskState.DEAD.value:
+                return False
             result = self.tasks.update_one(
                 {"_id": task_id, "state": TaskState.DEAD.value},
-                {"$set": {"state": TaskState.QUEUED.value, "updated_at": now, f"timestamps.{TaskState.QUEUED.value}": now}},
+                {
+                    "$set": {
+                        "state": TaskState.QUEUED.value,
+                        "updated_at": now,
+                        f"timestamps.{TaskState.QUEUED.value}": now,
+                        "fence": 0,
+                    }
+                },
             )
+            # The message goes back as attempt 1: the earlier attempts' outcomes no longer stand.
+            for attempt in range(1, max(int(document.get("attempts") or 0), 1) + 1):
+                self.claims.delete_one({"_id": claim_id(task_id, attempt)})
         return result.modified_count == 1
 
     # -- transitions --------------------------------------------------------------------------
 
-    @staticmethod
-    def _operation(transition: Transition, token: str) -> UpdateOne:
-        update: dict[str, Any] = {"$set": {**transition.fields, "write_token": token}}
-        if transition.insert is not None:
-            update["$setOnInsert"] = transition.insert
-        return UpdateOne(
-            {"_id": transition.task_id, "state": {"$in": [s.value for s in transition.sources]}},
-            update,
-            upsert=transition.insert is not None,
-        )
+    def claim_outcomes(self, transitions: Sequence[Transition]) -> list[bool]:
+        """Insert the outcome claims of `transitions` (outcomes only); per transition, whether it holds its claim.
+
+        The claim's unique `_id` decides, on MongoDB and FerretDB alike (see `taskq.core.fencing`).
+        A claim in place is held only when it is this writer's own (an earlier try whose reply was lost).
+        """
+        if not transitions:
+            return []
+        docs = [
+            claim_document(t.task_id, t.attempt or 0, t.target, t.fields, worker=t.worker, epoch=t.epoch, now=utcnow())
+            for t in transitions
+        ]
+        with self._translated("claiming task outcomes"):
+            fresh = self._insert_new(self.claims, docs, refused=StoreRefused)
+            held = [doc["_id"] in fresh for doc in docs]
+            lost = [i for i, ok in enumerate(held) if not ok]
+            if lost:
+                found = self._documents_by_id(self.claims, [docs[i]["_id"] for i in lost], None)
+                for i in lost:
+                    claim = found.get(docs[i]["_id"])
+                    t = transitions[i]
+                    held[i] = claim is not None and is_own_claim(claim, t.target, t.worker, t.epoch)
+        return held
 
     def apply(self, transition: Transition) -> bool:
         """Apply one transition; False when it was refused as stale."""
         return self.apply_many([transition])[0]
 
     def apply_many(self, transitions: Sequence[Transition]) -> list[bool]:
-        """Apply transitions in one bulk write (group commit); per transition, whether it was applied.
+        """Apply transitions in one group commit; per transition, whether it was applied.
 
-        Each write carries a fresh token, so when the bulk result does not account for every
-        operation, one read tells exactly which were refused.
-
-        On FerretDB the guard is checked by reading each document's state by `_id`, and the
-        writes filter on `_id` alone (see `is_ferretdb`): atomic per document only against writers
-        that are not racing on the same task (FerretDB has no transactions either). A task is only
-        written by two workers at once after a broker connection loss made its message redelivered
-        while the first worker still ran it; the final states still win through the edges allowed.
+        Outcomes first claim their attempt (`claim_outcomes`): a held claim is the record, and the
+        document is then written to match; a lost one is refused as stale. Starts and progress are
+        written under their fence and source states: by a guarded filter on MongoDB, atomically;
+        on FerretDB, which runs any filter but `{_id: ...}` as a scan and applies no update
+        atomically anyway, by a check on the document read by `_id`, followed by a look at the
+        attempt's claim that rolls the document forward when an outcome was claimed meanwhile.
         """
         if not transitions:
             return []
-        if self.is_ferretdb():
-            return self._apply_many_by_id(transitions)
+        outcomes = [i for i, t in enumerate(transitions) if t.is_outcome]
+        held = dict(zip(outcomes, self.claim_outcomes([transitions[i] for i in outcomes]), strict=True))
+        writes = [i for i in range(len(transitions)) if held.get(i, True)]
+        chosen = [transitions[i] for i in writes]
+        try:
+            written = self._write_by_id(chosen) if self.is_ferretdb() else self._write_guarded(chosen)
+        except StoreRefused:
+            # Let the caller isolate the bad write: the claims of this try go, so that its retries claim again.
+            self._release_claims([transitions[i] for i in outcomes if held[i]])
+            raise
+        applied = [held.get(i, False) for i in range(len(transitions))]
+        for i, ok in zip(writes, written, strict=True):
+            applied[i] = True if i in held else ok
+        return applied
+
+    def _release_claims(self, transitions: Sequence[Transition]) -> None:
+        with self._translated("releasing outcome claims"):
+            for t in transitions:
+                self.claims.delete_one({"_id": claim_id(t.task_id, t.attempt or 0)})
+
+    @staticmethod
+    def _update(transition: Transition, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        update: dict[str, Any] = {"$set": {**transition.fields, **(extra or {})}}
+        if transition.insert is not None:
+            update["$setOnInsert"] = transition.insert
+        return update
+
+    @classmethod
+    def _guarded_operation(cls, transition: Transition, token: str) -> UpdateOne:
+        query: dict[str, Any] = {"_id": transition.task_id}
+        if not transition.is_outcome:  # an outcome's claim stands for its sources
+            query["state"] = {"$in": [s.value for s in transition.sources]}
+        if transition.fence is not None:
+            query["fence"] = {"$not": {"$gt": transition.fence}}
+        return UpdateOne(query, cls._update(transition, {"write_token": token}), upsert=transition.insert is not None)
+
+    def _write_guarded(self, transitions: Sequence[Transition]) -> list[bool]:
+        """The MongoDB path: one bulk of guarded updates; a token per write tells which applied."""
+        if not transitions:
+            return []
         tokens = [uuid.uuid4().hex for _ in transitions]
-        ops = [self._operation(t, tok) for t, tok in zip(transitions, tokens, strict=True)]
+        ops = [self._guarded_operation(t, tok) for t, tok in zip(transitions, tokens, strict=True)]
         done = 0
         with self._translated("recording task states"):
             for first in range(0, len(ops), MONGODB_OPS_PER_BULK):
@@ -283,11 +364,7 @@ class TaskStore:
                     result = self.tasks.bulk_write(ops[first : first + MONGODB_OPS_PER_BULK], ordered=False)
                     done += result.matched_count + result.upserted_count
                 except BulkWriteError as exc:
-                    errors = exc.details.get("writeErrors", [])
-                    if any(err.get("code") != DUPLICATE_KEY for err in errors):
-                        raise StoreRefused(
-                            f"store refused a task state write: {safe_text(errors[0].get('errmsg'), 300)}"
-                        ) from None
+                    self._raise_unless_duplicates(exc)
                     done = -len(ops)
             if done == len(ops):
                 return [True] * len(ops)
@@ -295,48 +372,85 @@ class TaskStore:
             found = {d["_id"]: d.get("write_token") for d in self.tasks.find({"_id": {"$in": ids}}, {"write_token": 1})}
         return [found.get(t.task_id) == tok for t, tok in zip(transitions, tokens, strict=True)]
 
-    def _apply_many_by_id(self, transitions: Sequence[Transition]) -> list[bool]:
-        current = self.states_of({t.task_id for t in transitions})
+    @staticmethod
+    def _raise_unless_duplicates(exc: BulkWriteError) -> None:
+        errors = exc.details.get("writeErrors", [])
+        if any(err.get("code") != DUPLICATE_KEY for err in errors):
+            raise StoreRefused(f"store refused a task state write: {safe_text(errors[0].get('errmsg'), 300)}") from None
+
+    def _write_by_id(self, transitions: Sequence[Transition]) -> list[bool]:
+        """The FerretDB path: checks on documents read by `_id`, writes filtered by `_id` alone."""
+        if not transitions:
+            return []
+        standing = self._fences_of({t.task_id for t in transitions if not t.is_outcome})
         applied: list[bool] = []
         ops: list[UpdateOne] = []
+        fenced: list[Transition] = []
         for transition in transitions:
-            state = current.get(transition.task_id)
-            if state is None:
-                ok = transition.insert is not None
-                if ok:  # rare: a message published without the producer API; guarded upsert
-                    ops.append(self._operation(transition, uuid.uuid4().hex))
+            current = standing.get(transition.task_id)
+            if transition.is_outcome:
+                ok = True
+            elif current is None:
+                ok = transition.insert is not None  # rare: a message published without the producer API
             else:
-                ok = state in transition.sources
-                if ok:
-                    ops.append(UpdateOne({"_id": transition.task_id}, {"$set": transition.fields}))
+                state, fence = current
+                ok = admits(transition.fence if transition.fence is not None else fence, False, transition.sources, state, fence)
             if ok:
-                current[transition.task_id] = transition.target
+                ops.append(UpdateOne({"_id": transition.task_id}, self._update(transition), upsert=transition.insert is not None))
+                standing[transition.task_id] = (transition.target, transition.fence or 0)
+                if not transition.is_outcome and transition.attempt is not None:
+                    fenced.append(transition)
             applied.append(ok)
         with self._translated("recording task states"):
             for first in range(0, len(ops), FERRETDB_OPS_PER_BULK):
                 try:
                     self.tasks.bulk_write(ops[first : first + FERRETDB_OPS_PER_BULK], ordered=False)
                 except BulkWriteError as exc:
-                    errors = exc.details.get("writeErrors", [])
-                    if any(err.get("code") != DUPLICATE_KEY for err in errors):
-                        raise StoreRefused(
-                            f"store refused a task state write: {safe_text(errors[0].get('errmsg'), 300)}"
-                        ) from None
+                    self._raise_unless_duplicates(exc)
                     # A duplicate key here: the document appeared meanwhile; re-read what stands.
                     return self._refresh_flags(transitions, applied)
+            self._roll_forward({(t.task_id, t.attempt or 0) for t in fenced})
         return applied
+
+    def _fences_of(self, task_ids: Iterable[str]) -> dict[str, tuple[TaskState, int]]:
+        found = (self.tasks.find_one({"_id": task_id}, {"state": 1, "fence": 1}) for task_id in task_ids)
+        return {d["_id"]: (TaskState(d["state"]), int(d.get("fence") or 0)) for d in found if d is not None}
+
+    def _roll_forward(self, attempts: Iterable[tuple[str, int]]) -> dict[str, dict[str, Any]]:
+        """Write the claimed outcome of each (task, attempt) that has one over its document, if it lags; the claims found.
+
+        Only a document whose fence is below the claim's outcome is written (a guarded filter on
+        MongoDB; a check on the fence read by `_id` on FerretDB): never over a later attempt.
+        """
+        wanted = {claim_id(task_id, attempt): task_id for task_id, attempt in attempts}
+        claims = {str(c["task_id"]): c for c in self._documents_by_id(self.claims, list(wanted), None).values()}
+        if not claims:
+            return {}
+        ferretdb = self.is_ferretdb()
+        standing = self._fences_of(claims) if ferretdb else {}
+        for task_id, claim in claims.items():
+            ahead = outcome_fence(int(claim["attempt"]))
+            if ferretdb:
+                current = standing.get(task_id)
+                if current is None or current[1] >= ahead:
+                    continue
+                self.tasks.update_one({"_id": task_id}, {"$set": claimed_fields(claim)})
+            else:
+                self.tasks.update_one({"_id": task_id, "fence": {"$not": {"$gte": ahead}}}, {"$set": claimed_fields(claim)})
+        return claims
 
     def _refresh_flags(self, transitions: Sequence[Transition], applied: list[bool]) -> list[bool]:
         states = self.states_of({t.task_id for t in transitions})
         return [ok and states.get(t.task_id) == t.target for t, ok in zip(transitions, applied, strict=True)]
 
-    def note_redelivery(self, task_id: str, attempt: int, *, count: bool = True) -> tuple[TaskState | None, int]:
-        """Count one more delivery of attempt `attempt`; return the task's state and its deliveries so far.
+    def note_redelivery(self, task_id: str, attempt: int, *, count: bool = True) -> RedeliveryCheck:
+        """Count one more delivery of attempt `attempt`; what the redelivered message finds.
 
         Classic queues do not count deliveries, so the worker counts redeliveries in the document
         (`redeliveries.a<attempt>`), filtered by `_id` alone (FerretDB runs that without a scan; it has no
         projection for findAndModify, so the whole document comes back: redeliveries are rare). A task
-        with no document has no count: (None, 1).
+        with no document has no count. When the attempt has an outcome claim already, the attempt is
+        over (`decided`): the document is rolled forward to it if it lags.
         """
         key = f"a{int(attempt)}"
         with self._translated("counting a redelivery"):
@@ -346,29 +460,48 @@ class TaskStore:
                 )
             else:
                 found = self.tasks.find_one({"_id": task_id})
+            claim = self._roll_forward([(task_id, attempt)]).get(task_id)
         if found is None:
-            return None, 1
+            return RedeliveryCheck(TaskState(claim["state"]) if claim else None, 1, claim is not None)
         counts = found.get("redeliveries") or {}
         earlier = counts.get(key, 0) if isinstance(counts, dict) else 0
-        state = found.get("state")
-        return (TaskState(state) if state in {s.value for s in TaskState} else None), int(earlier) + 1
+        state = claim["state"] if claim is not None else found.get("state")
+        known = TaskState(state) if state in {s.value for s in TaskState} else None
+        return RedeliveryCheck(known, int(earlier) + 1, claim is not None)
 
     # -- reads --------------------------------------------------------------------------------
 
     def get(self, task_id: str) -> dict[str, Any] | None:
-        """The document of one task, or None."""
-        return self._call("reading a task", lambda: self.tasks.find_one({"_id": task_id}, {"write_token": 0}))
+        """The document of one task, or None; as its outcome claim says when the document lags behind it."""
+        with self._translated("reading a task"):
+            document = self.tasks.find_one({"_id": task_id}, {"write_token": 0})
+            if document is None:
+                return None
+            claim = self._claims_ahead([document]).get(task_id)
+        return rolled_forward(document, claim) if claim is not None else document
+
+    def _claims_ahead(self, documents: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """The outcome claims that are ahead of these documents (see `taskq.core.fencing.claim_to_check`)."""
+        wanted: dict[str, str] = {}
+        for document in documents:
+            attempt = claim_to_check(document)
+            if attempt is not None:
+                wanted[claim_id(str(document["_id"]), attempt)] = str(document["_id"])
+        found = self._documents_by_id(self.claims, list(wanted), None)
+        return {wanted[key]: claim for key, claim in found.items()}
 
     def states_of(self, task_ids: Iterable[str]) -> dict[str, TaskState]:
-        """The current state of each of `task_ids` that has a document."""
+        """The current state of each of `task_ids` that has a document (its claimed outcome if the document lags)."""
         ids = list(task_ids)
         if not ids:
             return {}
+        projection = {"state": 1, "attempts": 1}
         with self._translated("reading task states"):
-            if self.is_ferretdb():
-                found = (self.tasks.find_one({"_id": task_id}, {"state": 1}) for task_id in ids)
-                return {d["_id"]: TaskState(d["state"]) for d in found if d is not None}
-            return {d["_id"]: TaskState(d["state"]) for d in self.tasks.find({"_id": {"$in": ids}}, {"state": 1})}
+            documents = list(self._documents_by_id(self.tasks, ids, projection).values())
+            claims = self._claims_ahead(documents)
+        states = {d["_id"]: TaskState(d["state"]) for d in documents}
+        states.update({task_id: TaskState(claim["state"]) for task_id, claim in claims.items()})
+        return states
 
     def list(self, *, queue: str | None = None, state: TaskState | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """The most recently updated tasks, optionally of one queue and/or state."""
@@ -409,8 +542,13 @@ class TaskStore:
         return result
 
     def delete_queue_tasks(self, queue: str) -> int:
-        """Remove the documents of one queue's tasks; returns how many."""
-        return self._call("purging tasks", lambda: self.tasks.delete_many({"queue": queue}).deleted_count)
+        """Remove the documents of one queue's tasks and their outcome claims; returns how many tasks."""
+        with self._translated("purging tasks"):
+            ids = [d["_id"] for d in self.tasks.find({"queue": queue}, {"_id": 1})]
+            deleted = self.tasks.delete_many({"queue": queue}).deleted_count
+            for first in range(0, len(ids), 1000):
+                self.claims.delete_many({"task_id": {"$in": ids[first : first + 1000]}})
+        return int(deleted)
 
     # -- worker heartbeats --------------------------------------------------------------------
 

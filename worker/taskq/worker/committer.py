@@ -25,7 +25,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -38,14 +38,14 @@ from taskq.core.outcomes import (
     AttemptError,
     DeadLetter,
     Decision,
-    Retry,
+    RedeliveryCheck,
     Run,
     attempt_outcome,
     redelivery_outcome,
 )
 from taskq.core.retry import RetryPolicy
 from taskq.core.states import TaskState, allowed_sources
-from taskq.core.transitions import Transition, finish, start
+from taskq.core.transitions import Transition, finish, progress, start
 from taskq.errors import StoreRefused, StoreUnavailable, TaskqError
 from taskq.worker.delivery import Delivery
 from taskq.worker.logs import JsonLog
@@ -63,7 +63,7 @@ class Store(Protocol):
 
     def apply_many(self, transitions: list[Transition]) -> list[bool]: ...
     def states_of(self, task_ids: list[str]) -> dict[str, TaskState]: ...
-    def note_redelivery(self, task_id: str, attempt: int, *, count: bool = True) -> tuple[TaskState | None, int]: ...
+    def note_redelivery(self, task_id: str, attempt: int, *, count: bool = True) -> RedeliveryCheck: ...
 
 
 class AckSink(Protocol):
@@ -379,11 +379,19 @@ class Committer:
         assert message is not None
         # Counted in the document always (RabbitMQ 4.0 quorum queues do not count every return, e.g. a
         # closed channel); a broker's own count (`x-delivery-count`) wins when it is higher.
-        state, deliveries = self._store.note_redelivery(message.id, message.attempt, count=count)
+        check = self._store.note_redelivery(message.id, message.attempt, count=count)
+        deliveries = check.deliveries
         if delivery.broker_deliveries is not None:
             deliveries = max(deliveries, delivery.broker_deliveries + 1)
+        delivery.epoch = deliveries  # this delivery's writes are fenced above every earlier one's
         return redelivery_outcome(
-            message, delivery.body, state=state, deliveries=deliveries, max_deliveries=self._max_deliveries, now=now
+            message,
+            delivery.body,
+            state=check.state,
+            deliveries=deliveries,
+            max_deliveries=self._max_deliveries,
+            now=now,
+            decided=check.decided,
         )
 
     def _attempt(self, delivery: Delivery, done: Completed, entry: _Start | None, now: datetime) -> Decision:
@@ -400,25 +408,17 @@ class Committer:
             started_at=done.started_at,
             start_recorded=entry.recorded if entry is not None else False,
             unit_random=self._rng(),
+            epoch=delivery.epoch,
         )
 
     def _start_transition(self, delivery: Delivery, entry: _Start, now: datetime) -> Transition:
         assert delivery.message is not None
-        transition = start(delivery.message, self._worker_id, entry.started_at)
-        if entry.progress is not None:
-            transition = Transition(
-                transition.task_id,
-                transition.target,
-                transition.sources,
-                {**transition.fields, "progress": entry.progress},
-                transition.insert,
-            )
-        return transition
+        transition = start(delivery.message, self._worker_id, entry.started_at, epoch=delivery.epoch)
+        return transition if entry.progress is None else transition.with_fields({"progress": entry.progress})
 
     def _progress_transition(self, delivery: Delivery, entry: _Start, now: datetime) -> Transition:
         assert delivery.message is not None
-        fields = {"progress": entry.progress, "updated_at": now}
-        return Transition(delivery.message.id, TaskState.RUNNING, frozenset({TaskState.RUNNING}), fields, None)
+        return progress(delivery.message, self._worker_id, entry.progress or {}, now, epoch=delivery.epoch)
 
     def _apply_isolating(self, transitions: list[Transition]) -> list[bool | StoreRefused]:
         """`apply_many`, splitting the batch to isolate writes the store refuses (StoreUnavailable propagates)."""
@@ -457,22 +457,13 @@ class Committer:
         return done
 
     def _stale(self, stale: list[tuple[Delivery, Decision]]) -> list[Done]:
-        """Refused as stale: either the task is final elsewhere (just ack), or our own earlier write of
-        this very transition landed before a connection error hid its reply (act on it)."""
-        if not stale:
-            return []
-        ids = [d.transition.task_id for _, d in stale if d.transition is not None and isinstance(d.action, (Retry, DeadLetter))]
-        current = self._store.states_of(ids) if ids else {}
+        """Refused as stale: another delivery's outcome holds the attempt's claim (or the task is final),
+        so its action is theirs; this delivery is only acked. (Our own claim from a try whose reply
+        was lost counts as held: see `TaskStore.claim_outcomes`.)"""
         done: list[Done] = []
         for delivery, decision in stale:
-            transition = decision.transition
-            assert transition is not None
-            if isinstance(decision.action, (Retry, DeadLetter)) and current.get(transition.task_id) == transition.target:
-                done.append(Done(delivery, decision.action, decision))
-                self._recorded(decision)
-            else:
-                self._log.event("task.stale", "info", **decision.fields)
-                done.append(Done(delivery, Ack(), decision))
+            self._log.event("task.stale", "info", **decision.fields)
+            done.append(Done(delivery, Ack(), decision))
         return done
 
     def _refused(self, refused: list[tuple[Delivery, Decision, StoreRefused]], now: datetime) -> list[Done]:
@@ -510,10 +501,10 @@ class Committer:
             return None
         error = TaskError.storable("StoreRefused", reason)
         # Minimal fields only: whatever made the store refuse (a result, an error text) is left out.
-        transition = finish(message, TaskState.FAILED, self._worker_id, now, error=error, start_recorded=False)
-        return Transition(
-            transition.task_id, TaskState.FAILED, allowed_sources(TaskState.FAILED) | transition.sources, transition.fields, None
+        transition = finish(
+            message, TaskState.FAILED, self._worker_id, now, error=error, start_recorded=False, epoch=delivery.epoch
         )
+        return replace(transition, sources=allowed_sources(TaskState.FAILED) | transition.sources, insert=None)
 
     def _recorded(self, decision: Decision) -> None:
         if self._on_recorded is not None:

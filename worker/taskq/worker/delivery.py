@@ -28,6 +28,7 @@ class Delivery:
     message: TaskMessage | None = None
     limits: AttemptLimits | None = None
     broker_deliveries: int | None = None  # earlier deliveries counted by the broker (quorum queues)
+    epoch: int = 1  # which delivery of its attempt this is (set by the committer's redelivery check): fences its writes
     received_at: float = field(default_factory=time.monotonic)
 
     def __hash__(self) -> int:
