@@ -2,7 +2,12 @@
 
 - start-up: settings (annotation-based progress, no finalizers, one active replica), the scaler loop;
 - watch events on TaskQueues and on the worker Deployments fill the in-memory cache the scaler reads;
-- create/update(spec)/resume: declare the queue topology and create or update the Deployment;
+  a TaskQueue's Deployment deleted by hand is noted for the scaler, which recreates it at once;
+- create/update(spec)/resume: declare the queue topology and create or update the Deployment; a
+  Deployment of that name the TaskQueue does not control is refused (never adopted): the scaler shows it
+  in the `DeploymentOwned` condition and a Warning Event, and kopf retries every 30 s;
+- under kopf peering the scaler's loop, which kopf does not pause, checks the peering object itself
+  (`taskq_operator.peering`), so a standby replica neither patches nor posts Events;
 - probes: `/healthz` reports how many TaskQueues are tracked and the age of the last completed scaler
   tick, and fails when that tick has stalled (`taskq_operator.liveness`).
 
@@ -28,16 +33,18 @@ from typing import Any
 import kopf
 
 from taskq.errors import TaskqError
-from taskq_operator.adapters.kube import ClusterError, Kube, load_api_client
+from taskq_operator.adapters.kube import ClusterError, ForeignDeployment, Kube, load_api_client
 from taskq_operator.cache import WatchCache
 from taskq_operator.core.deployment import MANAGED_BY
 from taskq_operator.core.spec import GROUP, PLURAL, VERSION, SpecError, parse_taskqueue
 from taskq_operator.liveness import TickHealth, TickStalled
+from taskq_operator.peering import PeeringGate
 from taskq_operator.reconcile import apply_deployment, declare_topology
 from taskq_operator.scaler import Scaler
 from taskq_operator.sweep import Sweeper
 
 RETRY_DELAY_S = 5
+CONFLICT_RETRY_DELAY_S = 30
 STOP_TIMEOUT_S = 10.0
 MEMO_KEY = "taskq"
 
@@ -103,7 +110,12 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
         api = await asyncio.to_thread(load_api_client)
     except ClusterError as exc:
         raise kopf.PermanentError(str(exc)) from None
-    scaler = Scaler(state.cache, Kube(api), health=state.health, sweeper=Sweeper.from_env())
+    kube = Kube(api)
+    gate = None
+    if peering:  # the scaler's loop is no kopf handler: it asks the peering object itself (one actor)
+        gate = PeeringGate(kube, peering, settings.peering.priority, settings.peering.clusterwide)
+    scaler = Scaler(state.cache, kube, health=state.health, sweeper=Sweeper.from_env(), peering=gate)
+    scaler.create_deployment = lambda spec, replicas: apply_deployment(spec, kube, replicas)
     stopped = asyncio.Event()
     state.running = Running(scaler, stopped, asyncio.create_task(scaler.run(stopped), name="taskq-scaler"))
     logger.info("taskq operator started")
@@ -120,7 +132,7 @@ async def stop(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
         await asyncio.wait_for(running.task, timeout=STOP_TIMEOUT_S)
     except TimeoutError:
         running.task.cancel()
-    await asyncio.to_thread(running.scaler.observers.close)
+    await asyncio.to_thread(running.scaler.close)
     if running.scaler.sweeper is not None:
         await asyncio.to_thread(running.scaler.sweeper.close)
     logger.info("taskq operator stopped")
@@ -139,11 +151,11 @@ async def track_taskqueue(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo
 
 @kopf.on.event("apps", "v1", "deployments", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
 async def track_deployment(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    cache = state_of(memo).cache
-    if event.get("type") == "DELETED":
-        cache.remove_deployment(WatchCache.key(body))
-    else:
-        cache.upsert_deployment(body)
+    state = state_of(memo)
+    if event.get("type") != "DELETED":
+        state.cache.upsert_deployment(body)
+    elif state.cache.deployment_deleted(body) is not None and state.running is not None:
+        state.running.scaler.wake.set()  # a TaskQueue's own Deployment was deleted: recreate it now
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -160,11 +172,18 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: 
         await asyncio.to_thread(declare_topology, spec, scaler.secrets, scaler.observers)
     except TaskqError as exc:
         logger.warning("queue %s not declared yet: %s", spec.queue, exc)
+    cache = state_of(memo).cache
+    key = (spec.namespace, spec.name)
     try:
         deployment = await asyncio.to_thread(apply_deployment, spec, scaler.kube)
+    except ForeignDeployment as exc:  # never adopted: the scaler reports it (condition, Event); retried later
+        cache.conflicts[key] = str(exc)
+        scaler.wake.set()
+        raise kopf.TemporaryError(str(exc), delay=CONFLICT_RETRY_DELAY_S) from None
     except ClusterError as exc:
         raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY_S) from None
-    state_of(memo).cache.upsert_deployment(deployment)  # back on the loop
+    cache.upsert_deployment(deployment)  # back on the loop
+    cache.conflicts.pop(key, None)
     scaler.wake.set()
 
 

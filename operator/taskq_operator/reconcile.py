@@ -1,7 +1,8 @@
 """Bring a TaskQueue's owned objects to its spec: the queue topology on the broker and the Deployment.
 
 Called by the kopf create/update/resume handlers in `taskq_operator.handlers` (in a worker thread:
-everything here blocks). Keeps the Deployment's current replica count, which the scaler owns.
+everything here blocks), and by the scaler's tick to recreate a Deployment deleted by hand. Keeps the
+Deployment's current replica count, which the scaler owns; refuses a Deployment it does not own.
 """
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from taskq_operator.adapters.kube import Kube
-from taskq_operator.cache import SecretCache
+from taskq_operator.adapters.kube import ForeignDeployment, Kube
+from taskq_operator.cache import SecretCache, controller_uid
 from taskq_operator.core.deployment import build_deployment, deployment_name
-from taskq_operator.core.spec import TaskQueueSpec
+from taskq_operator.core.spec import KIND, TaskQueueSpec
 from taskq_operator.observe import Observers, target_for
 
 log = logging.getLogger("taskq_operator.reconcile")
@@ -38,10 +39,23 @@ def declare_topology(spec: TaskQueueSpec, secrets: SecretCache, observers: Obser
     )
 
 
-def apply_deployment(spec: TaskQueueSpec, kube: Kube) -> dict[str, Any]:
-    """Create the worker Deployment, or update its template and keep its replicas."""
-    existing = kube.get_deployment(spec.namespace, deployment_name(spec))
-    replicas = spec.scaling.min_replicas if existing is None else int((existing.get("spec") or {}).get("replicas") or 0)
+def apply_deployment(spec: TaskQueueSpec, kube: Kube, replicas: int | None = None) -> dict[str, Any]:
+    """Create the worker Deployment (with `replicas`, default minReplicas), or update its template and keep its replicas.
+
+    A Deployment of that name that is not controlled by this TaskQueue (no controller ownerReference
+    with its uid) is never adopted or changed: `ForeignDeployment`.
+    """
+    name = deployment_name(spec)
+    existing = kube.get_deployment(spec.namespace, name)
+    if existing is not None and controller_uid(existing, KIND) != spec.uid:
+        raise ForeignDeployment(
+            f"Deployment {spec.namespace}/{name} exists and is not owned by TaskQueue {spec.namespace}/{spec.name} "
+            f"(no controller ownerReference to uid {spec.uid}); not adopting it: delete or rename it"
+        )
+    if existing is None:
+        replicas = spec.scaling.min_replicas if replicas is None else replicas
+    else:
+        replicas = int((existing.get("spec") or {}).get("replicas") or 0)
     deployment = kube.apply_deployment(build_deployment(spec, replicas))
     log.info(
         "TaskQueue %s/%s: Deployment %s %s",

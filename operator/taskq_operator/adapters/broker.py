@@ -27,6 +27,7 @@ import httpx
 import pika
 import pika.exceptions as pe
 from pika.adapters.blocking_connection import BlockingChannel
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from taskq.broker.admin import queue_depth
 from taskq.broker.connection import connect
@@ -34,6 +35,9 @@ from taskq.broker.topology import declare_queue_topology
 from taskq.errors import BrokerUnavailable, redact_url
 
 LANES = 8
+_CONNECT_ERRORS = (pe.AMQPError, AMQPConnectorException, OSError)
+"""What reading can raise: pika's own errors, and with one connection attempt its connector's errors too
+(a listener that never answers the AMQP handshake gives `AMQPConnectorStackTimeout`, no `AMQPError`)."""
 MANAGEMENT_COLUMNS = ",".join(
     [
         "name",
@@ -200,14 +204,14 @@ class BrokerObserver:
         with self._lock:
             try:
                 return self._read_all(queues)
-            except (BrokerUnavailable, pe.AMQPError, OSError):
+            except (BrokerUnavailable, *_CONNECT_ERRORS):
                 self._drop_connection()  # a connection found dead is replaced once before giving up
             try:
                 return self._read_all(queues)
             except BrokerUnavailable:
                 self._drop_connection()
                 raise
-            except (pe.AMQPError, OSError) as exc:
+            except _CONNECT_ERRORS as exc:
                 self._drop_connection()
                 raise BrokerUnavailable(f"broker at {self._where} lost while reading queues: {type(exc).__name__}") from None
 
@@ -221,7 +225,10 @@ class BrokerObserver:
         self, queue: str, *, max_priority: int, task_timeout_s: float, queue_type: str = "classic", max_deliveries: int = 5
     ) -> None:
         """Declare the queue and its dead-letter queue if missing (idempotent, never re-argues)."""
-        connection = connect(self._amqp_url, name="taskq-operator-declare")
+        try:
+            connection = connect(self._amqp_url, name="taskq-operator-declare")
+        except AMQPConnectorException as exc:
+            raise BrokerUnavailable(f"broker at {self._where} unreachable: {type(exc).__name__}") from None
         try:
             declare_queue_topology(
                 connection,

@@ -1,7 +1,8 @@
 """Kubernetes reads and writes the operator needs, as plain dicts, through the `kubernetes` client.
 
-Deployments (create or merge-patch, scale), pods (list, deletion-cost annotation), Secrets (read),
-TaskQueue status (merge-patch on the status subresource), Events. Blocking: the handlers and the
+Deployments (create or merge-patch, scale, annotate), pods (list, deletion-cost annotation), Secrets
+(read), TaskQueue status (merge-patch on the status subresource), Events, kopf's peering objects
+(read). Blocking: the handlers and the
 scaler call it in worker threads. Errors become `ClusterError` with the verb, the object and the HTTP
 status; Secret values never appear in messages.
 """
@@ -22,6 +23,8 @@ from taskq.errors import TaskqError
 from taskq_operator.core.spec import GROUP, KIND, PLURAL, VERSION
 
 MERGE_PATCH = "application/merge-patch+json"
+REQUEST_TIMEOUT_S = 10.0
+"""Per request; the scaler also bounds each TaskQueue's share of a tick (`taskq_operator.bounded`)."""
 COMPONENT = "taskq-operator"
 
 
@@ -31,6 +34,10 @@ class ClusterError(TaskqError):
     def __init__(self, message: str, status: int = 0) -> None:
         super().__init__(message)
         self.status = status
+
+
+class ForeignDeployment(ClusterError):
+    """A Deployment with the worker Deployment's name exists and the TaskQueue does not control it."""
 
 
 def load_api_client() -> ApiClient:
@@ -71,6 +78,7 @@ class Kube:
         body: Any = None,
         content_type: str = "application/json",
         query: dict[str, str] | None = None,
+        timeout_s: float = REQUEST_TIMEOUT_S,
     ) -> dict[str, Any]:
         try:
             verb, url, headers, payload, form = self._api.param_serialize(
@@ -81,7 +89,9 @@ class Kube:
                 body=body,
                 auth_settings=["BearerToken"],
             )
-            response = self._api.call_api(verb, url, header_params=headers, body=payload, post_params=form, _request_timeout=15)
+            response = self._api.call_api(
+                verb, url, header_params=headers, body=payload, post_params=form, _request_timeout=timeout_s
+            )
             raw = response.read()
         except ApiException as exc:
             raise ClusterError(f"Kubernetes refused to {what}: {exc.status} {exc.reason}", exc.status or 0) from None
@@ -134,14 +144,40 @@ class Kube:
             "PATCH", self._deployment_path(namespace, name), f"update Deployment {namespace}/{name}", patch, MERGE_PATCH
         )
 
-    def scale_deployment(self, namespace: str, name: str, replicas: int) -> dict[str, Any]:
+    def scale_deployment(
+        self, namespace: str, name: str, replicas: int, annotations: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Set the replica count (and, in the same patch, `annotations` when given)."""
+        patch: dict[str, Any] = {"spec": {"replicas": replicas}}
+        if annotations:
+            patch["metadata"] = {"annotations": annotations}
         return self._call(
+            "PATCH", self._deployment_path(namespace, name), f"scale Deployment {namespace}/{name}", patch, MERGE_PATCH
+        )
+
+    def annotate_deployment(self, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        self._call(
             "PATCH",
             self._deployment_path(namespace, name),
-            f"scale Deployment {namespace}/{name}",
-            {"spec": {"replicas": replicas}},
+            f"annotate Deployment {namespace}/{name}",
+            {"metadata": {"annotations": annotations}},
             MERGE_PATCH,
         )
+
+    # -- kopf peering -------------------------------------------------------------------------
+
+    def get_peering(self, namespace: str | None, name: str) -> dict[str, Any] | None:
+        """kopf's peering object (`KopfPeering` in `namespace`, `ClusterKopfPeering` when None), None if missing."""
+        if namespace is None:
+            path, where = f"/apis/kopf.dev/v1/clusterkopfpeerings/{quote(name)}", name
+        else:
+            path, where = f"/apis/kopf.dev/v1/namespaces/{namespace}/kopfpeerings/{quote(name)}", f"{namespace}/{name}"
+        try:
+            return self._call("GET", path, f"read the peering object {where}", timeout_s=5)
+        except ClusterError as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     # -- Pods ---------------------------------------------------------------------------------
 

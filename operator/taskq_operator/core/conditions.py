@@ -11,10 +11,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from taskq_operator.core.guard import Hold
 from taskq_operator.core.policy import Decision, Observation
 from taskq_operator.core.spec import TaskQueueSpec
 
-CONDITION_TYPES = ("Ready", "Active", "BrokerReachable", "ScalingLimited", "Fallback", "Paused")
+CONDITION_TYPES = (
+    "Ready",
+    "Active",
+    "BrokerReachable",
+    "ScalingLimited",
+    "Fallback",
+    "Paused",
+    "ScaleDownHeld",
+    "DeploymentOwned",
+)
 
 
 def set_condition(
@@ -82,6 +92,10 @@ class Tick:
     scaled: bool
     task_counts: Mapping[str, int] | None
     selector: str
+    held: Hold | None = None
+    """Why a scale-down was held (`core.guard`), None when none was."""
+    conflict: str | None = None
+    """Why the Deployment of this name is refused (not owned by the TaskQueue), None when it is ours or absent."""
 
 
 def _conditions(tick: Tick, previous: Sequence[Mapping[str, Any]], now_iso: str) -> list[dict[str, Any]]:
@@ -150,7 +164,25 @@ def _conditions(tick: Tick, previous: Sequence[Mapping[str, Any]], now_iso: str)
         now_iso,
         gen,
     )
-    return conditions
+    held = tick.held
+    conditions = set_condition(
+        conditions,
+        "ScaleDownHeld",
+        held is not None,
+        held.reason if held is not None else "ScaleDownSafe",
+        decision.message if held is not None else "no scale-down held back",
+        now_iso,
+        gen,
+    )
+    return set_condition(
+        conditions,
+        "DeploymentOwned",
+        tick.conflict is None,
+        "DeploymentNotOwned" if tick.conflict is not None else "Owned",
+        tick.conflict or "the worker Deployment is controlled by this TaskQueue",
+        now_iso,
+        gen,
+    )
 
 
 def build_status(tick: Tick, previous: Mapping[str, Any], now_iso: str) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from taskq_dev.manifests import example as taskqueue
-from taskq_operator.core.conditions import Tick, build_status, condition_status, set_condition
+from taskq_operator.core.conditions import CONDITION_TYPES, Tick, build_status, condition_status, set_condition
 from taskq_operator.core.policy import Decision, Observation
 from taskq_operator.core.spec import parse_taskqueue
 
@@ -39,8 +39,9 @@ def test_status_from_a_tick_is_stable_when_nothing_changes() -> None:
     assert first == second
     assert first["backlog"] == {"ready": 10, "unacked": 3, "consumers": 2, "source": "amqp",
                                 "publishRate": 1.5, "deliverRate": 1.2}
-    assert {c["type"] for c in first["conditions"]} == {
-        "Ready", "Active", "BrokerReachable", "ScalingLimited", "Fallback", "Paused"}
+    assert {c["type"] for c in first["conditions"]} == set(CONDITION_TYPES) == {
+        "Ready", "Active", "BrokerReachable", "ScalingLimited", "Fallback", "Paused", "ScaleDownHeld",
+        "DeploymentOwned"}
 
 
 def test_unreachable_broker_keeps_last_backlog_and_sets_condition() -> None:
