@@ -341,8 +341,13 @@ def test_page_load_times_at_scale(svc: Services, client: Client, store: TaskStor
     began = time.monotonic()
     _seed(store, queues, total)
     seeded_s = time.monotonic() - began
+    began = time.monotonic()
+    store.ensure_indexes()  # what a worker does at start
+    store.ensure_dashboard_indexes()
+    indexed_s = time.monotonic() - began
     page = browser.new_page(viewport={"width": 1400, "height": 900})
-    _login(page, api.base, FULL)
+    page.set_default_navigation_timeout(600_000)
+    _login(page, api.base, FULL, "/ui/workers")
     pages = {
         "queues": "/",
         "workers": "/ui/workers",
@@ -354,20 +359,24 @@ def test_page_load_times_at_scale(svc: Services, client: Client, store: TaskStor
         "task": "/ui/tasks/seed-0000042",
         "dead letters": "/ui/dead",
     }
-    timings: dict[str, float] = {}
+    first: dict[str, float] = {}
+    warm: dict[str, float] = {}
     for label, path in pages.items():
         samples = []
-        for _ in range(3):
+        for _ in range(4):  # the first load of a view reads the store; the next ones are served from its snapshot
             began = time.monotonic()
             answer = page.goto(api.base + path)
             assert answer is not None and answer.status == 200, (label, answer.status if answer else None)
             samples.append(time.monotonic() - began)
-        timings[label] = sorted(samples)[1]
+        first[label] = samples[0]
+        warm[label] = sorted(samples[1:])[1]
     page.goto(api.base + "/")
     _shot(page, f"08-queues-{total}")
     page.goto(api.base + "/ui/tasks")
     _shot(page, f"09-tasks-{total}")
-    report = {"tasks": total, "store": "FerretDB" if store.is_ferretdb() else "MongoDB", "seed_s": round(seeded_s, 1)}
-    report["median_of_3_s"] = {label: round(seconds, 3) for label, seconds in timings.items()}
+    report: dict[str, Any] = {"tasks": total, "store": "FerretDB" if store.is_ferretdb() else "MongoDB"}
+    report.update(seed_s=round(seeded_s, 1), create_indexes_s=round(indexed_s, 1))
+    report["first_load_s"] = {label: round(seconds, 3) for label, seconds in first.items()}
+    report["next_loads_median_s"] = {label: round(seconds, 3) for label, seconds in warm.items()}
     (ARTIFACTS / f"load-times-{total}.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

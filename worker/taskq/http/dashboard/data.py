@@ -9,6 +9,7 @@ indexed ones of `TaskStore` (`queue_names`, `state_counts`, `task_page`, `heartb
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,7 +21,12 @@ from taskq.client import Client
 from taskq.core.message import QUEUE_NAME_PATTERN, TASK_NAME_PATTERN, utcnow
 from taskq.core.states import TaskState
 from taskq.core.topology import dead_queue
+from taskq.settings import Settings
+from taskq.store.mongo import TaskStore
 
+# The page reads' own store client: a socket timeout of 60 s instead of the API's 15 s, since on
+# FerretDB a read that scans 100k documents takes tens of seconds (see `taskq.http.dashboard.snapshots`).
+READ_TIMEOUT_MS = 20_000
 LIVE_AFTER_S = 15.0  # a heartbeat older than this (the interval is 2 s) marks the worker stale
 PAGE_SIZE = 50
 MAX_PAGE = 200  # skip-based pages: deeper than 10,000 rows, narrow the filters instead
@@ -118,6 +124,22 @@ _FIELDS = ("name", "queue", "state", "attempts", "worker", "priority", "max_retr
 _DETAIL_FIELDS = ("args", "kwargs", "result", "error", "progress", "redeliveries")
 
 
+class Reads:
+    """The dashboard's store client for page reads, made on first use (the API's own keeps its short timeout)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._store: TaskStore | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def store(self) -> TaskStore:
+        with self._lock:
+            if self._store is None:
+                self._store = TaskStore(self._settings.mongodb_uri, self._settings.database, timeout_ms=READ_TIMEOUT_MS)
+            return self._store
+
+
 def _shown(document: dict[str, Any], fields: tuple[str, ...] = _FIELDS) -> dict[str, Any]:
     """A document with `id` and every field a template reads (None where the store has none)."""
     return {**dict.fromkeys(fields), "error": None, **document, "id": document["_id"]}
@@ -134,7 +156,7 @@ def _depths(client: Client, names: list[str]) -> dict[str, tuple[admin.QueueDept
     return client._with_admin(read)
 
 
-def workers(client: Client) -> list[WorkerRow]:
+def workers(store: TaskStore) -> list[WorkerRow]:
     """Every worker heartbeat, live ones first."""
     now = utcnow()
     rows = [
@@ -147,16 +169,16 @@ def workers(client: Client) -> list[WorkerRow]:
             heartbeat_age_s=_seconds_since(now, doc.get("heartbeat_at")),
             up_s=_seconds_since(now, doc.get("started_at")),
         )
-        for doc in client.store.heartbeats()
+        for doc in store.heartbeats()
     ]
     return sorted(rows, key=lambda w: (w.stale, w.queue, w.id))
 
 
-def queues(client: Client) -> list[QueueRow]:
+def queues(client: Client, store: TaskStore) -> list[QueueRow]:
     """The queues that have tasks or workers (and the client's default queue), with depths and counts by state."""
-    beats = [w for w in workers(client) if not w.stale]
-    names = sorted(set(client.store.queue_names()) | {w.queue for w in beats if w.queue} | {client.settings.queue})
-    counts = client.store.state_counts(names)
+    beats = [w for w in workers(store) if not w.stale]
+    names = sorted(set(store.queue_names()) | {w.queue for w in beats if w.queue} | {client.settings.queue})
+    counts = store.state_counts(names)
     depths = _depths(client, names)
     rows = []
     for name in names:
@@ -176,9 +198,9 @@ def queues(client: Client) -> list[QueueRow]:
     return [r for r in rows if r.ready is not None or any(r.counts.values()) or r.workers]
 
 
-def task_page(client: Client, wanted: TaskFilter) -> TaskPage:
+def task_page(store: TaskStore, wanted: TaskFilter) -> TaskPage:
     """One page of tasks matching `wanted`, most recently updated first."""
-    found = client.store.task_page(
+    found = store.task_page(
         queue=wanted.queue or None,
         state=TaskState(wanted.state) if wanted.state else None,
         name=wanted.name or None,
@@ -189,9 +211,9 @@ def task_page(client: Client, wanted: TaskFilter) -> TaskPage:
     return TaskPage(rows=[_shown(d) for d in found[:PAGE_SIZE]], has_next=len(found) > PAGE_SIZE)
 
 
-def task(client: Client, task_id: str) -> dict[str, Any] | None:
+def task(store: TaskStore, task_id: str) -> dict[str, Any] | None:
     """One task's document with its timeline (states by time), or None."""
-    document = client.store.get(task_id)
+    document = store.get(task_id)
     if document is None:
         return None
     stamps = document.get("timestamps") or {}

@@ -80,7 +80,7 @@ def _environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters.update(ago=_ago, duration=_duration, ts=_timestamp)
-    env.globals.update(states=data.STATES, csrf_field=CSRF_FIELD)
+    env.globals.update(states=data.STATES, csrf_field=CSRF_FIELD, live_after_s=int(data.LIVE_AFTER_S))
     return env
 
 
@@ -107,6 +107,7 @@ def dashboard_router(client: Client, auth: Auth) -> APIRouter:
     """The dashboard's routes for one API app, reading and acting through `client`, checking `auth`'s tokens."""
     sessions = Sessions(auth)
     snapshots = Snapshots(max_age_s=2.0)
+    reads = data.Reads(client.settings)
     env = _environment()
     router = APIRouter(include_in_schema=False)
     indexed = threading.Event()
@@ -117,8 +118,8 @@ def dashboard_router(client: Client, auth: Auth) -> APIRouter:
             return
         with index_lock:
             if not indexed.is_set():
-                client.store.ensure_indexes()
-                client.store.ensure_dashboard_indexes()
+                reads.store.ensure_indexes()
+                reads.store.ensure_dashboard_indexes()
                 indexed.set()
 
     def render(request: Request, template: str, session: Session | None, status: int = 200, **context: Any) -> HTMLResponse:
@@ -184,14 +185,14 @@ def dashboard_router(client: Client, auth: Auth) -> APIRouter:
     @router.get("/", response_class=HTMLResponse)
     async def queues_page(request: Request) -> Response:
         def load() -> dict[str, Any]:
-            snapshot = snapshots.get("queues", lambda: data.queues(client))
+            snapshot = snapshots.get("queues", lambda: data.queues(client, reads.store))
             return {"queues": snapshot.value, "snapshot": snapshot}
 
         return await page(request, "queues.html", load)
 
     @router.get("/ui/workers", response_class=HTMLResponse)
     async def workers_page(request: Request) -> Response:
-        return await page(request, "workers.html", lambda: {"workers": data.workers(client), "live_after": data.LIVE_AFTER_S})
+        return await page(request, "workers.html", lambda: {"workers": data.workers(reads.store)})
 
     @router.get("/ui/tasks", response_class=HTMLResponse)
     async def tasks_page(request: Request) -> Response:
@@ -199,8 +200,8 @@ def dashboard_router(client: Client, auth: Auth) -> APIRouter:
 
         def load() -> dict[str, Any]:
             key = ("tasks", wanted.queue, wanted.state, wanted.name, wanted.id_prefix, wanted.page)
-            snapshot = snapshots.get(key, lambda: data.task_page(client, wanted))
-            names = snapshots.get("queue-names", client.store.queue_names).value
+            snapshot = snapshots.get(key, lambda: data.task_page(reads.store, wanted))
+            names = snapshots.get("queue-names", lambda: reads.store.queue_names()).value
             return {"filters": wanted, "result": snapshot.value, "snapshot": snapshot, "queue_names": names}
 
         return await page(request, "tasks.html", load)
@@ -208,7 +209,7 @@ def dashboard_router(client: Client, auth: Auth) -> APIRouter:
     @router.get("/ui/tasks/{task_id}", response_class=HTMLResponse)
     async def task_page(request: Request, task_id: str = Path(pattern=TASK_ID_PATTERN)) -> Response:
         def load() -> dict[str, Any]:
-            return {"task": data.task(client, task_id), "task_id": task_id}
+            return {"task": data.task(reads.store, task_id), "task_id": task_id}
 
         return await page(request, "task.html", load)
 
@@ -217,7 +218,7 @@ def dashboard_router(client: Client, auth: Auth) -> APIRouter:
         chosen = request.query_params.get("queue", "")
 
         def load() -> dict[str, Any]:
-            rows = snapshots.get("queues", lambda: data.queues(client)).value
+            rows = snapshots.get("queues", lambda: data.queues(client, reads.store)).value
             names = [r.name for r in rows]
             queue = chosen if chosen in names else next((r.name for r in rows if r.dead), names[0] if names else "")
             letters = data.dead_letters(client, queue) if queue else []
