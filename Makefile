@@ -105,3 +105,11 @@ bench-lookahead: install ## drain rate of one worker with prefetch look-ahead 0,
 
 bench-worker: install ## one taskq-worker vs Celery (prefork, acks_late, multiplier 1/4) and Dramatiq on 20k no-op tasks, submit_many vs raw pika, idle latency -> bench/results/worker.json
 	$(PYTHON) bench/worker.py
+
+# --- chaos run ---
+.PHONY: chaos
+
+CHAOS_TASKS ?= 10000
+
+chaos: install ## the chaos run: $(CHAOS_TASKS) tasks through taskq-worker processes under faults (SIGKILLs, producer kill and rerun, cut and blackholed connections, broker restart, 10 s store stop) -> bench/results/chaos.json
+	$(PYTHON) bench/chaos.py --tasks $(CHAOS_TASKS)
