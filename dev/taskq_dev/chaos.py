@@ -528,6 +528,25 @@ def _producer(state: RunState, specs_path: Path, env: dict[str, str], work_dir: 
     state.producer_done.set()
 
 
+def _next_planned_failure(ledger: Path, stop: threading.Event, timeout: float) -> tuple[str, str] | None:
+    """(worker id, task id) of the next `fail` line appended to the ledger within `timeout` s, or None."""
+    offset = ledger.stat().st_size if ledger.exists() else 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stop.is_set():
+        if ledger.exists():
+            with open(ledger, "rb") as handle:
+                handle.seek(offset)
+                chunk = handle.read()
+            complete = chunk[: chunk.rfind(b"\n") + 1]
+            offset += len(complete)
+            for line in complete.decode(errors="replace").splitlines():
+                parts = line.split()
+                if len(parts) == 6 and parts[0] == "fail":
+                    return parts[3], parts[1]
+        time.sleep(0.005)
+    return None
+
+
 def _faults(state: RunState, services: ChaosServices, ledger: Path, rng: random.Random) -> None:
     plan = state.plan
     schedule = sorted(
@@ -549,8 +568,17 @@ def _faults(state: RunState, services: ChaosServices, ledger: Path, rng: random.
                 continue
             proxy = state.fleet.proxies[worker.slot]
             if kind == "cut":
-                event = state.timeline.add("broker_connection_cut", target=worker.worker_id, in_flight=running)
+                # Aim between a retry publish and its ack: cut the worker whose task just failed by plan.
+                failed = _next_planned_failure(ledger, state.stop, timeout=10.0)
+                trigger: dict[str, Any] = {}
+                if failed is not None:
+                    found = [w for w in state.fleet.live() if w.worker_id == failed[0]]
+                    if found:
+                        worker, proxy = found[0], state.fleet.proxies[found[0].slot]
+                        trigger = {"trigger_task": failed[1], "aim": "just after a planned failure (retry publish, then ack)"}
                 proxy.cut()
+                running = _in_flight(ledger, worker.worker_id)
+                event = state.timeline.add("broker_connection_cut", target=worker.worker_id, in_flight=running, **trigger)
                 state.stop.wait(plan.cut_for_s)
             else:
                 event = state.timeline.add("broker_connection_blackhole", target=worker.worker_id, in_flight=running)
@@ -883,6 +911,11 @@ def build_report(
     unexplained_end = [t for t in not_succeeded if not t["cut_short_by"] or "unexplained" in t["cut_short_by"]]
     unexplained = [d for d in duplicates if any(r["cause"] == "unexplained" for r in d["reruns"])]
     by_cause = Counter(r["cause"].split(" ")[0].rstrip(":") for d in duplicates for r in d["reruns"])
+    for event in timeline:  # what became of the task whose retry a cut aimed at
+        if "trigger_task" in event:
+            runs = executions.get(event["trigger_task"], [])
+            event["trigger_task_executions"] = [f"attempt {e.attempt} on {e.worker_id}: {e.outcome}" for e in runs]
+            event["trigger_task_state"] = latest.get(event["trigger_task"], ("missing", 0))[0]
     fault_counts = Counter(e["fault"] for e in timeline)
     final = sum(1 for task_id in ids if latest.get(task_id, ("missing", 0))[0] in FINAL)
     required = (
