@@ -338,6 +338,32 @@ def read_ledger(path: Path) -> dict[str, list[Execution]]:
     return runs
 
 
+def observe(
+    latest: dict[str, tuple[str, int]], first_final: dict[str, float], rows: list[dict[str, Any]], at: float
+) -> list[dict[str, Any]]:
+    """Fold one read of every task (`_id`, `state`, `attempts`) into `latest` and `first_final`; return the
+    regressions it shows: a final state that changed, attempts that decreased, a document that vanished."""
+    found: list[dict[str, Any]] = []
+    seen = set()
+    for row in rows:
+        task_id, state, attempts = str(row["_id"]), str(row.get("state")), int(row.get("attempts") or 0)
+        seen.add(task_id)
+        before = latest.get(task_id)
+        if before is not None:
+            old_state, old_attempts = before
+            if old_state in FINAL and state != old_state:
+                found.append({"task": task_id, "at_s": at, "from": old_state, "to": state, "why": "final state changed"})
+            if attempts < old_attempts:
+                found.append({"task": task_id, "at_s": at, "from": old_attempts, "to": attempts, "why": "attempts decreased"})
+        latest[task_id] = (state, attempts)
+        if state in FINAL:
+            first_final.setdefault(task_id, at)
+    for task_id in [t for t in latest if t not in seen and latest[t][0] != "missing"]:
+        found.append({"task": task_id, "at_s": at, "from": latest[task_id][0], "to": "missing", "why": "document vanished"})
+        latest[task_id] = ("missing", latest[task_id][1])
+    return found
+
+
 class Sampler:
     """Reads every task's state and attempts every `interval` s; records states that move backwards."""
 
@@ -363,23 +389,7 @@ class Sampler:
         except pymongo.errors.PyMongoError:
             self.failed_samples += 1
             return False
-        at = self.timeline.now()
-        for row in rows:
-            task_id, state, attempts = str(row["_id"]), str(row.get("state")), int(row.get("attempts") or 0)
-            before = self.latest.get(task_id)
-            if before is not None:
-                old_state, old_attempts = before
-                if old_state in FINAL and state != old_state:
-                    self.regressions.append(
-                        {"task": task_id, "at_s": at, "from": old_state, "to": state, "why": "final state changed"}
-                    )
-                if attempts < old_attempts:
-                    self.regressions.append(
-                        {"task": task_id, "at_s": at, "from": old_attempts, "to": attempts, "why": "attempts decreased"}
-                    )
-            self.latest[task_id] = (state, attempts)
-            if state in FINAL:
-                self.first_final.setdefault(task_id, at)
+        self.regressions += observe(self.latest, self.first_final, rows, self.timeline.now())
         self.samples += 1
         return True
 
@@ -856,7 +866,7 @@ def build_report(
     not_final = [task_id for task_id in ids if latest.get(task_id, ("missing", 0))[0] not in FINAL]
     messages_left = sum(queue_messages.values())
     # Lost: not final and nothing left that could ever move it (no document, or no message anywhere).
-    lost = [t for t in not_final if t not in latest or messages_left == 0]
+    lost = [t for t in not_final if latest.get(t, ("missing", 0))[0] == "missing" or messages_left == 0]
     stuck = [t for t in not_final if t not in lost]
     histogram: Counter[str] = Counter()
     duplicates = []
