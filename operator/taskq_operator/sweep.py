@@ -8,6 +8,12 @@ queues of the TaskQueues known on that store (`taskq.sweeper.sweep`), declaring 
 workers of its TaskQueue do. On FerretDB the selection scans the outbox collection (see
 `taskq.sweeper`). Republished tasks are logged and counted in `taskq_operator_republished_total`.
 
+Every `stuck_interval_s` (5 min) per store the same thread also sweeps for stuck tasks
+(`taskq.recovery`: `running` with its worker gone, `retrying` whose retry never came, both long
+unwritten): published again, or given up as `dead` (`Lost`) after `max_recoveries`; counted in
+`taskq_operator_stuck_total{outcome}`. That selection scans the tasks collection on FerretDB,
+hence the longer interval.
+
 Created by `taskq_operator.scaler.Scaler`; closed with it.
 """
 
@@ -26,10 +32,14 @@ from dataclasses import dataclass
 import pika.exceptions
 from prometheus_client import Counter
 
+from taskq.broker import admin
 from taskq.broker.connection import connect
 from taskq.broker.publisher import ConfirmingPublisher
 from taskq.broker.topology import declare_queue_topology
+from taskq.core.message import TaskMessage
+from taskq.core.stuck import StuckPolicy
 from taskq.errors import TaskqError
+from taskq.recovery import recover_stuck
 from taskq.store.mongo import TaskStore
 from taskq.sweeper import DEFAULT_GRACE_S, DEFAULT_LIMIT, sweep
 from taskq_operator.core.spec import TaskQueueSpec
@@ -43,6 +53,12 @@ REPUBLISHED = Counter(
     ("namespace", "taskqueue"),
 )
 SWEEP_ERRORS = Counter("taskq_operator_sweep_errors_total", "Outbox sweeps that failed on the store or the broker")
+STUCK = Counter(
+    "taskq_operator_stuck_total",
+    "Stuck tasks the sweep published again (recovered) or gave up (lost)",
+    ("namespace", "taskqueue", "outcome"),
+)
+STUCK_INTERVAL_S = 300.0
 StoreKey = tuple[str, str]
 
 
@@ -85,11 +101,16 @@ class Sweeper:
         grace_s: float = DEFAULT_GRACE_S,
         limit: int = DEFAULT_LIMIT,
         clock: Callable[[], float] = time.monotonic,
+        stuck: StuckPolicy | None = None,
+        stuck_interval_s: float = STUCK_INTERVAL_S,
     ) -> None:
         self.interval_s = interval_s
         self.grace_s = grace_s
         self.limit = limit
         self.clock = clock
+        self.stuck = stuck or StuckPolicy()
+        self.stuck_interval_s = stuck_interval_s
+        self._last_stuck: dict[StoreKey, float] = {}
         self._known: dict[tuple[str, str], SweptQueue] = {}
         self._last_run: dict[StoreKey, float] = {}
         self._running: Future[int] | None = None
@@ -102,12 +123,20 @@ class Sweeper:
 
     @classmethod
     def from_env(cls) -> Sweeper:
-        """A sweeper set by `TASKQ_SWEEP_GRACE_SECONDS` (60), `TASKQ_SWEEP_INTERVAL_SECONDS` (30), `TASKQ_SWEEP_LIMIT` (500)."""
+        """A sweeper set by `TASKQ_SWEEP_GRACE_SECONDS` (60), `TASKQ_SWEEP_INTERVAL_SECONDS` (30), `TASKQ_SWEEP_LIMIT` (500),
+        `TASKQ_STUCK_AFTER_SECONDS` (900), `TASKQ_STUCK_INTERVAL_SECONDS` (300), `TASKQ_STUCK_MAX_RECOVERIES` (3)."""
         try:
+            stuck_after = float(os.environ.get("TASKQ_STUCK_AFTER_SECONDS", StuckPolicy.running_after_s))
             return cls(
                 grace_s=float(os.environ.get("TASKQ_SWEEP_GRACE_SECONDS", DEFAULT_GRACE_S)),
                 interval_s=float(os.environ.get("TASKQ_SWEEP_INTERVAL_SECONDS", SWEEP_INTERVAL_S)),
                 limit=int(os.environ.get("TASKQ_SWEEP_LIMIT", DEFAULT_LIMIT)),
+                stuck=StuckPolicy(
+                    running_after_s=stuck_after,
+                    retrying_after_s=stuck_after,
+                    max_recoveries=int(os.environ.get("TASKQ_STUCK_MAX_RECOVERIES", StuckPolicy.max_recoveries)),
+                ),
+                stuck_interval_s=float(os.environ.get("TASKQ_STUCK_INTERVAL_SECONDS", STUCK_INTERVAL_S)),
             )
         except ValueError as exc:
             raise ValueError(f"invalid TASKQ_SWEEP_* setting: {exc}") from None
@@ -175,7 +204,45 @@ class Sweeper:
                     count,
                 )
             total += len(report.republished)
+            self._sweep_stuck(store_key, amqp_url, by_queue)
         return total
+
+    def _sweep_stuck(self, store_key: StoreKey, amqp_url: str, by_queue: dict[str, SweptQueue]) -> None:
+        """The stuck-task sweep of one store and broker, when `stuck_interval_s` has passed for the store."""
+        now = self.clock()
+        last = self._last_stuck.get(store_key)
+        if last is not None and now - last < self.stuck_interval_s:
+            return
+        self._last_stuck[store_key] = now
+
+        def dead_letter(message: TaskMessage, reason: str) -> None:
+            connection = connect(amqp_url, name="taskq-operator-stuck-sweep")
+            try:
+                admin.dead_letter(connection, message.queue, message, reason)
+            finally:
+                with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+                    connection.close()
+
+        try:
+            report = recover_stuck(
+                self._store(store_key),
+                self._publishers.setdefault(amqp_url, ConfirmingPublisher(amqp_url, name="taskq-operator-sweep")),
+                functools.partial(self._declare_named, by_queue),
+                dead_letter,
+                queues=sorted(by_queue),
+                policy=self.stuck,
+                limit=self.limit,
+            )
+        except TaskqError as exc:
+            SWEEP_ERRORS.inc()
+            log.warning("stuck-task sweep of database %s failed: %s", store_key[1], exc)
+            return
+        for outcome, ids in (("recovered", report.recovered), ("lost", report.lost)):
+            for task_id in ids:
+                queue = report.queues.get(task_id)
+                member = by_queue.get(queue) if queue is not None else None
+                if member is not None:
+                    STUCK.labels(member.namespace, member.name, outcome).inc()
 
     def _store(self, key: StoreKey) -> TaskStore:
         store = self._stores.get(key)

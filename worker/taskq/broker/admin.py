@@ -20,6 +20,7 @@ from taskq.core.topology import DEAD_REASON_HEADER, dead_queue
 
 NOT_FOUND = 404
 PERSISTENT = 2
+DEAD_HEADER_LIMIT_CHARS = 1000
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,21 @@ def peek_dead(connection: pika.BlockingConnection, queue: str, limit: int) -> li
         letters = [letter for _, letter in _fetch(channel, dead_queue(queue), min(limit, depth.messages))]
         channel.close()
     return letters
+
+
+def dead_letter(connection: pika.BlockingConnection, queue: str, message: TaskMessage, reason: str) -> None:
+    """Put a task's message into the dead-letter queue of `queue` with `reason` in its header (confirmed)."""
+    with translated(f"dead-lettering a task of {queue!r}", "the broker"):
+        channel = connection.channel()
+        channel.confirm_delivery()
+        properties = pika.BasicProperties(
+            delivery_mode=PERSISTENT,
+            content_type="application/json",
+            message_id=message.id,
+            headers={DEAD_REASON_HEADER: reason[:DEAD_HEADER_LIMIT_CHARS]},
+        )
+        channel.basic_publish("", dead_queue(queue), message.encode(), properties, mandatory=True)
+        channel.close()
 
 
 def requeue_dead(

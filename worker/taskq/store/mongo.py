@@ -541,6 +541,38 @@ class TaskStore:
                     result[key["q"]][key["s"]] = int(row["n"])
         return result
 
+    def open_since(
+        self, queues: Sequence[str], states: Iterable[TaskState], cutoff: datetime, limit: int
+    ) -> builtins.list[dict[str, Any]]:
+        """Tasks of `queues` in `states` last written before `cutoff`, oldest first, at most `limit` (the stuck sweep).
+
+        Served by the (queue, state, updated_at) index on MongoDB; FerretDB scans the tasks
+        collection, which is why the operator runs this sweep rarely (`taskq.recovery`).
+        """
+        query = {"queue": {"$in": list(queues)}, "state": {"$in": [s.value for s in states]}, "updated_at": {"$lt": cutoff}}
+        with self._translated("reading stuck tasks"):
+            found = self.tasks.find(query, {"write_token": 0, "result": 0})
+            return list(found.sort("updated_at", ASCENDING).limit(max(1, limit)))
+
+    def note_recovery(self, document: dict[str, Any], now: datetime, reason: str) -> bool:
+        """Record that a stuck task is published again; False when it was written meanwhile (no longer stuck).
+
+        Guarded on the state and write time read by the sweep (a filter on MongoDB; a check on the
+        document read by `_id` on FerretDB). The write time moves on, so the next sweep waits again.
+        """
+        task_id, state, seen = document["_id"], document.get("state"), document.get("updated_at")
+        update = {
+            "$set": {"updated_at": now, "recovered_at": now, "recovery_reason": safe_text(reason, 500)},
+            "$inc": {"recoveries": 1},
+        }
+        with self._translated("recording a recovery"):
+            if self.is_ferretdb():
+                current = self.tasks.find_one({"_id": task_id}, {"state": 1, "updated_at": 1})
+                if current is None or current.get("state") != state or current.get("updated_at") != seen:
+                    return False
+                return self.tasks.update_one({"_id": task_id}, update).modified_count == 1
+            return self.tasks.update_one({"_id": task_id, "state": state, "updated_at": seen}, update).modified_count == 1
+
     def delete_queue_tasks(self, queue: str) -> int:
         """Remove the documents of one queue's tasks and their outcome claims; returns how many tasks."""
         with self._translated("purging tasks"):

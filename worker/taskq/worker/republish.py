@@ -10,11 +10,10 @@ from __future__ import annotations
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
+from taskq.broker.admin import DEAD_HEADER_LIMIT_CHARS
 from taskq.broker.topology import declare_retry_queue
 from taskq.core.outcomes import DeadLetter, Retry
 from taskq.core.topology import DEAD_REASON_HEADER, dead_queue
-
-DEAD_HEADER_LIMIT_CHARS = 1000
 
 
 class Republisher:
