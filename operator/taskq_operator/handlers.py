@@ -3,7 +3,7 @@
 - start-up: settings (annotation-based progress, no finalizers, one active replica), the scaler loop;
 - watch events on TaskQueues and on the worker Deployments fill the in-memory cache the scaler reads;
   a TaskQueue's Deployment deleted by hand is noted for the scaler, which recreates it at once;
-- create/update(spec)/resume: declare the queue topology and create or update the Deployment; a
+- create/update(spec)/resume: create or update the Deployment, then declare the queue topology; a
   Deployment of that name the TaskQueue does not control is refused (never adopted): the scaler shows it
   in the `DeploymentOwned` condition and a Warning Event, and kopf retries every 30 s;
 - under kopf peering the scaler's loop, which kopf does not pause, checks the peering object itself
@@ -162,16 +162,16 @@ async def track_deployment(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Mem
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 async def reconcile(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """Declare the queues and create/update the Deployment; invalid specs fail permanently."""
+    """Create/update the Deployment, then declare the queues; invalid specs fail permanently.
+
+    The Deployment comes first: a broker that never answers (pika waits out its 15 s handshake timeout)
+    delays only the declare, which the workers also do themselves.
+    """
     try:
         spec = parse_taskqueue(dict(body))
     except SpecError as exc:
         raise kopf.PermanentError(f"invalid TaskQueue: {exc}") from None
     scaler = _scaler(memo)
-    try:
-        await asyncio.to_thread(declare_topology, spec, scaler.secrets, scaler.observers)
-    except TaskqError as exc:
-        logger.warning("queue %s not declared yet: %s", spec.queue, exc)
     cache = state_of(memo).cache
     key = (spec.namespace, spec.name)
     try:
@@ -185,6 +185,10 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: 
     cache.upsert_deployment(deployment)  # back on the loop
     cache.conflicts.pop(key, None)
     scaler.wake.set()
+    try:
+        await asyncio.to_thread(declare_topology, spec, scaler.secrets, scaler.observers)
+    except TaskqError as exc:
+        logger.warning("queue %s not declared yet: %s", spec.queue, exc)
 
 
 @kopf.on.probe(id="taskqueues")
