@@ -263,6 +263,8 @@ QUANTITY_PATTERN = (
     r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 """A non-negative Kubernetes quantity (`100m`, `1.5Gi`, `2`)."""
+QUANTITY_MAX_LENGTH = 64
+"""Bounds the CEL rules' cost estimate (the API server refuses a CRD whose rules could cost too much)."""
 
 IMAGE_MAX_LENGTH = 512
 _PATH_COMPONENT = r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*"
