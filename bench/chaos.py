@@ -30,7 +30,10 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, default=None, help="keep the ledger and worker logs in this folder")
     args = parser.parse_args()
     plan = dataclasses.replace(ChaosPlan(), tasks=args.tasks, workers=args.workers, concurrency=args.concurrency, seed=args.seed)
-    plan = dataclasses.replace(plan, settle_timeout_s=max(plan.settle_timeout_s, args.tasks * 0.08))
+    # Larger runs take longer to drain, and a read of every task costs the store more: sample less often.
+    plan = dataclasses.replace(
+        plan, settle_timeout_s=max(plan.settle_timeout_s, args.tasks * 0.1), sample_interval_s=max(0.5, args.tasks / 4000)
+    )
     services = session_services()
     try:
         with tempfile.TemporaryDirectory(prefix="taskq-chaos-") as scratch:

@@ -437,12 +437,9 @@ def outbox_queued(uri: str, database: str) -> set[str]:
     client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000, socketTimeoutMS=10_000)
     try:
         db = client[database]
-        pending = [str(entry["_id"]) for entry in db["outbox"].find({}, {"_id": 1})]
-        return {
-            task_id
-            for task_id in pending
-            if (db["tasks"].find_one({"_id": task_id}, {"state": 1}) or {}).get("state") == "queued"
-        }
+        pending = {str(entry["_id"]) for entry in db["outbox"].find({}, {"_id": 1})}
+        queued = {str(doc["_id"]) for doc in db["tasks"].find({"state": "queued"}, {"_id": 1})}  # one scan, not a read per id
+        return pending & queued
     except pymongo.errors.PyMongoError:
         return set()
     finally:
