@@ -481,3 +481,18 @@ def test_the_walk_covers_every_limit() -> None:
     covered = {c[2] for c in _range_cases(outside_values)}
     assert covered == set(limits.TASKQUEUE_RANGES)
     assert len(INSIDE) >= 20 and len(OUTSIDE) >= 40
+
+
+def test_kubectl_scale_is_held_to_the_replica_limit(cluster: Any, namespace: str) -> None:
+    """`spec.replicas` is mostly written through the scale subresource; it keeps the same limit."""
+    body = with_fields({"metadata.name": "scaled", "metadata.namespace": namespace})
+    cluster.kubectl("create", "-f", "-", input=json.dumps(body))
+    try:
+        top = limits.REPLICAS.high
+        cluster.kubectl("scale", "-n", namespace, "tq/scaled", f"--replicas={top}")
+        refused = cluster.kubectl("scale", "-n", namespace, "tq/scaled", f"--replicas={top + 1}", check=False)
+        assert refused.returncode != 0 and "spec.replicas" in refused.stderr, refused.stderr
+        stored = json.loads(cluster.kubectl("get", "-n", namespace, "tq/scaled", "-o", "json").stdout)
+        assert parse_taskqueue(stored).scaling.manual_replicas == top
+    finally:
+        cluster.kubectl("delete", "-n", namespace, "tq/scaled", "--wait=false", check=False)
