@@ -85,6 +85,8 @@ class ChaosPlan:
     after_final_s: float = 5.0
     """Keep sampling (workers still running) this long after every task is final: late writes show."""
     sample_interval_s: float = 0.5
+    stall_s: float = 60.0
+    """Stop waiting when no task became final for this long, the faults are over and no message is left."""
     mix: tuple[tuple[str, float, float, float], ...] = (
         ("short", 0.70, 0.02, 0.2),
         ("medium", 0.22, 0.5, 2.0),
@@ -729,11 +731,21 @@ def run(plan: ChaosPlan, services: ChaosServices, work_dir: Path, *, log: Callab
         outer_deadline = time.monotonic() + plan.store_outage_at_s + plan.store_outage_s + plan.settle_timeout_s + 120
         settled_at: float | None = None
         last_log = 0.0
+        progress_at, last_final = time.monotonic(), -1
         for _ in range(1_000_000):
             time.sleep(0.5)
             done_faults = state.faults_done.is_set() or not threads[2].is_alive()
             done_producer = state.producer_done.is_set() or not threads[0].is_alive()
             final = sampler.final_count()
+            if final != last_final:
+                progress_at, last_final = time.monotonic(), final
+            elif done_faults and done_producer and time.monotonic() - progress_at > plan.stall_s:
+                if sum(_queue_totals(services, queue).values()) == 0:  # nothing left that could move them
+                    state.errors.append(
+                        f"stalled: {plan.tasks - final} tasks not final, no message left, for {plan.stall_s:.0f} s"
+                    )
+                    break
+                progress_at = time.monotonic()
             if time.monotonic() - last_log > 10:
                 last_log = time.monotonic()
                 log(f"chaos: t={timeline.now():.0f}s final {final}/{plan.tasks}, faults {len(timeline.events)}")
@@ -771,6 +783,7 @@ def run(plan: ChaosPlan, services: ChaosServices, work_dir: Path, *, log: Callab
             first_final=sampler.first_final,
             republished=state.republished,
         )
+        report["queue"], report["database"] = queue, database
         return report
     finally:
         if state is not None:

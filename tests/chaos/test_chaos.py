@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from taskq_dev.chaos import ChaosPlan, private_services, run
-from taskq_dev.services import ServiceSet
+from taskq_dev.services import ServiceSet, delete_queues, drop_database
 
 pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.chaos]
 
@@ -32,6 +32,9 @@ def chaos_report(service_set: ServiceSet, tmp_path_factory: pytest.TempPathFacto
     finally:
         service_set.revive()
     (work_dir / "chaos.json").write_text(json.dumps(report, indent=2))
+    rabbitmq, mongo = services
+    delete_queues(rabbitmq, report["queue"])
+    drop_database(mongo, report["database"])
     return report
 
 
