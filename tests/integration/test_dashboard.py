@@ -83,7 +83,7 @@ def _start_api(svc: Services, tokens: Path) -> Api:
 
 
 @pytest.fixture
-def api(svc: Services, tmp_path: Path) -> Iterator[Api]:
+def api(svc: Services, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Api]:
     tokens = tmp_path / "tokens"
     tokens.write_text(f"submit,read {FULL}\nread {READ_ONLY}\n")
     server = _start_api(svc, tokens)
@@ -96,7 +96,7 @@ def api(svc: Services, tmp_path: Path) -> Iterator[Api]:
         except subprocess.TimeoutExpired:
             server.process.kill()
             server.process.wait(timeout=10)
-        (tmp_path / "api.log").write_text("".join(server.log))
+        (_artifacts() / f"api-{request.node.name}.log").write_text("".join(server.log))
 
 
 @pytest.fixture
@@ -109,10 +109,15 @@ def browser() -> Iterator[Browser]:
             chromium.close()
 
 
-def _shot(page: Page, name: str) -> None:
+def _artifacts() -> Path:
+    """tests/artifacts/dashboard/, made on first use with a .gitignore that keeps all of tests/artifacts out of git."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS.parent / ".gitignore").write_text("*\n")
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    return ARTIFACTS
+
+
+def _shot(page: Page, name: str) -> None:
+    page.screenshot(path=str(_artifacts() / f"{name}.png"), full_page=True)
 
 
 def _login(page: Page, base: str, token: str, path: str = "/") -> None:
@@ -378,5 +383,5 @@ def test_page_load_times_at_scale(svc: Services, client: Client, store: TaskStor
     report.update(seed_s=round(seeded_s, 1), create_indexes_s=round(indexed_s, 1))
     report["first_load_s"] = {label: round(seconds, 3) for label, seconds in first.items()}
     report["next_loads_median_s"] = {label: round(seconds, 3) for label, seconds in warm.items()}
-    (ARTIFACTS / f"load-times-{total}.json").write_text(json.dumps(report, indent=2))
+    (_artifacts() / f"load-times-{total}.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

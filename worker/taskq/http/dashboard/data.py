@@ -24,9 +24,10 @@ from taskq.core.topology import dead_queue
 from taskq.settings import Settings
 from taskq.store.mongo import TaskStore
 
-# The page reads' own store client: a socket timeout of 60 s instead of the API's 15 s, since on
-# FerretDB a read that scans 100k documents takes tens of seconds (see `taskq.http.dashboard.snapshots`).
-READ_TIMEOUT_MS = 20_000
+# The page reads' own store client: a socket timeout of 120 s instead of the API's 15 s, since on
+# FerretDB a read that scans 100k documents takes tens of seconds, more on a loaded machine (see
+# `taskq.http.dashboard.snapshots`).
+READ_TIMEOUT_MS = 40_000
 LIVE_AFTER_S = 15.0  # a heartbeat older than this (the interval is 2 s) marks the worker stale
 PAGE_SIZE = 50
 MAX_PAGE = 200  # skip-based pages: deeper than 10,000 rows, narrow the filters instead

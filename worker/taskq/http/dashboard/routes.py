@@ -58,6 +58,8 @@ def _ago(value: Any) -> str:
 def _duration(seconds: Any) -> str:
     if not isinstance(seconds, int | float):
         return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
     if seconds < 60:
         return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
     if seconds < 3600:
