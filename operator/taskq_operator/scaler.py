@@ -186,10 +186,12 @@ class Scaler:
         if self._stands_by(snapshot):
             return TickResult(STANDBY_PAUSE_S)
         now = self.clock()
-        for gone in set(self.states) - set(snapshot.taskqueues):
-            if not self._busy(gone):
-                del self.states[gone]
-                metrics.forget(*gone)
+        gone = [key for key in set(self.states) - set(snapshot.taskqueues) if not self._busy(key)]
+        for key in gone:
+            del self.states[key]
+            metrics.forget(*key)
+        if gone:
+            self._jobs.forget(lambda job: job[1] in snapshot.taskqueues)
         result = TickResult(0.0)
         due: dict[Key, tuple[TaskQueueSpec, dict[str, Any]]] = {}
         recreate: dict[Key, TaskQueueSpec] = {}
