@@ -111,5 +111,5 @@ bench-worker: install ## one taskq-worker vs Celery (prefork, acks_late, multipl
 
 CHAOS_TASKS ?= 10000
 
-chaos: install ## the chaos run: $(CHAOS_TASKS) tasks through taskq-worker processes under faults (SIGKILLs, producer kill and rerun, cut and blackholed connections, broker restart, 10 s store stop) -> bench/results/chaos.json
+chaos: install ## the chaos run: 10,000 tasks (CHAOS_TASKS) through taskq-worker processes under faults (SIGKILLs, producer kill and rerun, cut and blackholed connections, broker restart, 10 s store stop) -> bench/results/chaos.json
 	$(PYTHON) bench/chaos.py --tasks $(CHAOS_TASKS)

@@ -78,8 +78,9 @@ class ChaosPlan:
     broker_restart_at_s: float = 24.0
     store_outage_at_s: float = 50.0
     store_outage_s: float = 10.0
-    sweep_every_s: float = 15.0
-    sweep_grace_s: float = 10.0
+    sweep_every_s: float = 30.0
+    sweep_grace_s: float = 60.0
+    """The outbox sweep as the operator runs it by default (every 30 s, entries older than 60 s)."""
     settle_timeout_s: float = 180.0
     """After the last scheduled fault, how long every task gets to reach a final state."""
     after_final_s: float = 5.0
