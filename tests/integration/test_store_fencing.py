@@ -15,19 +15,34 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
-from worker_procs import Services
+from worker_procs import Services, count_in_state, publish_raw, workers
 
+from taskq.broker.admin import queue_depth
+from taskq.broker.connection import connect
+from taskq.broker.publisher import ConfirmingPublisher, Outgoing
+from taskq.client import Client
 from taskq.core.document import queued_document
 from taskq.core.message import TaskMessage
 from taskq.core.states import TaskState
 from taskq.core.transitions import Transition, finish, start
 from taskq.store.mongo import TaskStore
+from taskq_dev.ports import poll
 
 pytestmark = pytest.mark.services
 
 ROUNDS = 200
+
+
+def queue_depth_of(svc: Services) -> int:
+    connection = connect(svc.amqp_url, name="fencing-tests")
+    try:
+        depth = queue_depth(connection, svc.queue)
+        return depth.messages if depth is not None else 0
+    finally:
+        connection.close()
 
 
 def _now() -> datetime:
@@ -137,5 +152,78 @@ def test_an_outcome_recorded_only_in_its_claim_is_what_readers_see(writers: tupl
     document = first.get(message.id)
     assert document is not None and document["state"] == "succeeded" and document["result"] == "done"
     check = first.note_redelivery(message.id, 1)
-    assert check.state is TaskState.SUCCEEDED and check.decided
+    assert check.state is TaskState.SUCCEEDED and check.claimed is TaskState.SUCCEEDED
     assert first.tasks.find_one({"_id": message.id})["state"] == "succeeded", "the redelivery check rolls the document forward"
+
+
+def test_two_workers_racing_on_the_same_messages_record_one_outcome_each_and_nothing_moves_back(
+    svc: Services, store: TaskStore, client: Client, tmp_path: Path
+) -> None:
+    """200 tasks, each message published twice, two workers: both copies run at once, one outcome stands."""
+    ids = [f"dup-{i:03d}" for i in range(ROUNDS)]
+    client.submit_many({"name": "sleep", "args": [0.02], "task_id": task_id} for task_id in ids)
+    bodies = [
+        TaskMessage(id=d["_id"], name="sleep", queue=svc.queue, args=[0.02], created_at=d["created_at"]).encode()
+        for d in store.tasks.find({})
+    ]
+    rank = {"queued": 0, "running": 1, "retrying": 1, "succeeded": 2, "failed": 2, "dead": 2}
+    seen: dict[str, int] = {}
+    regressions: list[str] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            for task_id, state in store_reader.states_of(ids).items():
+                now_rank = rank[state.value]
+                if now_rank < seen.get(task_id, 0):
+                    regressions.append(f"{task_id}: back to {state.value}")
+                seen[task_id] = max(seen.get(task_id, 0), now_rank)
+            stop.wait(0.05)
+
+    store_reader = TaskStore(svc.mongodb_uri, svc.database)
+    sampler = threading.Thread(target=sample, daemon=True)
+    try:
+        with workers(svc, tmp_path, count=2, concurrency=4) as pair:
+            sampler.start()
+            publish_raw(svc.amqp_url, svc.queue, bodies)  # the second copy of every message
+            poll(lambda: count_in_state(store, TaskState.SUCCEEDED) == ROUNDS, timeout=240, what="every task to succeed")
+            poll(lambda: queue_depth_of(svc) == 0, timeout=60, what="every copy to be consumed")
+            stale = sum(len(w.events_named("task.stale")) + len(w.events_named("task.redelivered_final")) for w in pair)
+            ran_twice = sum(len(w.events_named("task.succeeded")) for w in pair) - ROUNDS
+    finally:
+        stop.set()
+        sampler.join(10)
+        store_reader.close()
+    assert not regressions, regressions[:5]
+    claims = list(store.claims.find({}))
+    assert sorted(c["task_id"] for c in claims) == sorted(ids), "one outcome claim per task"
+    assert all(d["state"] == "succeeded" and d["attempts"] == 1 for d in store.tasks.find({}))
+    # Every second copy was either refused as stale after running (ran twice, one outcome) or acked unrun.
+    assert ran_twice == 0, f"{ran_twice} second outcomes were recorded"
+    assert stale >= 1, "the duplicates never met their first copies"
+
+
+def test_a_republished_copy_of_a_finished_task_is_acked_without_running(
+    svc: Services, store: TaskStore, client: Client, tmp_path: Path
+) -> None:
+    """The outbox sweep or a resubmission sent a copy while the first was on its way; the first finished."""
+    ledger = tmp_path / "ledger.txt"
+    task_id = client.submit("stamped", args=[str(ledger), 0.0])
+    with workers(svc, tmp_path, task_modules="taskq.examples,worker_test_tasks") as (worker,):
+        poll(lambda: (store.get(task_id) or {}).get("state") == "succeeded", timeout=30, what="the task to succeed")
+        document = store.get(task_id)
+        assert document is not None
+        copy = TaskMessage(
+            id=task_id, name="stamped", queue=svc.queue, args=[str(ledger), 0.0], created_at=document["created_at"]
+        )
+        publisher = ConfirmingPublisher(svc.amqp_url, name="fencing-tests")
+        try:
+            stream = publisher.stream()
+            stream.add([Outgoing(svc.queue, copy.encode(), task_id, republished=True)])
+            stream.wait()
+        finally:
+            publisher.close()
+        poll(lambda: bool(worker.events_named("task.redelivered_final")), timeout=30, what="the copy to be acked")
+        assert queue_depth_of(svc) == 0
+    starts = [line for line in ledger.read_text().splitlines() if line.startswith("start")]
+    assert len(starts) == 1, f"the task ran {len(starts)} times: {starts}"

@@ -288,7 +288,7 @@ class Client:
                 progress(len(recorded.known) + len(recorded.conflicts))
             outgoing = [Outgoing(m.queue, m.encode(), m.id, m.priority) for m in messages if m.id in recorded.fresh]
             # Same id, name and queue, never confirmed: send the body first recorded again.
-            outgoing += [Outgoing(u.queue, u.body, u.task_id, u.priority) for u in recorded.republish]
+            outgoing += [Outgoing(u.queue, u.body, u.task_id, u.priority, republished=True) for u in recorded.republish]
             stream.add(outgoing)
             settle(at_least=MARK_CHUNK)
             return len(recorded.known)

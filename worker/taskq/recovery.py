@@ -96,7 +96,7 @@ def _publish(publisher: ConfirmingPublisher, declare: Callable[[str], None], rec
         declare(queue)
     stream = publisher.stream()
     try:
-        stream.add([Outgoing(v.message.queue, v.message.encode(), v.message.id, v.message.priority) for v in recover])
+        stream.add([Outgoing(v.message.queue, v.message.encode(), v.message.id, v.message.priority, True) for v in recover])
         stream.wait()
     finally:
         confirmed = stream.take_confirmed()

@@ -72,7 +72,7 @@ def publish_recorded(store: TaskStore, publisher: ConfirmingPublisher, entries: 
     stream = publisher.stream()
     confirmed: list[str] = []
     try:
-        stream.add([Outgoing(e.queue, e.body, e.task_id, e.priority) for e in entries])
+        stream.add([Outgoing(e.queue, e.body, e.task_id, e.priority, republished=True) for e in entries])
         stream.wait()
     finally:
         try:

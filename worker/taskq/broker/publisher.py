@@ -25,6 +25,7 @@ from pika.frame import Method
 from pika.spec import Basic, BasicProperties
 
 from taskq.broker.connection import parameters
+from taskq.core.topology import REPUBLISHED_HEADER
 from taskq.errors import BrokerRejected, BrokerUnavailable, redact_url
 
 DEFAULT_WINDOW = 1000
@@ -73,6 +74,7 @@ class Outgoing:
     body: bytes
     message_id: str
     priority: int = 0
+    republished: bool = False  # a copy of a message that may have been delivered already (see REPUBLISHED_HEADER)
 
     def properties(self) -> BasicProperties:
         return BasicProperties(
@@ -80,6 +82,7 @@ class Outgoing:
             content_type="application/json",
             message_id=self.message_id,
             priority=self.priority,
+            headers={REPUBLISHED_HEADER: True} if self.republished else None,
         )
 
 

@@ -88,11 +88,11 @@ class Decision:
 
 class RedeliveryCheck(NamedTuple):
     """What the store found for a redelivered message: the task's state, its deliveries so far (this
-    one too), and whether the redelivered attempt has an outcome claimed already (it is then over)."""
+    one too), and the outcome claimed for the redelivered attempt, if any (see `taskq.core.fencing`)."""
 
     state: TaskState | None
     deliveries: int
-    decided: bool = False
+    claimed: TaskState | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,13 @@ def result_problem(result_json: str | None) -> tuple[Any, str | None]:
     except (ValueError, RecursionError) as exc:
         return None, f"result is not JSON data: {type(exc).__name__}"
     return value, storable_problem(value, "result")
+
+
+def retry_action(message: TaskMessage, policy: RetryPolicy, unit_random: float) -> Retry:
+    """The retry of failed attempt `message.attempt`: its next attempt, jittered delay and delay bucket."""
+    delay_s = policy.delay(message.attempt, unit_random)
+    bucket = delay_bucket_ms(delay_s)
+    return Retry(message.next_attempt(), max(1, min(bucket, int(delay_s * 1000))), bucket)
 
 
 def attempt_outcome(
@@ -169,13 +176,9 @@ def attempt_outcome(
         transition = record(TaskState.FAILED, error=error)
         return Decision(transition, Ack(), "task.failed", fields)
     if should_retry(message.attempt, limits.max_retries):
-        delay_s = policy.delay(message.attempt, unit_random)
-        bucket = delay_bucket_ms(delay_s)
+        retry = retry_action(message, policy, unit_random)
         transition = record(TaskState.RETRYING, error=error)
-        delay_ms = max(1, min(bucket, int(delay_s * 1000)))
-        return Decision(
-            transition, Retry(message.next_attempt(), delay_ms, bucket), "task.retrying", {**fields, "delay_ms": delay_ms}
-        )
+        return Decision(transition, retry, "task.retrying", {**fields, "delay_ms": retry.delay_ms})
     transition = record(TaskState.DEAD, error=error)
     reason = f"retries exhausted after attempt {message.attempt}: {error.type}: {error.message}"
     return Decision(transition, DeadLetter(message.encode(), reason[:REASON_LIMIT_CHARS]), "task.dead", fields)
@@ -189,25 +192,29 @@ def redelivery_outcome(
     deliveries: int,
     max_deliveries: int,
     now: datetime,
-    decided: bool = False,
+    claimed: TaskState | None = None,
+    retry: Retry | None = None,
 ) -> Decision:
-    """A redelivered message: ack it if its task is final or its attempt decided, bury it past the delivery limit, else run it.
+    """A redelivered message: ack it if its task is final, bury it past the delivery limit, else run it.
 
     `deliveries` counts this delivery too (the broker's or the store's count of earlier ones, plus one).
-    `decided`: this attempt's outcome is claimed already (it ended `retrying`, say, and its next
-    attempt is on its way): running it again would only repeat it.
+    `claimed`: the outcome already claimed for this attempt. A claimed `retrying` means the attempt
+    is over but its retry may never have been published (the publish was refused, the connection
+    dropped before the ack): the delivery does `retry` (the next attempt to its delay queue, from the
+    caller's policy) instead of running again; past the delivery limit the next attempt is buried.
     """
     fields: dict[str, Any] = {"task_id": message.id, "name": message.name, "attempt": message.attempt, "deliveries": deliveries}
     if state is not None and state.is_final:
         return Decision(None, Ack(), "task.redelivered_final", {**fields, "state": state.value})
-    if decided:
-        return Decision(None, Ack(), "task.redelivered_decided", {**fields, "state": state.value if state else None})
     if deliveries > max_deliveries:
         reason = f"{DELIVERY_LIMIT_REASON}: delivered {deliveries} times (limit {max_deliveries}) without an outcome"
-        transition = bury(message, reason, now, error_type="DeliveryLimit", epoch=deliveries)
+        buried = message.next_attempt() if claimed is TaskState.RETRYING else message
+        transition = bury(buried, reason, now, error_type="DeliveryLimit", epoch=deliveries)
         return Decision(
             transition, DeadLetter(body, reason), "task.delivery_limit", {**fields, "reason": reason}, act_only_if_recorded=False
         )
+    if claimed is TaskState.RETRYING and retry is not None:
+        return Decision(None, retry, "task.retry_resent", {**fields, "delay_ms": retry.delay_ms})
     return Decision(None, Run(), "task.redelivered", fields)
 
 

@@ -12,6 +12,9 @@ from taskq.core.limits import queue_consumer_timeout_ms
 DEAD_SUFFIX = ".dead"
 RETRY_INFIX = ".retry."
 DEAD_REASON_HEADER = "x-taskq-dead-reason"
+REPUBLISHED_HEADER = "x-taskq-republished"
+"""Set on a message published again (outbox sweep, resubmission, stuck sweep): its worker checks the
+task's state before running it, as for a redelivery, since the first copy may have been delivered."""
 
 
 def dead_queue(queue: str) -> str:

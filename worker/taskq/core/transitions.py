@@ -25,7 +25,7 @@ class Transition:
     without the producer API); None means a missing document refuses the transition. `attempt` and
     `epoch` (the delivery of that attempt) fence the write (`taskq.core.fencing`); a transition
     without an attempt (a malformed message's) is guarded by its sources alone. `worker` names the
-    writer in an outcome's claim.
+    writer in an outcome's claim (the worker's committer makes it name the very delivery).
     """
 
     task_id: str

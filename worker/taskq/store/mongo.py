@@ -450,7 +450,7 @@ class TaskStore:
         (`redeliveries.a<attempt>`), filtered by `_id` alone (FerretDB runs that without a scan; it has no
         projection for findAndModify, so the whole document comes back: redeliveries are rare). A task
         with no document has no count. When the attempt has an outcome claim already, the attempt is
-        over (`decided`): the document is rolled forward to it if it lags.
+        over (`claimed` says how): the document is rolled forward to it if it lags.
         """
         key = f"a{int(attempt)}"
         with self._translated("counting a redelivery"):
@@ -461,13 +461,14 @@ class TaskStore:
             else:
                 found = self.tasks.find_one({"_id": task_id})
             claim = self._roll_forward([(task_id, attempt)]).get(task_id)
+        claimed = TaskState(claim["state"]) if claim is not None else None
         if found is None:
-            return RedeliveryCheck(TaskState(claim["state"]) if claim else None, 1, claim is not None)
+            return RedeliveryCheck(claimed, 1, claimed)
         counts = found.get("redeliveries") or {}
         earlier = counts.get(key, 0) if isinstance(counts, dict) else 0
         state = claim["state"] if claim is not None else found.get("state")
         known = TaskState(state) if state in {s.value for s in TaskState} else None
-        return RedeliveryCheck(known, int(earlier) + 1, claim is not None)
+        return RedeliveryCheck(known, int(earlier) + 1, claimed)
 
     # -- reads --------------------------------------------------------------------------------
 

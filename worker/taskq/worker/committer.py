@@ -42,6 +42,7 @@ from taskq.core.outcomes import (
     Run,
     attempt_outcome,
     redelivery_outcome,
+    retry_action,
 )
 from taskq.core.retry import RetryPolicy
 from taskq.core.states import TaskState, allowed_sources
@@ -355,7 +356,8 @@ class Committer:
         for delivery in batch.progress:
             side.append(self._progress_transition(delivery, self._starts[delivery], now))
 
-        recorded = [d.transition for _, d in outcomes if d.transition is not None]
+        # An outcome's claim names the delivery that wrote it: a retry of this flush finds its own claim.
+        recorded = [replace(d.transition, worker=self._writer(delivery)) for delivery, d in outcomes if d.transition is not None]
         results = self._apply_isolating([*side, *recorded])
         side_results, outcome_results = results[: len(side)], results[len(side) :]
         for delivery, result in zip([*batch.starts, *batch.progress], side_results, strict=True):
@@ -374,6 +376,9 @@ class Committer:
         if done:
             self._sink.send(done)
 
+    def _writer(self, delivery: Delivery) -> str:
+        return f"{self._worker_id}/{delivery.token}"
+
     def _redelivery(self, delivery: Delivery, count: bool, now: datetime) -> Decision:
         message = delivery.message
         assert message is not None
@@ -384,6 +389,7 @@ class Committer:
         if delivery.broker_deliveries is not None:
             deliveries = max(deliveries, delivery.broker_deliveries + 1)
         delivery.epoch = deliveries  # this delivery's writes are fenced above every earlier one's
+        retry = retry_action(message, self._policy, self._rng()) if check.claimed is TaskState.RETRYING else None
         return redelivery_outcome(
             message,
             delivery.body,
@@ -391,7 +397,8 @@ class Committer:
             deliveries=deliveries,
             max_deliveries=self._max_deliveries,
             now=now,
-            decided=check.decided,
+            claimed=check.claimed,
+            retry=retry,
         )
 
     def _attempt(self, delivery: Delivery, done: Completed, entry: _Start | None, now: datetime) -> Decision:
@@ -504,7 +511,8 @@ class Committer:
         transition = finish(
             message, TaskState.FAILED, self._worker_id, now, error=error, start_recorded=False, epoch=delivery.epoch
         )
-        return replace(transition, sources=allowed_sources(TaskState.FAILED) | transition.sources, insert=None)
+        sources = allowed_sources(TaskState.FAILED) | transition.sources
+        return replace(transition, sources=sources, insert=None, worker=self._writer(delivery))
 
     def _recorded(self, decision: Decision) -> None:
         if self._on_recorded is not None:

@@ -34,6 +34,7 @@ from taskq.core.limits import attempt_limits, lease_s, queue_consumer_timeout_ms
 from taskq.core.message import MalformedMessage, utcnow
 from taskq.core.outcomes import DeadLetter, Requeue, Retry, malformed_outcome, unknown_task_outcome
 from taskq.core.storable import safe_text
+from taskq.core.topology import REPUBLISHED_HEADER
 from taskq.errors import BrokerRejected, BrokerUnavailable, UnknownTask, redact_url
 from taskq.registry import lookup
 from taskq.settings import Settings
@@ -246,6 +247,8 @@ class Consumer:
             handed_back = (message.id, message.attempt) in self._returned
             self._returned.discard((message.id, message.attempt))
             return Redelivered(delivery, count=not handed_back)
+        if (delivery.properties.headers or {}).get(REPUBLISHED_HEADER):
+            return Redelivered(delivery, count=False)  # a copy: its first may have run already
         return None
 
     def admit(self, delivery: Delivery) -> None:

@@ -8,6 +8,7 @@ as the `key` of its events, the committer records its outcome, and the connectio
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import pika
@@ -30,6 +31,7 @@ class Delivery:
     broker_deliveries: int | None = None  # earlier deliveries counted by the broker (quorum queues)
     epoch: int = 1  # which delivery of its attempt this is (set by the committer's redelivery check): fences its writes
     received_at: float = field(default_factory=time.monotonic)
+    token: str = field(default_factory=lambda: uuid.uuid4().hex[:16])  # names this delivery in outcome claims
 
     def __hash__(self) -> int:
         return id(self)
