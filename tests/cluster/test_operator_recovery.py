@@ -1,6 +1,7 @@
 """The operator process on the real control plane under faults: a Deployment deleted by hand comes back,
 a foreign Deployment with the worker's name is refused and left alone, a blackholed broker does not stop
-another TaskQueue from scaling, and a restarted operator keeps the scale-down window it had.
+another TaskQueue from scaling, a restarted operator keeps the scale-down window it had, and a replica
+kopf's peering pauses stops scaling until it resumes.
 
 RabbitMQ and the store are the test services on 127.0.0.1; no workers run (no bridge), so a backlog stays.
 """
@@ -15,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -235,3 +237,43 @@ def test_restarted_operator_keeps_the_scale_down_window(
         poll(lambda: _replicas(cluster, namespace, "steady-worker") == 0, timeout=30,
              what="scale-down once the window has passed", interval=0.5)
     cluster.kubectl("delete", "-n", namespace, "tq", "steady")
+
+
+PEERING_CRD = Path(__file__).resolve().parents[2] / "charts" / "taskq" / "crds" / "kopf-peering.yaml"
+
+
+def _peering_status(cluster: Any, namespace: str, entries: dict[str, Any]) -> None:
+    cluster.kubectl("patch", "-n", namespace, "kopfpeering", "taskq-ha", "--type=merge",
+                    "-p", json.dumps({"status": entries}))
+
+
+@pytest.mark.timeout(300)
+def test_replica_paused_by_peering_stops_scaling_until_it_resumes(
+        cluster: Any, namespace: str, amqp_url: str, rabbitmq: Any, mongodb_uri: str, database_name: str,
+        queue_name: str, tmp_path: Path) -> None:
+    """A replica that was active and is then outranked (kopf pauses its handlers) must stop acting too."""
+    cluster.kubectl("apply", "-f", str(PEERING_CRD))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/kopfpeerings.kopf.dev")
+    _apply(cluster, {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
+                     "metadata": {"name": "taskq-ha", "namespace": namespace}})
+    broker, store = _secrets(cluster, namespace, "p", amqp_url, rabbitmq.management_url, mongodb_uri)
+    log_path = tmp_path / "operator.log"
+    env = {"KUBECONFIG": str(cluster.kubeconfig), "TASKQ_PEERING": "taskq-ha"}
+    with running_operator(namespace, log_path, env=env, start_timeout=30, stop_timeout=15):
+        _apply(cluster, _taskqueue("paired", namespace, queue_name, broker, store, database_name,
+                                   {"minReplicas": 0, "maxReplicas": 10, "tasksPerReplica": 100}))
+        poll(lambda: _get(cluster, namespace, "deployment", "paired-worker"), timeout=40,
+             what="the active replica to create the Deployment", interval=0.5)
+        seen = datetime.now(UTC).isoformat()
+        _peering_status(cluster, namespace, {"intruder@elsewhere": {"priority": 2**62, "lastseen": seen, "lifetime": 120}})
+        poll(lambda: b"Pausing operations in favour of" in log_path.read_bytes(), timeout=30,
+             what="kopf to pause this replica", interval=0.25)
+        _submit(amqp_url, mongodb_uri, database_name, queue_name, 300)
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:  # kopf's handlers are paused: so is the scaler
+            assert _replicas(cluster, namespace, "paired-worker") == 0, "a paused replica scaled"
+            time.sleep(0.5)
+        _peering_status(cluster, namespace, {"intruder@elsewhere": None})
+        poll(lambda: _replicas(cluster, namespace, "paired-worker") == 3, timeout=40,
+             what="the resumed replica to scale", interval=0.5)
+    cluster.kubectl("delete", "-n", namespace, "tq", "paired")
