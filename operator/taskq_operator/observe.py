@@ -144,9 +144,14 @@ class Observers:
     def store(self, target: Target) -> StoreObserver:
         with self._lock:
             observer = self.stores.get(target.store_key)
-            if observer is None:
-                observer = self.stores[target.store_key] = StoreObserver(target.mongodb_uri, target.database)
+        if observer is not None:
             return observer
+        made = StoreObserver(target.mongodb_uri, target.database)  # outside the lock: a mongodb+srv URI resolves DNS here
+        with self._lock:
+            observer = self.stores.setdefault(target.store_key, made)
+        if observer is not made:
+            made.close()
+        return observer
 
     def close(self) -> None:
         self._batches.close()
