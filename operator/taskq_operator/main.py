@@ -1,6 +1,8 @@
 """`taskq-operator`: run the TaskQueue operator (kopf) with its metrics and health endpoints.
 
-Deployed as one replica (Deployment strategy Recreate; kopf runs standalone, without peering objects).
+Deployed as one replica (Deployment strategy Recreate; kopf runs standalone), or as 2-5 replicas with
+kopf peering when `TASKQ_PEERING` names the peering object (the start-up handler switches it on; the
+scaler loop then stands by with kopf's handlers, `taskq_operator.peering`).
 Reads `KUBECONFIG` or the pod's service account. The operator's runtime state is one
 `taskq_operator.handlers.OperatorState`, handed to kopf as its operator memo. Started through
 `taskq_operator.entry` (the console script), which names the missing extra when kopf is absent.
