@@ -207,6 +207,7 @@ class Scaler:
             intervals.append(interval)
             if key in snapshot.recreate:
                 recreate[key] = spec
+                state.stored_history = None  # the new Deployment has no history annotation yet
             slot = int(now // interval)
             if slot == state.last_slot:
                 continue
