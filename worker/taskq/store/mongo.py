@@ -684,12 +684,25 @@ class TaskStore:
         """
         final = [TaskState.FAILED.value, TaskState.DEAD.value]
         with self._translated("retrying a task"):
+            document = self.tasks.find_one({"_id": message.id}, {"state": 1, "attempts": 1})
+            if document is None or document.get("state") not in final:
+                return False
             self.outbox.replace_one({"_id": message.id}, outbox_entry(message, now), upsert=True)
             result = self.tasks.update_one(
                 {"_id": message.id, "state": {"$in": final}},
-                {"$set": {"state": TaskState.QUEUED.value, "updated_at": now, f"timestamps.{TaskState.QUEUED.value}": now}},
+                {
+                    "$set": {
+                        "state": TaskState.QUEUED.value,
+                        "updated_at": now,
+                        f"timestamps.{TaskState.QUEUED.value}": now,
+                        "fence": 0,
+                    }
+                },
             )
             if result.modified_count != 1:
                 self._delete_outbox([message.id])
                 return False
+            # As in `requeue_dead`: the message runs as attempt 1 again, earlier attempts' outcome claims no longer stand.
+            for attempt in range(1, max(int(document.get("attempts") or 0), 1) + 1):
+                self.claims.delete_one({"_id": claim_id(message.id, attempt)})
         return True
