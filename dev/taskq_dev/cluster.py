@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import ssl
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 import httpx
 
 from taskq.errors import TaskqError
-from taskq_dev import kwok, paths, pki, ports, realnodes, tools
+from taskq_dev import apiserver, kwok, paths, pki, ports, realnodes, tools
 from taskq_dev.processes import BackgroundProcess
 
 DEFAULT_NODES = 3
@@ -349,9 +348,7 @@ class LocalCluster:
             raise ClusterError(str(exc)) from None
 
     def _client(self) -> httpx.Client:
-        context = ssl.create_default_context(cafile=str(self.pki_dir / "ca.crt"))
-        context.load_cert_chain(str(self.pki_dir / "admin.crt"), str(self.pki_dir / "admin.key"))
-        return httpx.Client(base_url=self.server, verify=context, timeout=5.0)
+        return apiserver.admin_client(self.pki_dir, self.server)
 
     def _etcd_ready(self) -> bool:
         try:
@@ -381,19 +378,7 @@ class LocalCluster:
                     raise ClusterError(f"creating node {name} failed: HTTP {answer.status_code} {answer.text[:300]}")
 
     def _ready_nodes(self) -> set[str]:
-        try:
-            with self._client() as client:
-                answer = client.get("/api/v1/nodes")
-        except httpx.HTTPError:
-            return set()
-        if answer.status_code != 200:
-            return set()
-        ready = set()
-        for node in answer.json().get("items", []):
-            for condition in node.get("status", {}).get("conditions") or []:
-                if condition.get("type") == "Ready" and condition.get("status") == "True":
-                    ready.add(node["metadata"]["name"])
-        return ready
+        return apiserver.ready_nodes(self.pki_dir, self.server)
 
     def _default_service_account_exists(self) -> bool:
         try:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import shlex
-import ssl
 import subprocess
 import time
 from collections.abc import Sequence
@@ -30,10 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
-from taskq_dev import docker, nodeimage, pki, ports, tools
+from taskq_dev import apiserver, docker, nodeimage, pki, ports, tools
 
 NETWORK = "taskq-nodes"
 BRIDGE = "taskq-br0"
@@ -238,8 +236,7 @@ class RealNodes:
         return _docker("inspect", "--format", "{{.State.Status}}", self.container(name), check=False)
 
     def running(self, name: str) -> bool:
-        out = _docker("inspect", "--format", "{{.State.Status}}", self.container(name), check=False)
-        return out == "running"
+        return self.state(name) == "running"
 
     def exec(self, name: str, *argv: str, timeout: float = 60) -> str:
         """Run a command in the node container (e.g. `crictl`-less inspection with `ctr`)."""
@@ -254,27 +251,10 @@ class RealNodes:
 
     # -- readiness --
 
-    def _client(self) -> httpx.Client:
-        pki_dir = self.root / "pki"
-        context = ssl.create_default_context(cafile=str(pki_dir / "ca.crt"))
-        context.load_cert_chain(str(pki_dir / "admin.crt"), str(pki_dir / "admin.key"))
-        return httpx.Client(base_url=f"https://{ports.LOOPBACK}:{self.apiserver_port}", verify=context, timeout=5.0)
-
     def ready_nodes(self) -> set[str]:
         """The real nodes the API server lists as Ready."""
-        try:
-            with self._client() as client:
-                answer = client.get("/api/v1/nodes", params={"labelSelector": f"{REAL_NODE_LABEL}=true"})
-        except httpx.HTTPError:
-            return set()
-        if answer.status_code != 200:
-            return set()
-        ready = set()
-        for node in answer.json().get("items", []):
-            for condition in node.get("status", {}).get("conditions") or []:
-                if condition.get("type") == "Ready" and condition.get("status") == "True":
-                    ready.add(node["metadata"]["name"])
-        return ready
+        server = f"https://{ports.LOOPBACK}:{self.apiserver_port}"
+        return apiserver.ready_nodes(self.root / "pki", server, label_selector=f"{REAL_NODE_LABEL}=true")
 
     def wait_ready(self, names: Sequence[str], timeout: float = READY_TIMEOUT) -> float:
         def gone() -> str | None:
