@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import time
 from datetime import UTC, datetime, timedelta
@@ -19,7 +20,7 @@ import kopf
 import kubernetes
 import pytest
 import yaml
-from test_operator_kmock import DEPLOYMENTS, NS, Clock, _observed, _requests, _scaler, _scalings, _seed
+from test_operator_kmock import DEPLOYMENTS, NS, TASKQUEUES, Clock, _observed, _requests, _scaler, _scalings, _seed
 
 from taskq_dev.manifests import example as taskqueue
 from taskq_operator import handlers
@@ -308,3 +309,47 @@ async def test_liveness_endpoint_answers_500_while_the_tick_stalls() -> None:
         server.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await server
+
+
+# -- 2. a slow API call for one TaskQueue holds up no other ---------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_slow_api_call_for_one_taskqueue_holds_up_no_other(kmock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from taskq_operator import scaler as scaler_module
+
+    monkeypatch.setattr(scaler_module, "PHASE_TIMEOUT_S", 1.0, raising=False)
+    body = taskqueue()
+    _seed(kmock, body)
+    scaler, readings, clock = _scaler(kmock, body, replicas=0)
+    other = copy.deepcopy(body)
+    other["metadata"].update(name="pressing", uid="2222-3333")
+    other["spec"]["queue"] = "pressing"
+    kmock.objects[TASKQUEUES, NS, "pressing"] = other
+    deployment = {"metadata": {"name": "pressing-worker", "namespace": NS, "ownerReferences": [
+        {"kind": "TaskQueue", "name": "pressing", "uid": "2222-3333", "controller": True}]},
+        "spec": {"replicas": 0}, "status": {}}
+    kmock.objects[DEPLOYMENTS, NS, "pressing-worker"] = deployment
+    scaler.cache.upsert_taskqueue(other)
+    scaler.cache.upsert_deployment(deployment)
+    readings.readings["emails"] = _observed(ready=180)
+    readings.readings["pressing"] = _observed(ready=120)
+
+    async def slow(_: Any) -> dict[str, Any]:
+        await asyncio.sleep(4)  # the API server takes 4 s over this one TaskQueue's status
+        return {}
+
+    kmock[f"patch /apis/taskq.io/v1alpha1/namespaces/{NS}/taskqueues/emails/status"] << slow
+    started = time.monotonic()
+    await scaler.tick_once()
+    assert time.monotonic() - started < 2.5, "the tick waited for one TaskQueue's slow status patch"
+    pressing = [r for r in _requests(kmock, "PATCH", "/taskqueues/pressing/status")]
+    assert pressing and pressing[-1].data["status"]["desiredReplicas"] == 3
+
+    clock.now += 2  # emails is still being reported: left out; pressing goes on at once
+    readings.readings["pressing"] = _observed(ready=300)
+    started = time.monotonic()
+    await scaler.tick_once()
+    assert time.monotonic() - started < 1.0
+    assert [r.data["spec"]["replicas"] for r in _requests(kmock, "PATCH", "deployments/pressing-worker")
+            if "replicas" in (r.data.get("spec") or {})] == [3, 6]
