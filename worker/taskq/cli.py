@@ -1,7 +1,8 @@
 """The `taskq` command line: submit tasks, read their status, inspect and administer queues.
 
 Exit codes: 0 ok, 1 task or queue not found (or a declined confirmation), 2 usage or validation
-error, 3 broker or store unavailable, 4 a given task id exists as another task (other queue or name).
+error, 3 broker or store unavailable, 4 a given task id exists as another task (other queue or name),
+or a cancel came too late (the task is final already).
 Expected failures print one line on stderr, never a traceback and never credentials. `--json`
 prints machine-readable output on stdout. Entry point `taskq` (pyproject); all work goes through
 `taskq.Client`.
@@ -231,6 +232,19 @@ def status(task_id: Annotated[str, typer.Argument(help="Task id.")], as_json: Js
     if error:
         table.add_row("error", f"{error.get('type')}: {error.get('message')}")
     stdout.print(table)
+
+
+@app.command()
+def cancel(task_id: Annotated[str, typer.Argument(help="Task id.")], as_json: JsonOption = False) -> None:
+    """Cancel a queued, running or retrying task: it ends `cancelled` (exit 4 if it is final already)."""
+    with _client() as client:
+        result = client.cancel(task_id)
+    if as_json:
+        _print_json({"id": result.task_id, "cancelled": result.cancelled, "state": result.state.value})
+    elif result.cancelled:
+        print(f"cancelled {result.task_id}" + ("" if result.notified else " (workers not notified: broker unavailable)"))
+    if not result.cancelled:
+        _fail(EXIT_CONFLICT, f"not cancelled: task {result.task_id!r} is already {result.state.value}")
 
 
 @app.command("list")

@@ -26,8 +26,10 @@ import pika
 from taskq.broker import admin
 from taskq.broker.admin import DeadLetter, RequeueReport
 from taskq.broker.connection import connect, translated
+from taskq.broker.control import publish_notice
 from taskq.broker.publisher import DEFAULT_WINDOW, ConfirmingPublisher, Outgoing
 from taskq.broker.topology import declare_queue_topology
+from taskq.core.cancel import CancelNotice, CancelResult
 from taskq.core.message import TaskMessage, utcnow
 from taskq.core.states import TaskState
 from taskq.core.topology import dead_queue
@@ -356,6 +358,39 @@ class Client:
         """Best effort after a failure (the broker or the store may be down too): the first error stays the one raised."""
         with contextlib.suppress(TaskqError):
             step()
+
+    def cancel(self, task_id: str, *, reason: str | None = None) -> CancelResult:
+        """Cancel a task that is not final (queued, running or retrying): it ends `cancelled`.
+
+        The cancel claims the outcome of the task's current attempt, so it races a worker finishing
+        that attempt and exactly one wins (`cancelled` False, and the final state, when the worker
+        did). Then the queue's workers are notified: a prefetched delivery is acked without running,
+        a running one is killed (process pool) or flagged (`taskq.current().cancelled`, thread and
+        asyncio pools). A notice the broker did not take (`notified` False) only delays that: the
+        claim stands either way. `TaskNotFound` when there is no such task. See `taskq.core.cancel`.
+        """
+        result = self.store.cancel(task_id, utcnow(), reason=reason)
+        if result is None:
+            raise TaskNotFound(f"no task with id {task_id!r}")
+        if not result.cancelled or result.attempt is None or not result.queue:
+            return result
+        notice = CancelNotice(task_id, result.attempt)
+        queue = result.queue
+
+        def announce(conn: pika.BlockingConnection) -> None:
+            with translated("announcing a cancel", "the broker"):
+                channel = conn.channel()
+                try:
+                    publish_notice(channel, queue, notice)
+                finally:
+                    if channel.is_open:
+                        channel.close()
+
+        try:
+            self._with_admin(announce)
+        except TaskqError:
+            return result
+        return CancelResult(task_id, True, result.state, result.attempt, queue, notified=True)
 
     # -- reading ------------------------------------------------------------------------------
 

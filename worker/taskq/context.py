@@ -2,7 +2,8 @@
 
 The worker's execution pools (`taskq.worker.pools`) enter `running(...)` around each attempt; the
 context travels in a `contextvars.ContextVar`, so it is visible in the task's thread, in a process
-pool child, in an asyncio task and in `asyncio.to_thread` helpers (which copy the context). The
+pool child, in an asyncio task and in `asyncio.to_thread` helpers (which copy the context). A cancelled
+attempt sees `taskq.current().cancelled` turn True (thread and asyncio pools). The
 exceptions a task may see or raise on purpose live here too: `TaskTimeout`, `SoftTimeLimitExceeded`
 and `Reject`.
 """
@@ -49,6 +50,21 @@ class TaskContext:
     attempt: int
     queue: str
     deadline: datetime
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether this attempt was cancelled (`Client.cancel`) while it runs.
+
+        Cooperative, for the thread and asyncio pools: a task that checks it can stop early (return
+        or raise; its outcome is not recorded: the cancel's is). The process pool kills the child
+        instead, so there it is never seen True.
+        """
+        return self._cancel.is_set()
+
+    def request_cancel(self) -> None:
+        """Set the flag `cancelled` reads (called by the pool that runs the attempt)."""
+        self._cancel.set()
 
 
 ProgressSink = Callable[[float, "str | None", datetime], None]

@@ -26,7 +26,10 @@ from taskq.core.states import TaskState
 EPOCHS_PER_ATTEMPT = 1_000_000
 """Fence values of one attempt: `attempt * EPOCHS_PER_ATTEMPT + epoch`; the last is the outcome's."""
 
-OUTCOME_STATES: frozenset[TaskState] = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.RETRYING, TaskState.DEAD})
+OUTCOME_STATES: frozenset[TaskState] = frozenset(
+    {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.RETRYING, TaskState.DEAD, TaskState.CANCELLED}
+)
+"""An attempt's possible outcomes; `cancelled` is claimed by a cancel (`taskq.core.cancel`), the others by workers."""
 
 
 def fence(attempt: int, epoch: int) -> int:

@@ -18,13 +18,14 @@ class TaskState(str, Enum):  # noqa: UP042 - str() of a state is its enum name i
     FAILED = "failed"
     RETRYING = "retrying"
     DEAD = "dead"
+    CANCELLED = "cancelled"
 
     @property
     def is_final(self) -> bool:
         return self in FINAL_STATES
 
 
-FINAL_STATES: frozenset[TaskState] = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.DEAD})
+FINAL_STATES: frozenset[TaskState] = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.DEAD, TaskState.CANCELLED})
 
 _ALLOWED: dict[TaskState, frozenset[TaskState]] = {
     TaskState.QUEUED: frozenset(),
@@ -35,6 +36,8 @@ _ALLOWED: dict[TaskState, frozenset[TaskState]] = {
     TaskState.RETRYING: frozenset({TaskState.RUNNING}),
     # Dead: retries exhausted while running, or a malformed/undeliverable message at intake.
     TaskState.DEAD: frozenset({TaskState.QUEUED, TaskState.RUNNING, TaskState.RETRYING}),
+    # Cancelled: by `Client.cancel`, which claims the outcome of the task's current attempt (`taskq.core.cancel`).
+    TaskState.CANCELLED: frozenset({TaskState.QUEUED, TaskState.RUNNING, TaskState.RETRYING}),
 }
 
 # An outcome recorded in one write together with its start (group commit of a short task): the

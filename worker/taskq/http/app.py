@@ -35,6 +35,7 @@ from taskq.http.dashboard import dashboard_router
 from taskq.http.models import (
     BatchSubmission,
     BatchSubmitted,
+    Cancelled,
     Health,
     Problem,
     QueueStatus,
@@ -255,6 +256,19 @@ def create_app(
     def get_task(task_id: str = Path(pattern=TASK_ID_PATTERN)) -> TaskStatus:
         """A task's state, attempts, timestamps, result or error."""
         return _status_model(taskq.status(task_id))
+
+    @app.post(
+        "/v1/tasks/{task_id}:cancel",
+        response_model=Cancelled,
+        responses={**_ERRORS, **_NOT_FOUND, 409: {"description": "The task is final already"}, **auth_errors},
+        dependencies=can_submit,
+    )
+    def cancel_task(task_id: str = Path(pattern=TASK_ID_PATTERN)) -> Cancelled | JSONResponse:
+        """Cancel a queued, running or retrying task (see `Client.cancel`); 409 when it is final already."""
+        result = taskq.cancel(task_id)
+        if not result.cancelled:
+            return _problem(409, f"not cancelled: the task is already {result.state.value}")
+        return Cancelled(id=result.task_id, state=result.state, notified=result.notified)
 
     @app.get(
         "/v1/queues/{name}",

@@ -105,6 +105,14 @@ class QueueStatus(BaseModel):
     counts: dict[str, int]
 
 
+class Cancelled(BaseModel):
+    """A cancel that won: the task is `cancelled`; `notified` says whether its workers were told at once."""
+
+    id: str
+    state: TaskState
+    notified: bool
+
+
 class Health(BaseModel):
     status: str
 

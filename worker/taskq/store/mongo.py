@@ -29,6 +29,7 @@ from pymongo.errors import (
     WTimeoutError,
 )
 
+from taskq.core.cancel import CancelResult, attempt_to_cancel, cancel_fence, cancel_fields
 from taskq.core.document import Unpublished, conflict_reason, outbox_entry, queued_document, unpublished_from
 from taskq.core.fencing import (
     admits,
@@ -42,7 +43,7 @@ from taskq.core.fencing import (
 )
 from taskq.core.message import TaskMessage, utcnow
 from taskq.core.outcomes import RedeliveryCheck
-from taskq.core.states import TaskState
+from taskq.core.states import TaskState, allowed_sources
 from taskq.core.storable import safe_text
 from taskq.core.transitions import Transition
 from taskq.errors import InvalidStoreURI, StoreRefused, StoreUnavailable, TaskqError, redact_url, scrub
@@ -92,6 +93,7 @@ class TaskStore:
         self.workers = db["workers"]
         self.outbox = db["outbox"]
         self.claims = db["claims"]
+        self.cancels = db["cancels"]
         self._ferretdb: bool | None = None
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -272,6 +274,51 @@ class TaskStore:
             for attempt in range(1, max(int(document.get("attempts") or 0), 1) + 1):
                 self.claims.delete_one({"_id": claim_id(task_id, attempt)})
         return result.modified_count == 1
+
+    def cancel(self, task_id: str, now: datetime, *, reason: str | None = None) -> CancelResult | None:
+        """Cancel a task that is not final: claim its current attempt's outcome as `cancelled`; None when there is no task.
+
+        The claim races a worker's outcome of that attempt (one wins: `claim_outcomes`). Lost to a
+        `retrying` outcome, the next attempt is claimed instead (bounded); lost to a final one, the
+        task's state is reported with `cancelled=False`. See `taskq.core.cancel`.
+        """
+        document: dict[str, Any] | None = None
+        for _ in range(5):
+            with self._translated("reading a task to cancel"):
+                document = self.tasks.find_one({"_id": task_id}, {"state": 1, "attempts": 1, "fence": 1, "queue": 1})
+                if document is None:
+                    return None
+                claim = self._claims_ahead([document]).get(task_id)
+            if claim is not None:
+                document = rolled_forward(document, claim)
+            attempt = attempt_to_cancel(document)
+            if attempt is None:
+                return CancelResult(task_id, False, TaskState(document["state"]))
+            fields = {**cancel_fields(now, reason), "fence": cancel_fence(attempt)}
+            transition = Transition(
+                task_id, TaskState.CANCELLED, allowed_sources(TaskState.CANCELLED), fields, None, attempt, 1, "taskq-cancel"
+            )
+            if self.apply_many([transition])[0]:
+                queue = str(document.get("queue") or "")
+                # The marker workers read when they connect (a notice reaches only the connected ones).
+                marker = {"_id": f"{task_id}#a{attempt}", "task_id": task_id, "attempt": attempt, "queue": queue, "at": now}
+                with self._translated("recording a cancel marker"):
+                    self.cancels.replace_one({"_id": marker["_id"]}, marker, upsert=True)
+                return CancelResult(task_id, True, TaskState.CANCELLED, attempt, queue)
+        state = document.get("state") if document is not None else None
+        known = TaskState(state) if state in {s.value for s in TaskState} else TaskState.RUNNING
+        return CancelResult(task_id, False, known)
+
+    def recent_cancels(self, queue: str, since: datetime) -> builtins.list[tuple[str, int]]:
+        """The (task id, attempt) pairs of `queue` cancelled since `since` (a worker reads them when it connects).
+
+        The `cancels` collection holds one small marker per cancel; markers older than `since` are
+        deleted here, so it stays small (on FerretDB both queries scan it).
+        """
+        with self._translated("reading cancel markers"):
+            self.cancels.delete_many({"at": {"$lt": since}})
+            found = self.cancels.find({"queue": queue, "at": {"$gte": since}}, {"task_id": 1, "attempt": 1})
+            return [(str(d["task_id"]), int(d["attempt"])) for d in found]
 
     # -- transitions --------------------------------------------------------------------------
 

@@ -13,6 +13,13 @@ publishes and dead letters are sent here.
 
 Broker lost: reconnect with backoff. Deliveries of the lost channel are void: queued attempts of it
 are dropped from the pool (the broker redelivers them), and their acks are never sent on the new one.
+Cancels (`taskq.core.cancel`): the consumer also consumes the queue's control exchange. A notice
+drops that attempt from the pool's not-started queue (acked, never run), makes the pool stop it if it
+runs (process pool: the child is killed) and is remembered for an hour, so a delivery of that attempt
+arriving later is acked at intake without a store read. Deliveries of a later attempt (retries, out
+of a delay queue) are checked against the store before they run, as redeliveries are: a cancel of a
+`retrying` task claims the attempt that waits there. Fresh first deliveries cost no store read.
+
 SIGTERM (`request_stop`): cancel the consumer, requeue what has not started, let running attempts
 finish within the grace period, flush, ack, close. A failed stage (see `Supervisor`): stop at once,
 ack nothing more, close; the broker redelivers everything unacked.
@@ -23,19 +30,24 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
 import pika
 import pika.exceptions as pe
 
 from taskq.broker.connection import connect, translated
+from taskq.broker.control import consume_notices
 from taskq.broker.topology import declare_queue_topology
+from taskq.core.cancel import RECENT_CANCEL_S, RECENT_CANCELS, CancelNotice
 from taskq.core.intake import broker_delivery_count, read_message
 from taskq.core.limits import attempt_limits, lease_s, queue_consumer_timeout_ms
 from taskq.core.message import MalformedMessage, utcnow
-from taskq.core.outcomes import DeadLetter, Requeue, Retry, malformed_outcome, unknown_task_outcome
+from taskq.core.outcomes import Ack, DeadLetter, Decision, Requeue, Retry, malformed_outcome, unknown_task_outcome
 from taskq.core.storable import safe_text
 from taskq.core.topology import REPUBLISHED_HEADER
-from taskq.errors import BrokerRejected, BrokerUnavailable, UnknownTask, redact_url
+from taskq.errors import BrokerRejected, BrokerUnavailable, TaskqError, UnknownTask, redact_url
 from taskq.registry import lookup
 from taskq.settings import Settings
 from taskq.worker.acks import AckTracker
@@ -56,7 +68,15 @@ _BROKER_ERRORS = (BrokerUnavailable, pe.AMQPError, ConnectionError, OSError)
 class Consumer:
     """Consumes one work queue; see the module docstring for the stages and the shutdown."""
 
-    def __init__(self, settings: Settings, pool: Pool, supervisor: Supervisor, log: JsonLog) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: Pool,
+        supervisor: Supervisor,
+        log: JsonLog,
+        *,
+        recent_cancels: Callable[[datetime], list[tuple[str, int]]] | None = None,
+    ) -> None:
         self._settings = settings
         self._pool = pool
         self._supervisor = supervisor
@@ -80,6 +100,9 @@ class Consumer:
         self._returned: set[tuple[str, int]] = set()  # (task id, attempt) this worker handed back unstarted
         self._lease_checked_at = time.monotonic()
         self.returned = 0
+        self._cancels: OrderedDict[tuple[str, int], float] = OrderedDict()  # (task id, attempt) -> monotonic
+        self.cancels_received = 0
+        self._recent_cancels = recent_cancels
 
     def attach(self, committer: Committer) -> None:
         """Link the committer stage (built after this one: it needs this stage as its ack sink)."""
@@ -176,6 +199,8 @@ class Consumer:
                     auto_ack=False,
                     arguments={CONSUMER_TIMEOUT_ARGUMENT: self.consumer_timeout_ms},
                 )
+                consume_notices(channel, settings.queue, self._on_cancel)
+            self._load_cancels()
         except BaseException:
             _close_quietly(connection)
             raise
@@ -201,6 +226,47 @@ class Consumer:
         level = "warning" if was_connected else "info"
         error = safe_text(f"{type(exc).__name__}: {exc}", 300)
         self._log.event("broker.lost", level, broker=self._where, error=error, dropped_queued=len(dropped))
+
+    # -- cancels (connection thread) --------------------------------------------------------------
+
+    def _on_cancel(self, notice: CancelNotice) -> None:
+        """A cancel notice: skip that attempt's deliveries, drop it if prefetched, stop it if it runs."""
+        now = time.monotonic()
+        key = (notice.task_id, notice.attempt)
+        self._cancels[key] = now
+        self._cancels.move_to_end(key)
+        while self._cancels and (
+            len(self._cancels) > RECENT_CANCELS or now - next(iter(self._cancels.values())) > RECENT_CANCEL_S
+        ):
+            self._cancels.popitem(last=False)
+        self.cancels_received += 1
+        current = self.generation
+        dropped = self._pool.take_queued(
+            lambda a: a.task_id == notice.task_id and a.attempt == notice.attempt and _delivery(a).generation == current
+        )
+        if dropped:
+            self._perform([Done(_delivery(a), Ack(), None) for a in dropped])
+        stopped = self._pool.cancel(notice.task_id, notice.attempt)
+        self._log.event(
+            "task.cancel_received", task_id=notice.task_id, attempt=notice.attempt, dropped=len(dropped), stopped=stopped
+        )
+
+    def _load_cancels(self) -> None:
+        """Remember the cancels made while this worker was not listening (its notices went elsewhere)."""
+        if self._recent_cancels is None:
+            return
+        try:
+            pairs = self._recent_cancels(utcnow() - timedelta(seconds=RECENT_CANCEL_S))
+        except TaskqError as exc:
+            self._log.event("store.unavailable", "warning", error=str(exc), during="reading cancels")
+            return
+        now = time.monotonic()
+        for pair in pairs[-RECENT_CANCELS:]:
+            self._cancels[pair] = now
+
+    def _cancelled(self, task_id: str, attempt: int) -> bool:
+        seen = self._cancels.get((task_id, attempt))
+        return seen is not None and time.monotonic() - seen <= RECENT_CANCEL_S
 
     # -- deliveries (connection thread) -----------------------------------------------------------
 
@@ -242,6 +308,9 @@ class Consumer:
             worker_timeout=self._settings.task_timeout,
             worker_retries=self._settings.max_retries,
         )
+        if self._cancelled(message.id, message.attempt):
+            fields = {"task_id": message.id, "name": message.name, "attempt": message.attempt}
+            return Decided(delivery, Decision(None, Ack(), "task.cancelled_skipped", fields))
         if delivery.redelivered or (delivery.broker_deliveries or 0) > 0:
             # A delivery this worker handed back unstarted (lease) is not a failed delivery: don't count it.
             handed_back = (message.id, message.attempt) in self._returned
@@ -249,6 +318,9 @@ class Consumer:
             return Redelivered(delivery, count=not handed_back)
         if (delivery.properties.headers or {}).get(REPUBLISHED_HEADER):
             return Redelivered(delivery, count=False)  # a copy: its first may have run already
+        if message.attempt > 1 or "x-death" in (delivery.properties.headers or {}):
+            # Out of a delay queue (a retry, a delayed task): it may have been cancelled while it waited.
+            return Redelivered(delivery, count=False)
         return None
 
     def admit(self, delivery: Delivery) -> None:

@@ -124,7 +124,7 @@ def run(settings: Settings, log: JsonLog) -> int:
         max_memory_per_child_mb=settings.max_memory_per_child_mb,
     )
     pool.start()
-    consumer = Consumer(settings, pool, supervisor, log)
+    consumer = Consumer(settings, pool, supervisor, log, recent_cancels=lambda since: store.recent_cancels(settings.queue, since))
     metrics = WorkerMetrics(lambda: consumer.inflight)
 
     def recorded(decision: Decision) -> None:

@@ -47,6 +47,7 @@ class _Run:
     inner: asyncio.Task[Any] | None = None
     in_thread: bool = False
     done: bool = False
+    context: TaskContext | None = None
 
 
 def _settle_future(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
@@ -181,6 +182,15 @@ class AsyncioPool(PendingIntake):
 
     # -- the loop thread ----------------------------------------------------------------------------
 
+    def cancel(self, task_id: str, attempt: int) -> bool:
+        """Cooperative: set the attempt's `taskq.current().cancelled` flag; the coroutine decides when to stop."""
+        with self._lock:
+            for run in self._runs.values():
+                if run.attempt.task_id == task_id and run.attempt.attempt == attempt and run.context is not None:
+                    run.context.request_cancel()
+                    return True
+        return False
+
     def _poke(self) -> None:
         loop, wake = self._loop, self._wake
         if loop is None or wake is None:
@@ -255,6 +265,7 @@ class AsyncioPool(PendingIntake):
         attempt = run.attempt
         deadline = run.started_at + timedelta(seconds=attempt.timeout_s)
         context = TaskContext(attempt.task_id, attempt.name, attempt.attempt, attempt.queue, deadline)
+        run.context = context
 
         def report(fraction: float, message: str | None, at: datetime) -> None:
             if not run.done:

@@ -31,7 +31,7 @@ class Attempt:
 class ErrorInfo:
     """Why an attempt failed, as storable text.
 
-    `kind` is one of "raised", "timeout", "lost", "memory", "unstorable", "rejected"; `retryable` is
+    `kind` is one of "raised", "timeout", "lost", "memory", "unstorable", "rejected", "cancelled"; `retryable` is
     False when the task's own rules (retry_for/dont_retry_for/Reject) say not to retry.
     """
 
@@ -91,6 +91,12 @@ class Pool(Protocol):
         ...
 
     def running(self) -> int: ...
+
+    def cancel(self, task_id: str, attempt: int) -> bool:
+        """Stop attempt `attempt` of `task_id` if it runs here: the process pool kills its child (its
+        `Completed` says `Cancelled`), the thread and asyncio pools set its cooperative flag
+        (`taskq.current().cancelled`). False when it does not run here."""
+        ...
 
     def queued(self) -> int: ...
 

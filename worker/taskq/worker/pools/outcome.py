@@ -68,6 +68,11 @@ def lost_error(message: str) -> ErrorInfo:
     return ErrorInfo("WorkerLost", safe_text(message, MESSAGE_MAX), "", "lost", True)
 
 
+def cancelled_error() -> ErrorInfo:
+    """The error of an attempt whose child was killed because the task was cancelled (never retried)."""
+    return ErrorInfo("Cancelled", "the task was cancelled while it ran; its child process was killed", "", "cancelled", False)
+
+
 def memory_error(limit_mb: int, rss_bytes: int) -> ErrorInfo:
     """The error of an attempt whose child was killed for using too much memory."""
     message = f"the child process used {rss_bytes / 2**20:.0f} MiB, over the limit of {limit_mb} MiB, and was killed"

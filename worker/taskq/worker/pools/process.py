@@ -11,7 +11,9 @@ reports with bounded polls. It enforces, from outside the child:
 - child death (exit, signal, OOM killer): `Completed` (WorkerLost) naming the exit code or signal;
 - `max_memory_per_child_mb`: the child's RSS is sampled every ~100 ms while it runs; over the limit
   it is killed (MemoryLimitExceeded), and a child left over the limit after a task is recycled;
-- `max_tasks_per_child`: the child is replaced after that many attempts.
+- `max_tasks_per_child`: the child is replaced after that many attempts;
+- a cancel (`cancel`): the child running the attempt is SIGKILLed at once; `Completed` (Cancelled)
+  follows once it is reaped.
 
 A lost child is replaced at once and the pool keeps serving. As in any multiprocessing program
 that does not fork directly, each child imports the worker's main module as `__mp_main__`: it must
@@ -48,7 +50,7 @@ from taskq.core.storable import safe_text
 from taskq.worker.pools import child as child_main
 from taskq.worker.pools.base import Attempt, Completed, ErrorInfo, PoolEvent, Progress, Started
 from taskq.worker.pools.memory import rss_bytes
-from taskq.worker.pools.outcome import MESSAGE_MAX, lost_error, memory_error, timeout_error
+from taskq.worker.pools.outcome import MESSAGE_MAX, cancelled_error, lost_error, memory_error, timeout_error
 from taskq.worker.pools.pending import PendingIntake
 
 log = logging.getLogger(__name__)
@@ -136,6 +138,7 @@ class _Running:
     sent_wall: datetime
     started_at: datetime | None = None
     soft_at: float | None = None
+    cancelled: bool = False
 
 
 class ProcessPool(PendingIntake):
@@ -213,6 +216,19 @@ class ProcessPool(PendingIntake):
                 thread.join(REAP_WAIT_S)
         self._kill_all()
         _live_pools.discard(self)
+
+    def cancel(self, task_id: str, attempt: int) -> bool:
+        """SIGKILL the child running that attempt; its slot thread reports `Cancelled` once it is reaped."""
+        with self._lock:
+            for slot, run in self._running.items():
+                if run.attempt.task_id == task_id and run.attempt.attempt == attempt and not run.cancelled:
+                    child = self._children.get(slot)
+                    if child is None:
+                        return False
+                    run.cancelled = True
+                    child.kill()  # under the lock: the slot thread has not reaped this child yet
+                    return True
+        return False
 
     # -- introspection (metrics, tests) ----------------------------------------------------------
 
@@ -378,7 +394,8 @@ class ProcessPool(PendingIntake):
                 message = child.conn.recv() if ready else None
             except (EOFError, OSError):
                 self._kill(child)
-                self._complete(run, time.monotonic() - sent, None, lost_error(describe_exit(child.process.exitcode)))
+                error = cancelled_error() if run.cancelled else lost_error(describe_exit(child.process.exitcode))
+                self._complete(run, time.monotonic() - sent, None, error)
                 return False
             except Exception as exc:  # noqa: BLE001 - an unreadable message: the stream cannot be trusted any more
                 self._kill(child)

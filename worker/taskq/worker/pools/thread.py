@@ -53,6 +53,7 @@ class _Run:
     in_loop: bool = False
     done: bool = False
     abandoned: bool = False
+    context: TaskContext | None = None
 
 
 class ThreadPool(PendingIntake):
@@ -114,6 +115,15 @@ class ThreadPool(PendingIntake):
             if thread.is_alive():
                 thread.join(0.5)
 
+    def cancel(self, task_id: str, attempt: int) -> bool:
+        """Cooperative: set the attempt's `taskq.current().cancelled` flag; the task decides when to stop."""
+        with self._lock:
+            for run in self._runs.values():
+                if run.attempt.task_id == task_id and run.attempt.attempt == attempt and run.context is not None:
+                    run.context.request_cancel()
+                    return True
+        return False
+
     # -- internals -------------------------------------------------------------------------------
 
     def _guard(self, target: Callable[[], None]) -> Callable[[], None]:
@@ -158,6 +168,7 @@ class ThreadPool(PendingIntake):
         context = TaskContext(
             attempt.task_id, attempt.name, attempt.attempt, attempt.queue, started_at + timedelta(seconds=attempt.timeout_s)
         )
+        run.context = context
 
         def report(fraction: float, message: str | None, at: datetime) -> None:
             if not run.done:

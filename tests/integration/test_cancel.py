@@ -1,0 +1,125 @@
+"""Cancellation on real servers: `Client.cancel` against `taskq-worker` processes (RabbitMQ + the store).
+
+A queued task is cancelled and never runs (prefetched by a busy worker, or waiting before any worker
+exists); a running process-pool task's child is killed, the task ends `cancelled` and its message is
+acked; cancels racing workers that finish the same tasks leave exactly one outcome per task.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+from worker_procs import Services, WorkerProcess, queue_counts, workers
+
+from taskq.client import Client
+from taskq.core.states import TaskState
+from taskq.examples import EXECUTIONS_COLLECTION
+from taskq.store.mongo import TaskStore
+from taskq_dev.ports import poll
+
+
+def _executions(store: TaskStore, task_id: str) -> int:
+    collection = store.tasks.database[EXECUTIONS_COLLECTION]
+    return sum(1 for _ in collection.find({"task_id": task_id}, {"_id": 1}))
+
+
+def _state(client: Client, task_id: str) -> str:
+    return str(client.status(task_id)["state"])
+
+
+def _children(worker: WorkerProcess) -> set[int]:
+    return {p.pid for p in psutil.Process(worker.pid).children(recursive=True)}
+
+
+def _settled(rabbitmq: Any, svc: Services) -> bool:
+    counts = queue_counts(rabbitmq.management_base, rabbitmq.management_auth, rabbitmq.vhost, svc.queue)
+    return counts["ready"] == 0 and counts["unacked"] == 0
+
+
+def test_cancel_prefetched_task_never_runs(
+    svc: Services, client: Client, store: TaskStore, tmp_path: Path, rabbitmq: Any
+) -> None:
+    with workers(svc, tmp_path, concurrency=1, prefetch=4) as (worker,):
+        blocker = client.submit("sleep", kwargs={"seconds": 3.0})
+        target = client.submit("journal", kwargs={"seconds": 0.0})
+        poll(lambda: _state(client, blocker) == "running", timeout=30, what="the blocker to run")
+        time.sleep(0.3)  # the target is prefetched behind it
+        result = client.cancel(target)
+        assert result.cancelled and result.state is TaskState.CANCELLED and result.notified
+        assert _state(client, target) == "cancelled"
+        poll(lambda: _state(client, blocker) == "succeeded", timeout=30, what="the blocker to finish")
+        poll(lambda: _settled(rabbitmq, svc), timeout=30, interval=0.5, what="both messages acked")
+        received = worker.events_named("task.cancel_received")
+        assert received and received[0]["task_id"] == target
+    document = client.status(target)
+    assert document["state"] == "cancelled"
+    assert "running" not in (document.get("timestamps") or {})
+    assert _executions(store, target) == 0
+    again = client.cancel(target)
+    assert not again.cancelled and again.state is TaskState.CANCELLED
+
+
+def test_cancel_before_any_worker_never_runs(
+    svc: Services, client: Client, store: TaskStore, tmp_path: Path, rabbitmq: Any
+) -> None:
+    target = client.submit("journal", kwargs={"seconds": 0.0})
+    other = client.submit("journal", kwargs={"seconds": 0.0})
+    assert client.cancel(target).cancelled
+    with workers(svc, tmp_path, concurrency=1):
+        poll(lambda: _state(client, other) == "succeeded", timeout=30, what="the other task to run")
+        poll(lambda: _settled(rabbitmq, svc), timeout=30, interval=0.5, what="both messages acked")
+    assert _state(client, target) == "cancelled"
+    assert _executions(store, target) == 0
+    assert _executions(store, other) == 1
+
+
+def test_cancel_running_process_task_kills_child(
+    svc: Services, client: Client, store: TaskStore, tmp_path: Path, rabbitmq: Any
+) -> None:
+    with workers(svc, tmp_path, concurrency=1, pool="process") as (worker,):
+        before = _children(worker)
+        target = client.submit("journal", kwargs={"seconds": 30.0})
+        poll(lambda: _state(client, target) == "running", timeout=30, what="the task to run")
+        started = time.monotonic()
+        result = client.cancel(target)
+        assert result.cancelled and result.attempt == 1
+        killed = poll(lambda: before - _children(worker), timeout=10, interval=0.05, what="the child to be killed")
+        kill_s = time.monotonic() - started
+        assert killed and kill_s < 5.0
+        poll(lambda: _settled(rabbitmq, svc), timeout=30, interval=0.5, what="the message acked")
+        assert worker.events_named("task.cancel_received")[0]["stopped"] is True
+        assert not worker.events_named("task.succeeded")
+        # The pool keeps serving with a fresh child.
+        after = client.submit("echo", args=[1])
+        poll(lambda: _state(client, after) == "succeeded", timeout=30, what="the next task")
+    document = client.status(target)
+    assert document["state"] == "cancelled"
+    assert document["error"]["type"] == "Cancelled"
+    assert _executions(store, target) == 0
+    print(f"cancel -> child gone: {kill_s * 1000:.0f} ms")
+
+
+def test_cancel_racing_finishing_workers_one_outcome(svc: Services, client: Client, tmp_path: Path) -> None:
+    count = 120
+    with workers(svc, tmp_path, count=2, concurrency=2) as procs:
+        ids = client.submit_many({"name": "sleep", "kwargs": {"seconds": 0.02 * (i % 5)}} for i in range(count)).ids
+        results = {}
+        for task_id in ids:
+            results[task_id] = client.cancel(task_id)
+            time.sleep(0.01)
+        poll(lambda: all(TaskState(_state(client, t)).is_final for t in ids), timeout=120, interval=0.5, what="every task final")
+        time.sleep(1.0)
+        succeeded = [e["task_id"] for w in procs for e in w.events_named("task.succeeded")]
+    won = {t for t, r in results.items() if r.cancelled}
+    for task_id in ids:
+        state = _state(client, task_id)
+        recorded = succeeded.count(task_id) + (1 if task_id in won else 0)
+        assert recorded == 1, (task_id, state, recorded)
+        assert state == ("cancelled" if task_id in won else "succeeded"), (task_id, state)
+        if task_id not in won:
+            assert results[task_id].state is TaskState.SUCCEEDED
+    print(f"{len(won)} of {count} cancels won, {count - len(won)} lost to a finishing worker")
+    assert 0 < len(won) < count
