@@ -10,11 +10,22 @@ from contextlib import contextmanager
 
 import pika
 import pika.exceptions as pe
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from taskq.errors import BrokerRejected, BrokerUnavailable, redact_url
 
 DEFAULT_HEARTBEAT_S = 30
-_CONNECTION_ERRORS = (pe.AMQPConnectionError, pe.ConnectionClosed, pe.StreamLostError, ConnectionError, OSError)
+HANDSHAKE_TIMEOUT_S = 10
+# AMQPConnectorException: pika's own connector errors (e.g. a broker that accepts the TCP connection and
+# never answers the AMQP handshake: AMQPConnectorStackTimeout) are not AMQPErrors.
+_CONNECTION_ERRORS = (
+    pe.AMQPConnectionError,
+    pe.ConnectionClosed,
+    pe.StreamLostError,
+    AMQPConnectorException,
+    ConnectionError,
+    OSError,
+)
 
 
 def parameters(url: str, *, name: str, heartbeat_s: int = DEFAULT_HEARTBEAT_S) -> pika.URLParameters:
@@ -27,6 +38,7 @@ def parameters(url: str, *, name: str, heartbeat_s: int = DEFAULT_HEARTBEAT_S) -
     params.blocked_connection_timeout = 60
     params.connection_attempts = 1
     params.socket_timeout = 5
+    params.stack_timeout = HANDSHAKE_TIMEOUT_S  # TCP connect plus the AMQP handshake, as a whole
     params.client_properties = {"connection_name": name}
     return params
 
