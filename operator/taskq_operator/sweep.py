@@ -14,6 +14,12 @@ unwritten): published again, or given up as `dead` (`Lost`) after `max_recoverie
 `taskq_operator_stuck_total{outcome}`. That selection scans the tasks collection on FerretDB,
 hence the longer interval.
 
+Every `expire_interval_s` (1 h, `TASKQ_EXPIRE_INTERVAL_SECONDS`) per store it applies retention: the
+finished tasks of each queue older than its TaskQueue's `spec.tasks.resultTTLSeconds` (7 days by
+default; 0 keeps them) and their outcome claims are deleted, at most `expire_limit` (1000,
+`TASKQ_EXPIRE_LIMIT`) per queue and run; counted in `taskq_operator_expired_total`. FerretDB 1.x
+has no TTL index, hence a sweep rather than `expireAfterSeconds`.
+
 Created by `taskq_operator.scaler.Scaler`; closed with it.
 """
 
@@ -28,15 +34,18 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 
 import pika.exceptions
 from prometheus_client import Counter
 
 from taskq.broker import admin
 from taskq.broker.connection import connect
+from taskq.broker.delayed import declare_delay_queue
 from taskq.broker.publisher import ConfirmingPublisher
 from taskq.broker.topology import declare_queue_topology
-from taskq.core.message import TaskMessage
+from taskq.core.limits import DEFAULT_RESULT_TTL_S
+from taskq.core.message import TaskMessage, utcnow
 from taskq.core.stuck import StuckPolicy
 from taskq.errors import TaskqError
 from taskq.recovery import recover_stuck
@@ -59,6 +68,13 @@ STUCK = Counter(
     ("namespace", "taskqueue", "outcome"),
 )
 STUCK_INTERVAL_S = 300.0
+EXPIRE_INTERVAL_S = 3600.0
+EXPIRE_LIMIT = 1000
+EXPIRED = Counter(
+    "taskq_operator_expired_total",
+    "Finished tasks deleted past their TaskQueue's result TTL.",
+    ("namespace", "taskqueue"),
+)
 StoreKey = tuple[str, str]
 
 
@@ -75,6 +91,7 @@ class SweptQueue:
     task_timeout_s: float
     queue_type: str
     max_deliveries: int
+    result_ttl_s: int = DEFAULT_RESULT_TTL_S
 
     @classmethod
     def of(cls, spec: TaskQueueSpec, target: Target) -> SweptQueue:
@@ -88,6 +105,7 @@ class SweptQueue:
             task_timeout_s=float(spec.tasks.timeout_s),
             queue_type=spec.tasks.queue_type,
             max_deliveries=spec.tasks.max_deliveries,
+            result_ttl_s=spec.tasks.result_ttl_s,
         )
 
 
@@ -103,6 +121,8 @@ class Sweeper:
         clock: Callable[[], float] = time.monotonic,
         stuck: StuckPolicy | None = None,
         stuck_interval_s: float = STUCK_INTERVAL_S,
+        expire_interval_s: float = EXPIRE_INTERVAL_S,
+        expire_limit: int = EXPIRE_LIMIT,
     ) -> None:
         self.interval_s = interval_s
         self.grace_s = grace_s
@@ -111,6 +131,9 @@ class Sweeper:
         self.stuck = stuck or StuckPolicy()
         self.stuck_interval_s = stuck_interval_s
         self._last_stuck: dict[StoreKey, float] = {}
+        self.expire_interval_s = expire_interval_s
+        self.expire_limit = expire_limit
+        self._last_expiry: dict[StoreKey, float] = {}
         self._known: dict[tuple[str, str], SweptQueue] = {}
         self._last_run: dict[StoreKey, float] = {}
         self._running: Future[int] | None = None
@@ -137,6 +160,8 @@ class Sweeper:
                     max_recoveries=int(os.environ.get("TASKQ_STUCK_MAX_RECOVERIES", StuckPolicy.max_recoveries)),
                 ),
                 stuck_interval_s=float(os.environ.get("TASKQ_STUCK_INTERVAL_SECONDS", STUCK_INTERVAL_S)),
+                expire_interval_s=float(os.environ.get("TASKQ_EXPIRE_INTERVAL_SECONDS", EXPIRE_INTERVAL_S)),
+                expire_limit=int(os.environ.get("TASKQ_EXPIRE_LIMIT", EXPIRE_LIMIT)),
             )
         except ValueError as exc:
             raise ValueError(f"invalid TASKQ_SWEEP_* setting: {exc}") from None
@@ -189,6 +214,7 @@ class Sweeper:
                     grace_s=self.grace_s,
                     limit=self.limit,
                     queues=set(by_queue),
+                    declare_delay=functools.partial(self._declare_delay, by_queue),
                 )
             except TaskqError as exc:
                 SWEEP_ERRORS.inc()
@@ -205,7 +231,37 @@ class Sweeper:
                 )
             total += len(report.republished)
             self._sweep_stuck(store_key, amqp_url, by_queue)
+            self._expire(store_key, by_queue)
         return total
+
+    def _expire(self, store_key: StoreKey, by_queue: dict[str, SweptQueue]) -> None:
+        """Retention: delete finished tasks older than their TaskQueue's `resultTTLSeconds`, when `expire_interval_s` has passed.
+
+        FerretDB 1.x has no TTL index (it refuses `expireAfterSeconds`), so the sweep deletes them, at
+        most `expire_limit` per queue and run (a backlog of expired tasks goes over several runs).
+        """
+        now = self.clock()
+        last = self._last_expiry.get(store_key)
+        if last is not None and now - last < self.expire_interval_s:
+            return
+        self._last_expiry[store_key] = now
+        wall = utcnow()
+        for name, member in sorted(by_queue.items()):
+            if member.result_ttl_s <= 0:
+                continue
+            try:
+                deleted = self._store(store_key).expire_finished(
+                    name, wall - timedelta(seconds=member.result_ttl_s), limit=self.expire_limit
+                )
+            except TaskqError as exc:
+                SWEEP_ERRORS.inc()
+                log.warning("expiring finished tasks of queue %s failed: %s", name, exc)
+                continue
+            if deleted:
+                EXPIRED.labels(member.namespace, member.name).inc(deleted)
+                log.info(
+                    "TaskQueue %s/%s: deleted %d finished task(s) past the result TTL", member.namespace, member.name, deleted
+                )
 
     def _sweep_stuck(self, store_key: StoreKey, amqp_url: str, by_queue: dict[str, SweptQueue]) -> None:
         """The stuck-task sweep of one store and broker, when `stuck_interval_s` has passed for the store."""
@@ -252,6 +308,16 @@ class Sweeper:
 
     def _declare_named(self, members: dict[str, SweptQueue], name: str) -> None:
         self._declare(members[name])
+
+    def _declare_delay(self, members: dict[str, SweptQueue], name: str, bucket_ms: int) -> None:
+        """The delay queue of a delayed task found in the outbox (its message goes there, not to the work queue)."""
+        member = members[name]
+        connection = connect(member.amqp_url, name="taskq-operator-sweep-admin")
+        try:
+            declare_delay_queue(connection, member.queue, bucket_ms, member.queue_type)
+        finally:
+            with contextlib.suppress(pika.exceptions.AMQPError, OSError):  # already broken: nothing to close
+                connection.close()
 
     def _declare(self, queue: SweptQueue) -> None:
         if (queue.amqp_url, queue.queue) in self._declared:

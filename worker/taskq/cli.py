@@ -2,7 +2,8 @@
 
 Exit codes: 0 ok, 1 task or queue not found (or a declined confirmation), 2 usage or validation
 error, 3 broker or store unavailable, 4 a given task id exists as another task (other queue or name),
-or a cancel came too late (the task is final already).
+or a cancel came too late (the task is final already), or a retry of a task neither failed nor dead;
+5 `wait` timed out.
 Expected failures print one line on stderr, never a traceback and never credentials. `--json`
 prints machine-readable output on stdout. Entry point `taskq` (pyproject); all work goes through
 `taskq.Client`.
@@ -11,11 +12,12 @@ prints machine-readable output on stdout. Entry point `taskq` (pyproject); all w
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -38,6 +40,8 @@ from taskq.errors import (
     TaskConflict,
     TaskNotFound,
     TaskqError,
+    TaskStateConflict,
+    WaitTimedOut,
 )
 from taskq.settings import Settings
 from taskq.sweeper import DEFAULT_GRACE_S, DEFAULT_LIMIT
@@ -47,6 +51,7 @@ EXIT_NOT_FOUND = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_CONFLICT = 4
+EXIT_TIMEOUT = 5
 
 app = typer.Typer(
     name="taskq",
@@ -115,6 +120,22 @@ def _parse_json(text: str | None, what: str, kind: type) -> Any:
     return value
 
 
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def _parse_time(text: str, what: str) -> datetime:
+    """An ISO 8601 time (no zone: UTC), or `<n>s|m|h|d` meaning that long ago."""
+    relative = _RELATIVE.match(text.strip())
+    if relative:
+        return datetime.now(UTC) - timedelta(seconds=float(relative.group(1)) * _UNIT_S[relative.group(2)])
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        _fail(EXIT_USAGE, f"{what}: not an ISO 8601 time or a duration like 10m: {text!r}")
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def _read_jsonl(client: Client, path: Path, queue: str | None) -> list[TaskMessage]:
     """Every task of a JSON-lines file, validated before anything is submitted."""
     try:
@@ -162,6 +183,12 @@ def submit(
     ] = None,
     max_retries: Annotated[int | None, typer.Option(help="Retries after the first attempt (default: TASKQ_MAX_RETRIES).")] = None,
     timeout: Annotated[float | None, typer.Option(help="Hard timeout in seconds (default: TASKQ_TASK_TIMEOUT).")] = None,
+    countdown: Annotated[
+        float | None, typer.Option(help="Run no sooner than this many seconds from now (the task is `scheduled` until then).")
+    ] = None,
+    eta: Annotated[
+        str | None, typer.Option(help="Run no sooner than this ISO 8601 time (no zone: UTC), e.g. 2026-12-24T18:00:00+01:00.")
+    ] = None,
     file: Annotated[
         Path | None, typer.Option("--file", "-f", help="Submit every task of a JSON-lines file ('-' for stdin).")
     ] = None,
@@ -183,7 +210,14 @@ def submit(
             assert name is not None
             positional = _parse_json(args, "--args", list)
             keywords = _parse_json(kwargs, "--kwargs", dict)
-            options: dict[str, Any] = {"queue": queue, "priority": priority, "max_retries": max_retries, "timeout": timeout}
+            options: dict[str, Any] = {
+                "queue": queue,
+                "priority": priority,
+                "max_retries": max_retries,
+                "timeout": timeout,
+                "countdown": countdown,
+                "eta": _parse_time(eta, "--eta") if eta is not None else None,
+            }
             if count is None:
                 message = client.message(name, positional, keywords, task_id=task_id, **options)
                 receipt, seconds = _submit_with_progress(client, [message], 1, quiet=True)
@@ -254,11 +288,17 @@ def list_tasks(
         TaskState | None, typer.Option("--state", "-s", case_sensitive=False, help="Only tasks in this state.")
     ] = None,
     limit: Annotated[int, typer.Option("--limit", "-l", min=1, max=10_000, help="At most this many (newest first).")] = 50,
+    name: Annotated[str | None, typer.Option("--name", help="Only tasks of this task name.")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Only tasks updated since this ISO 8601 time, or this long ago (30s, 10m, 2h, 1d)."),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """List the most recently updated tasks."""
+    after = _parse_time(since, "--since") if since is not None else None
     with _client() as client:
-        documents = client.list(queue=queue, state=state, limit=limit)
+        documents = client.list(queue=queue, state=state, limit=limit, name=name, since=after)
     if as_json:
         _print_json(documents)
         return
@@ -274,6 +314,76 @@ def list_tasks(
             updated.isoformat(timespec="seconds") if isinstance(updated, datetime) else "",
         )
     stdout.print(table)
+
+
+@app.command()
+def wait(
+    task_ids: Annotated[list[str], typer.Argument(help="Task ids.")],
+    timeout: Annotated[
+        float, typer.Option("--timeout", "-t", min=0.0, help="Give up after this many seconds (exit 5).")
+    ] = 60.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Wait until every given task is final; print their final states (a progress bar for several)."""
+    with _client() as client:
+        try:
+            if len(task_ids) > 1 and not as_json:
+                columns = (TextColumn("waiting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+                with Progress(*columns, console=stderr, transient=False) as bar:
+                    job = bar.add_task("wait", total=len(set(task_ids)))
+                    finals = client.wait(task_ids, timeout, progress=lambda n: bar.advance(job, n))
+            else:
+                finals = client.wait(task_ids, timeout)
+        except WaitTimedOut as exc:
+            if as_json:
+                _print_json({"finished": list(exc.finished.values()), "pending": exc.pending})
+            _fail(EXIT_TIMEOUT, f"timed out: {exc}")
+    if as_json:
+        _print_json(list(finals.values()))
+        return
+    for task_id, document in finals.items():
+        print(f"{task_id} {document.get('state')}")
+
+
+@app.command()
+def workers(queue: QueueOption = None, as_json: JsonOption = False) -> None:
+    """List workers from their heartbeats: queue, tasks in flight, processed, last heartbeat, started."""
+    with _client() as client:
+        rows = client.workers(queue)
+    if as_json:
+        _print_json(rows)
+        return
+    now = datetime.now(UTC)
+    table = Table("id", "queue", "inflight", "processed", "heartbeat", "up")
+    for row in rows:
+        beat, started = row.get("heartbeat_at"), row.get("started_at")
+        table.add_row(
+            str(row["id"]),
+            str(row.get("queue", "")),
+            str(row.get("inflight", "")),
+            str(row.get("processed", "")),
+            f"{_age_s(beat, now):.0f} s ago" if isinstance(beat, datetime) else "",
+            f"{_age_s(started, now):.0f} s" if isinstance(started, datetime) else "",
+        )
+    stdout.print(table)
+
+
+def _age_s(then: datetime, now: datetime) -> float:
+    return (now - (then if then.tzinfo else then.replace(tzinfo=UTC))).total_seconds()
+
+
+@app.command()
+def retry(task_id: Annotated[str, typer.Argument(help="Task id.")], as_json: JsonOption = False) -> None:
+    """Run a failed or dead task again as a fresh first attempt (exit 4 if it is in another state)."""
+    with _client() as client:
+        try:
+            how = client.retry(task_id)
+        except TaskStateConflict as exc:
+            _fail(EXIT_CONFLICT, f"not retried: {exc}")
+    if as_json:
+        _print_json({"id": task_id, "retried": how})
+    else:
+        print(f"{how} {task_id}")
 
 
 @app.command()

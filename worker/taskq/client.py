@@ -14,10 +14,12 @@ from __future__ import annotations
 import builtins
 import contextlib
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from itertools import chain, islice
 from typing import Any, TypeVar
 
@@ -27,6 +29,7 @@ from taskq.broker import admin
 from taskq.broker.admin import DeadLetter, RequeueReport
 from taskq.broker.connection import connect, translated
 from taskq.broker.control import publish_notice
+from taskq.broker.delayed import declare_delay_queue, eta_of, route
 from taskq.broker.publisher import DEFAULT_WINDOW, ConfirmingPublisher, Outgoing
 from taskq.broker.topology import declare_queue_topology
 from taskq.core.cancel import CancelNotice, CancelResult
@@ -41,7 +44,9 @@ from taskq.errors import (
     TaskConflict,
     TaskNotFound,
     TaskqError,
+    TaskStateConflict,
     UnknownTask,
+    WaitTimedOut,
 )
 from taskq.registry import lookup
 from taskq.settings import Settings
@@ -52,6 +57,11 @@ from taskq.sweeper import DEFAULT_GRACE_S, DEFAULT_LIMIT, SweepReport, sweep
 T = TypeVar("T")
 DEFAULT_BATCH = 500
 MARK_CHUNK = 2000  # confirmed publishes recorded per outbox delete during a long submit_many
+RETRY_DEAD_SCAN = 1000  # dead letters looked through for one retried task's own letter
+WAIT_FIRST_INTERVAL_S = 0.05
+WAIT_BACKOFF = 1.5
+WAIT_MAX_INTERVAL_S = 1.0
+WAIT_LIMIT_S = 24 * 3600.0  # `wait` never blocks longer, whatever the timeout asked
 Progress = Callable[[int], None]
 
 
@@ -204,12 +214,16 @@ class Client:
         task_id: str | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
     ) -> TaskMessage:
         """Build and validate a task message (raises `InvalidTask`).
 
         `max_retries`/`timeout` left None are decided by the worker: the task decorator's value, else
         the worker's own limit (which also caps what is given here). The queue, when not given, is
         the decorator's `queue=` if this process has the task registered, else this client's default.
+        `countdown` (seconds) or `eta` (a datetime; naive means UTC) delays the task: it is `scheduled`
+        and its message waits in a delay queue of the broker until due (`taskq.broker.delayed`).
         """
         return build_message(
             name,
@@ -221,6 +235,8 @@ class Client:
             max_retries=max_retries,
             timeout=timeout,
             now=utcnow(),
+            countdown=countdown,
+            eta=eta,
         )
 
     def submit(
@@ -234,10 +250,24 @@ class Client:
         task_id: str | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
     ) -> str:
-        """Submit one task; returns its id. A `task_id` already published is not sent again (see the module)."""
+        """Submit one task; returns its id. A `task_id` already published is not sent again (see the module).
+
+        With `countdown` (seconds from now) or `eta` the task is `scheduled` and runs when due (see `message`).
+        """
         message = self.message(
-            name, args, kwargs, queue=queue, priority=priority, task_id=task_id, max_retries=max_retries, timeout=timeout
+            name,
+            args,
+            kwargs,
+            queue=queue,
+            priority=priority,
+            task_id=task_id,
+            max_retries=max_retries,
+            timeout=timeout,
+            countdown=countdown,
+            eta=eta,
         )
         return self.submit_many([message]).ids[0]
 
@@ -288,10 +318,12 @@ class Client:
             conflicts.update(recorded.conflicts)
             if progress is not None and (recorded.known or recorded.conflicts):
                 progress(len(recorded.known) + len(recorded.conflicts))
-            outgoing = [Outgoing(m.queue, m.encode(), m.id, m.priority) for m in messages if m.id in recorded.fresh]
+            outgoing = [(Outgoing(m.queue, m.encode(), m.id, m.priority), m.eta) for m in messages if m.id in recorded.fresh]
             # Same id, name and queue, never confirmed: send the body first recorded again.
-            outgoing += [Outgoing(u.queue, u.body, u.task_id, u.priority, republished=True) for u in recorded.republish]
-            stream.add(outgoing)
+            outgoing += [
+                (Outgoing(u.queue, u.body, u.task_id, u.priority, republished=True), eta_of(u.body)) for u in recorded.republish
+            ]
+            stream.add(self._routed(outgoing))
             settle(at_least=MARK_CHUNK)
             return len(recorded.known)
 
@@ -345,10 +377,21 @@ class Client:
             )
         return SubmitReceipt(ids=ids, published=stream.added, existing=existing)
 
+    def _routed(self, items: builtins.list[tuple[Outgoing, datetime | None]]) -> builtins.list[Outgoing]:
+        """Messages as published: a delayed one to its delay queue (declared first), the others unchanged."""
+        if all(eta is None for _, eta in items):
+            return [outgoing for outgoing, _ in items]
+        return route(items, utcnow(), self._declare_delay)
+
+    def _declare_delay(self, queue: str, bucket_ms: int) -> None:
+        self._with_admin(lambda conn: declare_delay_queue(conn, queue, bucket_ms, self.settings.queue_type))
+
     def sweep(self, *, grace_s: float = DEFAULT_GRACE_S, limit: int = DEFAULT_LIMIT) -> SweepReport:
         """Publish again the tasks whose publish was never confirmed, older than `grace_s` (see `taskq.sweeper`)."""
         try:
-            return sweep(self.store, self._publisher, self._ensure_queue, grace_s=grace_s, limit=limit)
+            return sweep(
+                self.store, self._publisher, self._ensure_queue, grace_s=grace_s, limit=limit, declare_delay=self._declare_delay
+            )
         except BrokerRejected:
             self._declared.clear()
             raise
@@ -401,13 +444,116 @@ class Client:
             raise TaskNotFound(f"no task with id {task_id!r}")
         return _public(document)
 
-    def list(self, *, queue: str | None = None, state: TaskState | str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        """The most recently updated tasks, optionally of one queue and/or state."""
+    def wait(
+        self,
+        ids: str | Iterable[str],
+        timeout: float | None = 60.0,
+        *,
+        progress: Progress | None = None,
+        max_interval_s: float = WAIT_MAX_INTERVAL_S,
+    ) -> dict[str, dict[str, Any]]:
+        """Block until every task of `ids` is final; their final documents by id (as `status` shows them).
+
+        Polls the store by `_id` (each task's state, its outcome claim when the document lags), first
+        every 50 ms, then backing off to `max_interval_s`; only unfinished tasks are read again.
+        `timeout` (seconds; None: at most `WAIT_LIMIT_S`) raises `WaitTimedOut` naming the pending ids and
+        carrying the finished documents. An id with no document raises `TaskNotFound`. `progress(n)` is
+        called as `n` more tasks finish.
+        """
+        wanted = [ids] if isinstance(ids, str) else list(dict.fromkeys(ids))
+        limit = WAIT_LIMIT_S if timeout is None else max(0.0, min(float(timeout), WAIT_LIMIT_S))
+        deadline = time.monotonic() + limit
+        pending = set(wanted)
+        finished: dict[str, dict[str, Any]] = {}
+        interval = WAIT_FIRST_INTERVAL_S
+        first = True
+        while True:
+            states = self.store.states_of(sorted(pending))
+            if first:
+                missing = sorted(pending - set(states))
+                if missing:
+                    more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+                    raise TaskNotFound(f"no task with id {missing[0]!r}{more}")
+                first = False
+            done = [task_id for task_id, state in states.items() if state.is_final]
+            for task_id in done:
+                document = self.store.get(task_id)
+                if document is not None:
+                    finished[task_id] = _public(document)
+                pending.discard(task_id)
+            if done and progress is not None:
+                progress(len(done))
+            if not pending:
+                return {task_id: finished[task_id] for task_id in wanted if task_id in finished}
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                order = [task_id for task_id in wanted if task_id in pending]
+                summary = f"{len(order)} of {len(wanted)} task(s) not finished after {limit:g} s, e.g. {order[0]!r}"
+                raise WaitTimedOut(summary, order, finished)
+            time.sleep(min(interval, remaining))
+            interval = min(interval * WAIT_BACKOFF, max(max_interval_s, WAIT_FIRST_INTERVAL_S))
+
+    def list(
+        self,
+        *,
+        queue: str | None = None,
+        state: TaskState | str | None = None,
+        limit: int = 50,
+        name: str | None = None,
+        since: datetime | None = None,
+    ) -> list[dict[str, Any]]:
+        """The most recently updated tasks, optionally of one queue, state and/or task name, updated at or after `since`."""
         try:
             wanted = TaskState(state) if state is not None else None
         except ValueError:
             raise InvalidTask(f"unknown state {state!r}; one of {', '.join(s.value for s in TaskState)}") from None
-        return [_public(d) for d in self.store.list(queue=queue, state=wanted, limit=limit)]
+        return [_public(d) for d in self.store.list(queue=queue, state=wanted, limit=limit, name=name, since=since)]
+
+    def workers(self, queue: str | None = None) -> builtins.list[dict[str, Any]]:
+        """The workers' last heartbeats (`id`, `queue`, `inflight`, `processed`, `heartbeat_at`, `started_at`), by id.
+
+        A worker that shut down cleanly removed its entry; one that died stays until the store forgets
+        it, so `heartbeat_at` tells a live worker (every 2 s) from a gone one.
+        """
+        rows = [_public(d) for d in self.store.heartbeats()]
+        return [row for row in rows if queue is None or row.get("queue") == queue]
+
+    def retry(self, task_id: str) -> str:
+        """Run a `failed` or `dead` task again as a fresh first attempt; how: `requeued` or `retried`.
+
+        A dead task's own dead letter is sent back when it is still in the dead-letter queue (the
+        `requeue_dead` path, so it is not requeued twice); otherwise the task is rebuilt from its
+        document and recorded like a submission (outbox entry, then `queued`), then published.
+        `TaskNotFound` without such a task, `TaskStateConflict` when it is in another state.
+        """
+        document = self.store.get(task_id)
+        if document is None:
+            raise TaskNotFound(f"no task with id {task_id!r}")
+        state = document.get("state")
+        queue = str(document.get("queue") or self.settings.queue)
+        retryable = (TaskState.FAILED.value, TaskState.DEAD.value)
+        if state not in retryable:
+            raise TaskStateConflict(f"task {task_id!r} is {state}: only failed or dead tasks can be retried")
+        if state == TaskState.DEAD.value and task_id in self.requeue_dead(queue, limit=RETRY_DEAD_SCAN, ids={task_id}).requeued:
+            return "requeued"
+        message = self.message(
+            str(document["name"]),
+            document.get("args") or [],
+            document.get("kwargs") or {},
+            queue=queue,
+            priority=int(document.get("priority") or 0),
+            task_id=task_id,
+            max_retries=document.get("max_retries"),
+            timeout=document.get("timeout"),
+        )
+        if not self.store.retry_finished(message, utcnow()):
+            raise TaskStateConflict(f"task {task_id!r} changed state meanwhile: not retried")
+        self._ensure_queue(queue)
+        stream = self._publisher.stream()
+        stream.add([Outgoing(message.queue, message.encode(), message.id, message.priority)])
+        stream.wait()
+        self.store.mark_published(stream.take_confirmed())
+        return "retried"
 
     def queue_depth(self, name: str | None = None) -> int:
         """Ready messages of a queue: one passive declare, no store query (cheap enough to poll)."""

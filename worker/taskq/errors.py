@@ -57,6 +57,19 @@ class TaskConflict(TaskqError):
         self.task_ids = list(task_ids or [])
 
 
+class TaskStateConflict(TaskqError):
+    """An action the task's state does not allow (retrying a task that is neither failed nor dead)."""
+
+
+class WaitTimedOut(TaskqError):
+    """`Client.wait` ran out of time: `pending` ids were not final yet; `finished` holds the final documents."""
+
+    def __init__(self, message: str, pending: list[str], finished: dict[str, dict[str, object]]) -> None:
+        super().__init__(message)
+        self.pending = list(pending)
+        self.finished = dict(finished)
+
+
 _SECRET_QUERY_WORDS = ("password", "passwd", "secret", "token", "credential", "authmechanismproperties", "ssl_options")
 _MASK = "***"
 

@@ -9,20 +9,53 @@ and size.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
 
 from taskq.core.intake import MAX_BODY_BYTES
 from taskq.core.message import TaskMessage, new_task_id
+from taskq.core.schedule import MAX_DELAY_S
 from taskq.core.storable import MAX_NESTING as MAX_NESTING  # re-exported: the limit producers check against
 from taskq.core.storable import storable_problem
 from taskq.errors import InvalidTask
 
 MAX_MESSAGE_BYTES = MAX_BODY_BYTES
-SUBMISSION_FIELDS = frozenset({"name", "args", "kwargs", "queue", "priority", "task_id", "id", "max_retries", "timeout"})
+SUBMISSION_FIELDS = frozenset(
+    {"name", "args", "kwargs", "queue", "priority", "task_id", "id", "max_retries", "timeout", "countdown", "eta"}
+)
+
+
+def due_time(countdown: Any, eta: Any, now: datetime) -> datetime | None:
+    """When a task may run (`countdown` seconds from `now`, or `eta`), or None for now; `InvalidTask` if wrong.
+
+    An `eta` without a time zone is UTC; an ISO 8601 string is accepted. At most `MAX_DELAY_S` ahead.
+    """
+    if countdown is not None and eta is not None:
+        raise InvalidTask("give either countdown or eta, not both")
+    if countdown is not None:
+        if isinstance(countdown, bool) or not isinstance(countdown, (int, float)) or not math.isfinite(countdown):
+            raise InvalidTask(f"countdown must be a number of seconds, not {countdown!r}")
+        if countdown < 0:
+            raise InvalidTask("countdown must not be negative")
+        due = now + timedelta(seconds=float(min(countdown, MAX_DELAY_S + 1)))
+    elif eta is not None:
+        if isinstance(eta, str):
+            try:
+                eta = datetime.fromisoformat(eta)
+            except ValueError:
+                raise InvalidTask(f"eta is not an ISO 8601 time: {eta!r}") from None
+        if not isinstance(eta, datetime):
+            raise InvalidTask(f"eta must be a datetime, not {type(eta).__name__}")
+        due = eta if eta.tzinfo else eta.replace(tzinfo=UTC)
+    else:
+        return None
+    if (due - now).total_seconds() > MAX_DELAY_S:
+        raise InvalidTask(f"a task can be delayed by at most {MAX_DELAY_S} seconds (about 24 days)")
+    return due
 
 
 def check_arguments(args: Any, kwargs: Any) -> None:
@@ -52,10 +85,13 @@ def build_message(
     max_retries: Any,
     timeout: Any,
     now: datetime,
+    countdown: Any = None,
+    eta: Any = None,
 ) -> TaskMessage:
     """A validated, encodable `TaskMessage`, or `InvalidTask` with a reason a person can act on."""
     kwargs = {} if kwargs is None else kwargs
     check_arguments(args, kwargs)
+    due = due_time(countdown, eta, now)
     try:
         message = TaskMessage(
             id=task_id if task_id is not None else new_task_id(),
@@ -67,6 +103,7 @@ def build_message(
             max_retries=max_retries,
             timeout=timeout,
             created_at=now,
+            eta=due,
         )
     except ValidationError as exc:
         raise InvalidTask(_validation_reason(exc)) from None
@@ -98,4 +135,6 @@ def message_from_mapping(
         max_retries=data.get("max_retries", default_max_retries),
         timeout=data.get("timeout", default_timeout),
         now=now,
+        countdown=data.get("countdown"),
+        eta=data.get("eta"),
     )

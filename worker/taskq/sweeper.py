@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from taskq.broker.delayed import DeclareDelay, eta_of, route
 from taskq.broker.publisher import ConfirmingPublisher, Outgoing
 from taskq.core.document import Unpublished
 from taskq.core.message import utcnow
@@ -48,8 +49,12 @@ class Action(enum.Enum):
 
 
 def action_for(state: TaskState | None) -> Action:
-    """Publish again only what is still `queued`; any other state, or no document, needs no message."""
-    return Action.PUBLISH if state is TaskState.QUEUED else Action.DROP
+    """Publish again only what is still `queued` or `scheduled`; any other state, or no document, needs no message."""
+    return Action.PUBLISH if state in (TaskState.QUEUED, TaskState.SCHEDULED) else Action.DROP
+
+
+def _no_delay(queue: str, bucket_ms: int) -> None:
+    raise AssertionError(f"no delay queue for {queue!r} ({bucket_ms} ms): delayed entries were left out")
 
 
 @dataclass(frozen=True)
@@ -61,18 +66,25 @@ class SweepReport:
     republished_by_queue: dict[str, int] = field(default_factory=dict)
 
 
-def publish_recorded(store: TaskStore, publisher: ConfirmingPublisher, entries: Sequence[Unpublished]) -> list[str]:
+def publish_recorded(
+    store: TaskStore, publisher: ConfirmingPublisher, entries: Sequence[Unpublished], declare_delay: DeclareDelay | None = None
+) -> list[str]:
     """Publish recorded tasks again (their first body) with confirms; the confirmed lose their outbox entry.
 
     Returns the confirmed ids; raises `BrokerUnavailable`/`BrokerRejected` when the broker failed
-    or refused some (what was confirmed before is still recorded). The queues must exist.
+    or refused some (what was confirmed before is still recorded). The queues must exist. A task not
+    due yet (an `eta`) goes to its delay queue through `declare_delay`; without one it is left for later.
     """
-    if not entries:
+    items = [(Outgoing(e.queue, e.body, e.task_id, e.priority, republished=True), eta_of(e.body)) for e in entries]
+    now = utcnow()
+    if declare_delay is None:
+        items = [(o, eta) for o, eta in items if eta is None or eta <= now]
+    if not items:
         return []
     stream = publisher.stream()
     confirmed: list[str] = []
     try:
-        stream.add([Outgoing(e.queue, e.body, e.task_id, e.priority, republished=True) for e in entries])
+        stream.add(route(items, now, declare_delay or _no_delay))
         stream.wait()
     finally:
         try:
@@ -94,6 +106,7 @@ def sweep(
     limit: int = DEFAULT_LIMIT,
     queues: set[str] | None = None,
     now: datetime | None = None,
+    declare_delay: DeclareDelay | None = None,
 ) -> SweepReport:
     """One bounded sweep of `store`, publishing through `publisher` after `declare(queue)` for each queue.
 
@@ -116,7 +129,7 @@ def sweep(
     for queue in sorted({e.queue for e in publish}):
         declare(queue)
     try:
-        republished = publish_recorded(store, publisher, publish)
+        republished = publish_recorded(store, publisher, publish, declare_delay)
     except BrokerRejected:
         log.warning("the broker refused some republished tasks; they stay in the outbox")
         raise

@@ -69,6 +69,7 @@ class TasksSpec:
     max_deliveries: int = 5
 
 
+    result_ttl_s: int = limits.DEFAULT_RESULT_TTL_S  # finished tasks older than this are deleted by the sweep; 0: kept
 @dataclass(frozen=True)
 class WorkerSpec:
     image: str
@@ -212,6 +213,7 @@ def parse_tasks(spec: Mapping[str, Any]) -> TasksSpec:
     )
     if parsed.queue_type == "quorum" and parsed.max_priority != QUORUM_MAX_PRIORITY:
         raise SpecError(f"spec.tasks.maxPriority must stay at its default ({QUORUM_MAX_PRIORITY}) with queueType quorum")
+        result_ttl_s=_int(tasks, "resultTTLSeconds", "spec.tasks", defaults.result_ttl_s, limits.RESULT_TTL_S),
     return parsed
 
 

@@ -75,6 +75,7 @@ class Outgoing:
     message_id: str
     priority: int = 0
     republished: bool = False  # a copy of a message that may have been delivered already (see REPUBLISHED_HEADER)
+    expiration_ms: int | None = None  # a delayed task's wait in its delay queue (`taskq.broker.delayed`)
 
     def properties(self) -> BasicProperties:
         return BasicProperties(
@@ -83,6 +84,7 @@ class Outgoing:
             message_id=self.message_id,
             priority=self.priority,
             headers={REPUBLISHED_HEADER: True} if self.republished else None,
+            expiration=str(self.expiration_ms) if self.expiration_ms is not None else None,
         )
 
 

@@ -50,12 +50,17 @@ class TaskError:
 
 
 def queued_document(message: TaskMessage, now: datetime) -> dict[str, Any]:
-    """The first document of a task, written by the producer before it publishes."""
+    """The first document of a task, written by the producer before it publishes.
+
+    A message due later than `now` (an `eta`) makes a `scheduled` document; it carries `eta` then.
+    """
+    state = TaskState.SCHEDULED if message.eta is not None and message.eta > now else TaskState.QUEUED
+    extra: dict[str, Any] = {"eta": message.eta} if message.eta is not None else {}
     return {
         "_id": message.id,
         "name": message.name,
         "queue": message.queue,
-        "state": TaskState.QUEUED.value,
+        "state": state.value,
         "args": message.args,
         "kwargs": message.kwargs,
         "priority": message.priority,
@@ -66,9 +71,10 @@ def queued_document(message: TaskMessage, now: datetime) -> dict[str, Any]:
         "worker": None,
         "created_at": message.created_at,
         "updated_at": now,
-        "timestamps": {TaskState.QUEUED.value: now},
+        "timestamps": {state.value: now},
         "result": None,
         "error": None,
+        **extra,
     }
 
 

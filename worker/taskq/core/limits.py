@@ -151,6 +151,9 @@ RETRY_DELAY_S = NumberRange(0.0, 86_400.0, low_exclusive=True)
 `2**17` s rounded up, stays far below RabbitMQ's 2**32 ms message TTL limit)."""
 RETRY_FACTOR = NumberRange(1.0, 10.0)
 """At most 10: `initial * factor**64` (the capped exponent) stays a finite float."""
+RESULT_TTL_S = IntRange(0, 10 * 365 * 86_400)
+"""How long a finished task's document is kept (`spec.tasks.resultTTLSeconds`, `TASKQ_RESULT_TTL`); 0 keeps it forever."""
+DEFAULT_RESULT_TTL_S = 7 * 86_400
 
 # --- scaling (spec.scaling, spec.replicas; the operator only) ---
 REPLICAS = IntRange(0, 1000)
@@ -178,6 +181,7 @@ TASKQUEUE_RANGES: dict[str, IntRange | NumberRange] = {
     "spec.tasks.retryBackoff.initialSeconds": RETRY_DELAY_S,
     "spec.tasks.retryBackoff.maxSeconds": RETRY_DELAY_S,
     "spec.tasks.retryBackoff.factor": RETRY_FACTOR,
+    "spec.tasks.resultTTLSeconds": RESULT_TTL_S,
     "spec.scaling.minReplicas": MIN_REPLICAS,
     "spec.scaling.maxReplicas": MAX_REPLICAS,
     "spec.scaling.fallbackReplicas": MIN_REPLICAS,

@@ -59,15 +59,24 @@ class TaskMessage(BaseModel):
     timeout: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S)
     created_at: datetime
     attempt: int = Field(default=1, ge=1, le=MAX_RETRIES_LIMIT + 1)
+    # Not before this time (a countdown or eta at submission); None: as soon as possible. The
+    # producer publishes such a message to a delay queue (`taskq.core.schedule`).
+    eta: datetime | None = None
 
     @field_validator("created_at")
     @classmethod
     def _aware(cls, value: datetime) -> datetime:
         return value if value.tzinfo else value.replace(tzinfo=UTC)
 
+    @field_validator("eta")
+    @classmethod
+    def _aware_eta(cls, value: datetime | None) -> datetime | None:
+        return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
+
     def encode(self) -> bytes:
         """The JSON body to publish."""
-        return self.model_dump_json().encode()
+        # A message without an eta encodes as before the field existed.
+        return self.model_dump_json(exclude={"eta"} if self.eta is None else None).encode()
 
     def next_attempt(self) -> TaskMessage:
         """The same task, numbered as its next attempt (used when scheduling a retry)."""

@@ -13,6 +13,7 @@ class TaskState(str, Enum):  # noqa: UP042 - str() of a state is its enum name i
     """Where a task is in its life. The final states never change again."""
 
     QUEUED = "queued"
+    SCHEDULED = "scheduled"  # submitted with a countdown or eta: its message waits in a delay queue until due
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -29,15 +30,17 @@ FINAL_STATES: frozenset[TaskState] = frozenset({TaskState.SUCCEEDED, TaskState.F
 
 _ALLOWED: dict[TaskState, frozenset[TaskState]] = {
     TaskState.QUEUED: frozenset(),
+    TaskState.SCHEDULED: frozenset(),
     # A redelivered message finds its task still "running" (the previous worker died): run again.
-    TaskState.RUNNING: frozenset({TaskState.QUEUED, TaskState.RETRYING, TaskState.RUNNING}),
+    # A scheduled task's message reaches the work queue when due and starts like a queued one.
+    TaskState.RUNNING: frozenset({TaskState.QUEUED, TaskState.SCHEDULED, TaskState.RETRYING, TaskState.RUNNING}),
     TaskState.SUCCEEDED: frozenset({TaskState.RUNNING}),
     TaskState.FAILED: frozenset({TaskState.RUNNING}),
     TaskState.RETRYING: frozenset({TaskState.RUNNING}),
     # Dead: retries exhausted while running, or a malformed/undeliverable message at intake.
-    TaskState.DEAD: frozenset({TaskState.QUEUED, TaskState.RUNNING, TaskState.RETRYING}),
+    TaskState.DEAD: frozenset({TaskState.QUEUED, TaskState.SCHEDULED, TaskState.RUNNING, TaskState.RETRYING}),
     # Cancelled: by `Client.cancel`, which claims the outcome of the task's current attempt (`taskq.core.cancel`).
-    TaskState.CANCELLED: frozenset({TaskState.QUEUED, TaskState.RUNNING, TaskState.RETRYING}),
+    TaskState.CANCELLED: frozenset({TaskState.QUEUED, TaskState.SCHEDULED, TaskState.RUNNING, TaskState.RETRYING}),
 }
 
 # An outcome recorded in one write together with its start (group commit of a short task): the

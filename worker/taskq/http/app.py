@@ -9,17 +9,21 @@ is logged, never answered. Malformed input never yields a 5xx. `/healthz` and `/
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Path, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from taskq.client import Client
 from taskq.core.message import QUEUE_NAME_PATTERN, TASK_ID_PATTERN
+from taskq.core.states import TaskState
 from taskq.errors import (
     BrokerRejected,
     BrokerUnavailable,
@@ -48,6 +52,10 @@ from taskq.settings import Settings
 log = logging.getLogger("taskq.http")
 
 MAX_BODY_BYTES = 1024 * 1024
+MAX_WAIT_S = 60.0
+"""The longest long poll of `GET /v1/tasks/{id}?wait=` (proxies commonly cut idle requests at 60 s)."""
+LONG_POLL_FIRST_INTERVAL_S = 0.05
+LONG_POLL_MAX_INTERVAL_S = 1.0
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -141,6 +149,11 @@ def _validation_detail(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def _is_final(document: dict[str, Any]) -> bool:
+    state = document.get("state")
+    return state in {s.value for s in TaskState} and TaskState(state).is_final
+
+
 def _status_model(document: dict[str, Any]) -> TaskStatus:
     known = {k: v for k, v in document.items() if k in TaskStatus.model_fields and v is not None}
     return TaskStatus.model_validate(known)
@@ -218,6 +231,8 @@ def create_app(
             task_id=body.task_id,
             max_retries=body.max_retries,
             timeout=body.timeout,
+            countdown=body.countdown,
+            eta=body.eta,
         )
         receipt = taskq.submit_many([message])
         return Submitted(id=message.id, queue=message.queue, created=receipt.existing == 0)
@@ -241,6 +256,8 @@ def create_app(
                 task_id=t.task_id,
                 max_retries=t.max_retries,
                 timeout=t.timeout,
+                countdown=t.countdown,
+                eta=t.eta,
             )
             for t in body.tasks
         ]
@@ -253,9 +270,24 @@ def create_app(
         responses={**_ERRORS, **_NOT_FOUND, **auth_errors},
         dependencies=can_read,
     )
-    def get_task(task_id: str = Path(pattern=TASK_ID_PATTERN)) -> TaskStatus:
-        """A task's state, attempts, timestamps, result or error."""
-        return _status_model(taskq.status(task_id))
+    async def get_task(
+        task_id: str = Path(pattern=TASK_ID_PATTERN),
+        wait: float = Query(
+            default=0,
+            ge=0,
+            le=MAX_WAIT_S,
+            description=f"Long poll: answer when the task is final or after this many seconds (at most {MAX_WAIT_S:g}).",
+        ),
+    ) -> TaskStatus:
+        """A task's state, attempts, timestamps, result or error; with `wait`, once it is final or the wait is over."""
+        document = await run_in_threadpool(taskq.status, task_id)
+        deadline = time.monotonic() + wait
+        interval = LONG_POLL_FIRST_INTERVAL_S
+        while not _is_final(document) and (remaining := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(interval, remaining))
+            interval = min(interval * 1.5, LONG_POLL_MAX_INTERVAL_S)
+            document = await run_in_threadpool(taskq.status, task_id)
+        return _status_model(document)
 
     @app.post(
         "/v1/tasks/{task_id}:cancel",

@@ -20,6 +20,7 @@ from taskq.core.message import (
     TASK_ID_PATTERN,
     TASK_NAME_PATTERN,
 )
+from taskq.core.schedule import MAX_DELAY_S
 from taskq.core.states import TaskState
 
 MAX_BATCH = 1000
@@ -40,6 +41,10 @@ class TaskSubmission(BaseModel):
     )
     max_retries: int | None = Field(default=None, ge=0, le=MAX_RETRIES_LIMIT)
     timeout: float | None = Field(default=None, gt=0, le=MAX_TIMEOUT_S, description="Hard timeout, seconds.")
+    countdown: float | None = Field(
+        default=None, ge=0, le=MAX_DELAY_S, description="Run no sooner than this many seconds from now (state `scheduled`)."
+    )
+    eta: datetime | None = Field(default=None, description="Run no sooner than this time (ISO 8601; no zone means UTC).")
 
 
 class BatchSubmission(BaseModel):
@@ -90,6 +95,7 @@ class TaskStatus(BaseModel):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    eta: datetime | None = None
     timestamps: dict[str, datetime] = Field(default_factory=dict)
     result: Any = None
     error: TaskErrorInfo | None = None

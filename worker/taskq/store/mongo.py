@@ -186,7 +186,7 @@ class TaskStore:
                     conflicts[message.id] = reason
                 elif message.id in new_entries or document is None:
                     known.add(message.id)  # published before (its entry was gone), or purged meanwhile
-                elif document.get("state") != TaskState.QUEUED.value:
+                elif document.get("state") not in (TaskState.QUEUED.value, TaskState.SCHEDULED.value):
                     known.add(message.id)  # unconfirmed, but a worker has it: the message did arrive
                     delivered.append(message.id)
                 else:
@@ -551,13 +551,25 @@ class TaskStore:
         states.update({task_id: TaskState(claim["state"]) for task_id, claim in claims.items()})
         return states
 
-    def list(self, *, queue: str | None = None, state: TaskState | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        """The most recently updated tasks, optionally of one queue and/or state."""
+    def list(
+        self,
+        *,
+        queue: str | None = None,
+        state: TaskState | None = None,
+        limit: int = 50,
+        name: str | None = None,
+        since: datetime | None = None,
+    ) -> list[dict[str, Any]]:
+        """The most recently updated tasks, optionally of one queue, state and/or task name, updated at or after `since`."""
         query: dict[str, Any] = {}
         if queue:
             query["queue"] = queue
         if state:
             query["state"] = state.value
+        if name:
+            query["name"] = name
+        if since is not None:
+            query["updated_at"] = {"$gte": since}
         with self._translated("listing tasks"):
             cursor = self.tasks.find(query, {"write_token": 0, "args": 0, "kwargs": 0, "result": 0})
             return list(cursor.sort("updated_at", DESCENDING).limit(max(1, min(limit, 10_000))))
@@ -628,6 +640,26 @@ class TaskStore:
             deleted = self.tasks.delete_many({"queue": queue}).deleted_count
             for first in range(0, len(ids), 1000):
                 self.claims.delete_many({"task_id": {"$in": ids[first : first + 1000]}})
+        return int(deleted)
+
+    def expire_finished(self, queue: str, before: datetime, *, limit: int = 1000) -> int:
+        """Delete up to `limit` final tasks of `queue` last written before `before`, and their outcome claims.
+
+        Retention (`spec.tasks.resultTTLSeconds`, `TASKQ_RESULT_TTL`): run by the operator's sweep, since
+        FerretDB 1.x implements no TTL index (`expireAfterSeconds` is refused) and one TTL index could
+        not hold a TTL per queue anyway. A final document is not written again, so `updated_at` is its
+        finish time. MongoDB serves the selection from the `queue, state, updated_at` index; FerretDB
+        scans the collection (hence the sweep's long interval). Returns how many tasks were deleted.
+        """
+        finals = sorted(s.value for s in TaskState if s.is_final)
+        query = {"queue": queue, "state": {"$in": finals}, "updated_at": {"$lt": before}}
+        with self._translated("expiring finished tasks"):
+            ids = [d["_id"] for d in self.tasks.find(query, {"_id": 1}).limit(max(1, limit))]
+            if not ids:
+                return 0
+            # The state is checked again in the delete: a task retried meanwhile is `queued`, and kept.
+            deleted = self.tasks.delete_many({"_id": {"$in": ids}, "state": {"$in": finals}}).deleted_count
+            self.claims.delete_many({"task_id": {"$in": ids}})
         return int(deleted)
 
     # -- worker heartbeats --------------------------------------------------------------------
