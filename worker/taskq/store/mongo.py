@@ -719,6 +719,23 @@ class TaskStore:
         with self._translated("counting tasks"):
             return {q: {s.value: self.tasks.count_documents({"queue": q, "state": s.value}) for s in TaskState} for q in queues}
 
+    def all_state_counts(self, limit: int = 500) -> dict[str, dict[str, int]]:
+        """Tasks per state of every queue that has tasks (the first `limit` queues by name).
+
+        On MongoDB `queue_names` then `state_counts` (index-only); on FerretDB one aggregation that
+        groups every document by queue and state: one scan instead of two.
+        """
+        if not self.is_ferretdb():
+            return self.state_counts(self.queue_names(limit))
+        known = {s.value for s in TaskState}
+        counts: dict[str, dict[str, int]] = {}
+        with self._translated("counting tasks"):
+            for row in self.tasks.aggregate([{"$group": {"_id": {"q": "$queue", "s": "$state"}, "n": {"$sum": 1}}}]):
+                queue, state = row["_id"].get("q"), row["_id"].get("s")
+                if isinstance(queue, str) and state in known:
+                    counts.setdefault(queue, dict.fromkeys(known, 0))[state] = int(row["n"])
+        return dict(sorted(counts.items())[: max(1, limit)])
+
     def task_page(
         self,
         *,
