@@ -3,7 +3,7 @@
 Broker figures come from passive declares (exact, ready messages and consumers only); unacked is
 the sum of the in-flight counts the queue's live workers last reported in their heartbeats (every
 2 s), since a passive declare has none and the management API's figures lag. Store reads are the
-indexed ones of `TaskStore` (`queue_names`, `state_counts`, `task_page`, `heartbeats`, `get`).
+indexed ones of `TaskStore` (`all_state_counts`, `task_page`, `heartbeats`, `get`).
 """
 
 from __future__ import annotations
@@ -178,8 +178,8 @@ def workers(store: TaskStore) -> list[WorkerRow]:
 def queues(client: Client, store: TaskStore) -> list[QueueRow]:
     """The queues that have tasks or workers (and the client's default queue), with depths and counts by state."""
     beats = [w for w in workers(store) if not w.stale]
-    names = sorted(set(store.queue_names()) | {w.queue for w in beats if w.queue} | {client.settings.queue})
-    counts = store.state_counts(names)
+    counts = store.all_state_counts()
+    names = sorted(set(counts) | {w.queue for w in beats if w.queue} | {client.settings.queue})
     depths = _depths(client, names)
     rows = []
     for name in names:
