@@ -230,6 +230,18 @@ def test_finished_tasks_older_than_the_ttl_and_their_claims_are_deleted(
     assert sorted(d["_id"] for d in store.tasks.find({})) == ["ttl-2", "ttl-3"]
     assert sorted(d["_id"] for d in store.claims.find({})) == ["ttl-3#a1"]
 
+    # Without an operator: `taskq expire` with TASKQ_RESULT_TTL or --ttl.
+    store.tasks.update_one({"_id": "ttl-3"}, {"$set": {"updated_at": now - timedelta(seconds=30)}})
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TASKQ_")}
+    environment.update(
+        TASKQ_AMQP_URL=svc.amqp_url, TASKQ_MONGODB_URI=svc.mongodb_uri, TASKQ_DATABASE=svc.database, TASKQ_QUEUE=svc.queue
+    )
+    kept = CliRunner().invoke(cli_app, ["expire", "--json"], env={**environment, "TASKQ_RESULT_TTL": "60"})
+    assert kept.exit_code == 0 and json.loads(kept.stdout) == {"deleted": 0}
+    gone = CliRunner().invoke(cli_app, ["expire", "--ttl", "20"], env=environment)
+    assert gone.exit_code == 0 and gone.stdout == "deleted 1 finished task(s)\n"
+    assert [d["_id"] for d in store.tasks.find({})] == ["ttl-2"]
+
 
 def test_the_operator_sweep_expires_by_the_taskqueues_ttl(svc: Services, store: TaskStore) -> None:
     from taskq_operator.core.spec import parse_taskqueue

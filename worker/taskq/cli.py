@@ -387,6 +387,24 @@ def retry(task_id: Annotated[str, typer.Argument(help="Task id.")], as_json: Jso
 
 
 @app.command()
+def expire(
+    queue: QueueOption = None,
+    ttl: Annotated[
+        int | None, typer.Option("--ttl", min=0, help="Seconds a finished task is kept (default: TASKQ_RESULT_TTL, 7 days).")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=100_000, help="At most this many per run.")] = 1000,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete finished tasks older than the result TTL (what the operator's sweep does per TaskQueue)."""
+    with _client() as client:
+        deleted = client.expire_finished(queue, ttl_s=ttl, limit=limit)
+    if as_json:
+        _print_json({"deleted": deleted})
+    else:
+        print(f"deleted {deleted} finished task(s)")
+
+
+@app.command()
 def queue(
     name: Annotated[str | None, typer.Argument(help="Queue name (default: TASKQ_QUEUE).")] = None, as_json: JsonOption = False
 ) -> None:

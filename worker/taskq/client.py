@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from itertools import chain, islice
 from typing import Any, TypeVar
 
@@ -508,6 +508,16 @@ class Client:
         except ValueError:
             raise InvalidTask(f"unknown state {state!r}; one of {', '.join(s.value for s in TaskState)}") from None
         return [_public(d) for d in self.store.list(queue=queue, state=wanted, limit=limit, name=name, since=since)]
+
+    def expire_finished(self, queue: str | None = None, *, ttl_s: int | None = None, limit: int = 1000) -> int:
+        """Delete up to `limit` finished tasks of `queue` older than `ttl_s` (default `TASKQ_RESULT_TTL`), with their claims.
+
+        What the operator's sweep does per TaskQueue; for stores without an operator. A TTL of 0 keeps everything.
+        """
+        ttl = self.settings.result_ttl if ttl_s is None else ttl_s
+        if ttl <= 0:
+            return 0
+        return self.store.expire_finished(queue or self.settings.queue, utcnow() - timedelta(seconds=ttl), limit=limit)
 
     def workers(self, queue: str | None = None) -> builtins.list[dict[str, Any]]:
         """The workers' last heartbeats (`id`, `queue`, `inflight`, `processed`, `heartbeat_at`, `started_at`), by id.

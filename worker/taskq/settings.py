@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     retry_max: float = Field(default=300.0, gt=limits.RETRY_DELAY_S.low, le=limits.RETRY_DELAY_S.high)
     retry_factor: float = Field(default=2.0, ge=limits.RETRY_FACTOR.low, le=limits.RETRY_FACTOR.high)
     max_priority: int = Field(default=10, ge=limits.MAX_PRIORITY.low, le=limits.MAX_PRIORITY.high)
+    # Finished tasks older than this (seconds) are deleted by `taskq expire` / `Client.expire_finished`
+    # (the operator uses each TaskQueue's spec.tasks.resultTTLSeconds); 0 keeps them.
+    result_ttl: int = Field(default=limits.DEFAULT_RESULT_TTL_S, ge=limits.RESULT_TTL_S.low, le=limits.RESULT_TTL_S.high)
     grace_seconds: float = Field(default=30.0, ge=0)
     health_port: int = Field(default=8080, ge=0, le=65535)
     worker_id: str = Field(default_factory=_default_worker_id)
