@@ -1,7 +1,7 @@
 """The dashboard end to end: a real `taskq-api` and `taskq-worker` on the test RabbitMQ and store, driven
 by headless Chromium through Playwright as a person would use it: log in, open every page, filter
 tasks, open a task, retry a failed one, requeue a dead one, watch a count change live after
-submitting tasks, purge the queue. Screenshots go to tests/artifacts/dashboard/ (git-ignored).
+submitting tasks, cancel a running one, purge the queue. Screenshots go to tests/artifacts/dashboard/ (git-ignored).
 Skips only when Debian's `chromium` is not installed (dev/system-deps.sh installs it)."""
 
 from __future__ import annotations
@@ -261,6 +261,19 @@ def test_dashboard_in_chromium(
         _shot(page, "07-queues-live")
         print(f"dashboard: 20 submitted tasks counted as succeeded on the open page after {seen_after_s:.1f} s")
 
+        # Cancel (confirmed) a running task: the worker stops it and the open page shows it cancelled.
+        sleepy = client.submit("sleep", kwargs={"seconds": 60}, task_id="sleepy-1")
+        _wait_state(store, sleepy, TaskState.RUNNING)
+        page.goto(f"{api.base}/ui/tasks/{sleepy}")
+        expect(page.locator("#state")).to_have_text("running")
+        page.click("#cancel")
+        expect(page.locator(".notice")).to_have_text("The task was cancelled.")
+        assert dialogs[-1] == f"Cancel task {sleepy}? A running attempt is stopped."
+        expect(page.locator("#state")).to_have_text("cancelled")
+        expect(page.locator("#cancel")).to_be_disabled()
+        _shot(page, "08-task-cancelled")
+        page.click("nav >> text=Queues")
+
         # Purge (confirmed): messages, dead letters and documents of the queue are gone.
         poll(lambda: client.queue_info(svc.queue).dead == 1, timeout=30, what="the dead letter back")
         row.locator("button.danger").click()
@@ -376,9 +389,9 @@ def test_page_load_times_at_scale(svc: Services, client: Client, store: TaskStor
         first[label] = samples[0]
         warm[label] = sorted(samples[1:])[1]
     page.goto(api.base + "/")
-    _shot(page, f"08-queues-{total}")
+    _shot(page, f"09-queues-{total}")
     page.goto(api.base + "/ui/tasks")
-    _shot(page, f"09-tasks-{total}")
+    _shot(page, f"10-tasks-{total}")
     report: dict[str, Any] = {"tasks": total, "store": "FerretDB" if store.is_ferretdb() else "MongoDB"}
     report.update(seed_s=round(seeded_s, 1), create_indexes_s=round(indexed_s, 1))
     report["first_load_s"] = {label: round(seconds, 3) for label, seconds in first.items()}

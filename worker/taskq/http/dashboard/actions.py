@@ -1,26 +1,23 @@
-"""The dashboard's actions: retry one task, requeue dead letters (one or all), purge a queue.
+"""The dashboard's actions, each through `taskq.Client`: retry or cancel one task, requeue dead letters, purge a queue.
 
-Retry of a `dead` task sends its own dead letter back (`Client.requeue_dead(ids=...)`, the path of
-`taskq requeue-dead`), so the letter does not linger to be requeued twice; a `failed` task (acked,
-no letter) or a dead one whose letter is gone is rebuilt from its document as a first attempt,
-recorded like a submission (outbox entry, then `queued`: `TaskStore.retry_finished`) and published
-with confirms. Each action returns a short outcome code the page shows as a notice.
+Retry is `Client.retry` (a dead task's own dead letter is sent back when it is still there, else
+the task is rebuilt from its document as a first attempt), cancel is `Client.cancel`, requeue-all
+`Client.requeue_dead` and purge `Client.purge`: the paths of `taskq retry`, `taskq cancel`,
+`taskq requeue-dead` and `taskq purge --yes`. Each returns a short outcome code that the page
+shows as a notice (`NOTICES`).
 """
 
 from __future__ import annotations
 
-from taskq.broker.publisher import Outgoing
 from taskq.client import Client
-from taskq.core.message import utcnow
-from taskq.core.states import TaskState
-from taskq.errors import QueueNotFound
-
-DEAD_SCAN_LIMIT = 1000  # dead letters looked through for one task's letter
+from taskq.errors import QueueNotFound, TaskNotFound, TaskStateConflict
 
 NOTICES = {
     "requeued": "The task's dead letter was sent back to its queue.",
     "retried": "The task was queued again as a first attempt.",
     "not-retryable": "Only failed or dead tasks can be retried; this one was left as it is.",
+    "cancelled": "The task was cancelled.",
+    "not-cancellable": "The task had already finished; nothing was cancelled.",
     "not-found": "No such task.",
     "requeued-all": "Dead letters were sent back to their queue.",
     "purged": "The queue's messages, dead letters and task documents were removed.",
@@ -29,34 +26,22 @@ NOTICES = {
 
 
 def retry(client: Client, task_id: str) -> str:
-    """Queue a failed or dead task again; the outcome code (see `NOTICES`)."""
-    document = client.store.get(task_id)
-    if document is None:
+    """Run a failed or dead task again; the outcome code."""
+    try:
+        return client.retry(task_id)
+    except TaskNotFound:
         return "not-found"
-    state = document.get("state")
-    queue = str(document.get("queue") or client.settings.queue)
-    if state == TaskState.DEAD.value and task_id in client.requeue_dead(queue, limit=DEAD_SCAN_LIMIT, ids={task_id}).requeued:
-        return "requeued"
-    if state not in (TaskState.FAILED.value, TaskState.DEAD.value):
+    except TaskStateConflict:
         return "not-retryable"
-    message = client.message(
-        str(document["name"]),
-        document.get("args") or [],
-        document.get("kwargs") or {},
-        queue=queue,
-        priority=int(document.get("priority") or 0),
-        task_id=task_id,
-        max_retries=document.get("max_retries"),
-        timeout=document.get("timeout"),
-    )
-    if not client.store.retry_finished(message, utcnow()):
-        return "not-retryable"
-    client._ensure_queue(queue)
-    stream = client._publisher.stream()
-    stream.add([Outgoing(message.queue, message.encode(), message.id, message.priority)])
-    stream.wait()
-    client.store.mark_published(stream.take_confirmed())
-    return "retried"
+
+
+def cancel(client: Client, task_id: str) -> str:
+    """Cancel a task that is not final; the outcome code."""
+    try:
+        result = client.cancel(task_id, reason="cancelled from the dashboard")
+    except TaskNotFound:
+        return "not-found"
+    return "cancelled" if result.cancelled else "not-cancellable"
 
 
 def requeue_all(client: Client, queue: str) -> tuple[str, int]:

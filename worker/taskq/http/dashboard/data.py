@@ -33,6 +33,7 @@ PAGE_SIZE = 50
 MAX_PAGE = 200  # skip-based pages: deeper than 10,000 rows, narrow the filters instead
 STATES = [s.value for s in TaskState]
 RETRYABLE = frozenset({TaskState.FAILED.value, TaskState.DEAD.value})
+FINAL = frozenset(s.value for s in TaskState if s.is_final)
 _ID_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 
 
@@ -220,7 +221,8 @@ def task(store: TaskStore, task_id: str) -> dict[str, Any] | None:
     stamps = document.get("timestamps") or {}
     timeline = sorted((TimelineEntry(state, at) for state, at in stamps.items() if isinstance(at, datetime)), key=lambda e: e.at)
     shown = _shown(document, _FIELDS + _DETAIL_FIELDS)
-    return {**shown, "timeline": timeline, "retryable": document.get("state") in RETRYABLE}
+    state = document.get("state")
+    return {**shown, "timeline": timeline, "retryable": state in RETRYABLE, "cancellable": state not in FINAL}
 
 
 def dead_letters(client: Client, queue: str, limit: int = 50) -> list[admin.DeadLetter]:

@@ -234,6 +234,10 @@ def dashboard_router(client: Client, auth: Auth) -> APIRouter:
     async def retry_task(request: Request, task_id: str = Path(pattern=TASK_ID_PATTERN)) -> Response:
         return await act(request, lambda: (actions.retry(client, task_id), None), f"/ui/tasks/{task_id}")
 
+    @router.post("/ui/tasks/{task_id}/cancel")
+    async def cancel_task(request: Request, task_id: str = Path(pattern=TASK_ID_PATTERN)) -> Response:
+        return await act(request, lambda: (actions.cancel(client, task_id), None), f"/ui/tasks/{task_id}")
+
     @router.post("/ui/queues/{queue}/requeue-dead")
     async def requeue_dead(request: Request, queue: str = Path(pattern=QUEUE_NAME_PATTERN)) -> Response:
         return await act(request, lambda: actions.requeue_all(client, queue), f"/ui/dead?{urlencode({'queue': queue})}")

@@ -4,7 +4,7 @@ A browser cannot add a bearer header to a page load, so `/ui/login` takes a toke
 token file and stores it in an `HttpOnly`, `SameSite=Strict` cookie (`Secure` behind HTTPS); every
 request is then checked with the same `TokenSet.scopes_of` as the API (SHA-256, constant time), so
 the scopes, the files and rotation (restart) are the API's: `read` opens the pages, `submit` allows
-the actions (retry, requeue, purge). The cookie is stateless, so any replica of `taskq-api` accepts it.
+the actions (retry, cancel, requeue, purge). The cookie is stateless, so any replica of `taskq-api` accepts it.
 Each action is a POST that must carry the session's CSRF token: an HMAC of a fixed label keyed by
 the session's token digest, checked in constant time (the cookie cannot be read by scripts or sent
 from another site; the token is a second, independent check). With `TASKQ_API_AUTH=disabled`
