@@ -319,9 +319,7 @@ def list_tasks(
 @app.command()
 def wait(
     task_ids: Annotated[list[str], typer.Argument(help="Task ids.")],
-    timeout: Annotated[
-        float, typer.Option("--timeout", "-t", min=0.0, help="Give up after this many seconds (exit 5).")
-    ] = 60.0,
+    timeout: Annotated[float, typer.Option("--timeout", "-t", min=0.0, help="Give up after this many seconds (exit 5).")] = 60.0,
     as_json: JsonOption = False,
 ) -> None:
     """Wait until every given task is final; print their final states (a progress bar for several)."""
