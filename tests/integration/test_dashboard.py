@@ -306,6 +306,11 @@ def test_read_only_sessions_and_csrf(svc: Services, client: Client, api: Api, br
         htmx = anonymous.get("/ui/static/htmx.min.js")
         assert htmx.status_code == 200 and htmx.text.startswith("/*! htmx 2.0.11")
         assert anonymous.get("/ui/static/../app.py").status_code == 404
+        # Logging out needs the CSRF token too, and clears the cookie.
+        assert full.post("/ui/logout", data={"csrf": "forged"}).status_code == 403
+        out = full.post("/ui/logout", data={"csrf": csrf.group(1)})
+        assert out.status_code == 303 and out.headers["location"] == "/ui/login"
+        assert 'taskq_session=""' in out.headers["set-cookie"] and "Max-Age=0" in out.headers["set-cookie"]
     assert client.status("ro-1")["state"] == "queued"
 
 
