@@ -8,6 +8,9 @@
   in the `DeploymentOwned` condition and a Warning Event, and kopf retries every 30 s;
 - under kopf peering the scaler's loop, which kopf does not pause, checks the peering object itself
   (`taskq_operator.peering`), so a standby replica neither patches nor posts Events;
+- a timer per TaskQueue with `spec.schedules` submits the due slots of its periodic tasks and reports
+  them in `status.schedules` (`taskq_operator.schedules`); kopf runs timers on the active replica only,
+  and the timer also stands by while the scaler does;
 - probes: `/healthz` reports how many TaskQueues are tracked and the age of the last completed scaler
   tick, and fails when that tick has stalled (`taskq_operator.liveness`).
 
@@ -28,6 +31,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -41,11 +45,14 @@ from taskq_operator.liveness import TickHealth, TickStalled
 from taskq_operator.peering import PeeringGate
 from taskq_operator.reconcile import apply_deployment, declare_topology
 from taskq_operator.scaler import Scaler
+from taskq_operator.schedules import Scheduler
 from taskq_operator.sweep import Sweeper
 
 RETRY_DELAY_S = 5
 CONFLICT_RETRY_DELAY_S = 30
 STOP_TIMEOUT_S = 10.0
+SCHEDULE_INTERVAL_S = float(os.environ.get("TASKQ_SCHEDULE_INTERVAL_SECONDS", "10"))
+"""How often each TaskQueue's schedules are looked at: a slot is enqueued at most this late (plus the tick)."""
 MEMO_KEY = "taskq"
 
 
@@ -56,6 +63,7 @@ class Running:
     scaler: Scaler
     stopped: asyncio.Event
     task: asyncio.Task[None]
+    scheduler: Scheduler | None = None
 
 
 @dataclass
@@ -117,7 +125,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
     scaler = Scaler(state.cache, kube, health=state.health, sweeper=Sweeper.from_env(), peering=gate)
     scaler.create_deployment = lambda spec, replicas: apply_deployment(spec, kube, replicas)
     stopped = asyncio.Event()
-    state.running = Running(scaler, stopped, asyncio.create_task(scaler.run(stopped), name="taskq-scaler"))
+    task = asyncio.create_task(scaler.run(stopped), name="taskq-scaler")
+    state.running = Running(scaler, stopped, task, Scheduler(scaler.secrets, scaler.observers))
     logger.info("taskq operator started")
 
 
@@ -133,6 +142,8 @@ async def stop(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     except TimeoutError:
         running.task.cancel()
     await asyncio.to_thread(running.scaler.close)
+    if running.scheduler is not None:
+        await asyncio.to_thread(running.scheduler.close)
     if running.scaler.sweeper is not None:
         await asyncio.to_thread(running.scaler.sweeper.close)
     logger.info("taskq operator stopped")
@@ -189,6 +200,26 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: 
         await asyncio.to_thread(declare_topology, spec, scaler.secrets, scaler.observers)
     except TaskqError as exc:
         logger.warning("queue %s not declared yet: %s", spec.queue, exc)
+
+
+def _has_schedules(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
+    return bool(spec.get("schedules")) or bool(status.get("schedules"))
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=SCHEDULE_INTERVAL_S, sharp=True, when=_has_schedules)
+async def enqueue_schedules(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, **_: Any) -> None:
+    """Submit the due slots of this TaskQueue's schedules; `status.schedules` shows the last and next slot."""
+    try:
+        spec = parse_taskqueue(dict(body))
+    except SpecError:
+        return  # reported by the reconcile handler
+    running = state_of(memo).running
+    if running is None or running.scheduler is None or running.scaler.standby is not None:
+        return
+    status = dict(body.get("status") or {})
+    entries = await asyncio.to_thread(running.scheduler.tick, spec, status, datetime.now(UTC))
+    if entries is not None:
+        patch.status["schedules"] = entries
 
 
 @kopf.on.probe(id="taskqueues")

@@ -239,6 +239,11 @@ class Scaler:
         shortest = min(intervals, default=1)
         return TickResult(max(0.05, shortest - (self.clock() % shortest)), result.scaled, result.created, result.conflicts)
 
+    @property
+    def standby(self) -> str | None:
+        """Why this replica stood by at its last tick under peering (None: it acts)."""
+        return self._standby
+
     def _stands_by(self, snapshot: CacheSnapshot) -> bool:
         """Whether kopf's peering makes this replica a standby now (logged when that changes)."""
         if self.peering is None:

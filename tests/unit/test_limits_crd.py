@@ -20,6 +20,7 @@ from taskq.core.limits import IntRange, NumberRange
 from taskq.settings import Settings
 from taskq_dev import manifests
 from taskq_operator.core import deployment
+from taskq_operator.core.schedules import MISSED_POLICIES
 from taskq_operator.core.spec import POOLS, QUEUE_TYPES, ScalingSpec, TasksSpec, WorkerSpec, parse_taskqueue
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,6 +36,8 @@ PATTERNS: dict[str, tuple[str, int]] = {
     "spec.worker.env[].valueFrom.secretKeyRef.key": (limits.CONFIG_KEY_PATTERN, limits.CONFIG_KEY_MAX_LENGTH),
     "spec.worker.nodeSelector{}": (limits.LABEL_VALUE_PATTERN, limits.LABEL_VALUE_MAX_LENGTH),
     "spec.worker.tolerations[].value": (limits.LABEL_VALUE_PATTERN, limits.LABEL_VALUE_MAX_LENGTH),
+    "spec.schedules[].name": (limits.SCHEDULE_NAME_PATTERN, limits.SCHEDULE_NAME_MAX_LENGTH),
+    "spec.schedules[].timeZone": (limits.TIMEZONE_PATTERN, limits.TIMEZONE_MAX_LENGTH),
 }
 """String fields checked by an OpenAPI `pattern` and `maxLength`."""
 
@@ -44,6 +47,7 @@ CEL_PATTERNS: dict[str, tuple[str, int]] = {
     "spec.broker.secretRef.name": (limits.DNS_SUBDOMAIN_PATTERN, limits.DNS_SUBDOMAIN_MAX_LENGTH),
     "spec.store.secretRef.name": (limits.DNS_SUBDOMAIN_PATTERN, limits.DNS_SUBDOMAIN_MAX_LENGTH),
     "spec.worker.env[].valueFrom.configMapKeyRef.name": (limits.DNS_SUBDOMAIN_PATTERN, limits.DNS_SUBDOMAIN_MAX_LENGTH),
+    "spec.schedules[].cron": (limits.CRON_PATTERN, limits.CRON_MAX_LENGTH),
 }
 """String fields checked by a CEL rule (`self.matches(r'...')`, for a message that says why) and `maxLength`."""
 
@@ -51,6 +55,7 @@ MAX_ITEMS = {
     "spec.worker.env": limits.MAX_ENV,
     "spec.worker.tolerations": limits.MAX_TOLERATIONS,
     "spec.worker.taskModules": limits.MAX_TASK_MODULES,
+    "spec.schedules": limits.MAX_SCHEDULES,
 }
 MAX_PROPERTIES = {
     "spec.worker.nodeSelector": limits.MAX_NODE_SELECTOR,
@@ -178,6 +183,7 @@ def test_enums_are_the_ones_the_worker_and_the_operator_know() -> None:
     assert node("spec.tasks.queueType")["enum"] == list(QUEUE_TYPES) == list(topology.QUEUE_TYPES) == queue_types
     assert node("spec.worker.tolerations[].operator")["enum"] == list(limits.TOLERATION_OPERATORS)
     assert node("spec.worker.tolerations[].effect")["enum"] == list(limits.TAINT_EFFECTS)
+    assert node("spec.schedules[].missedSlots")["enum"] == list(limits.MISSED_SLOTS) == list(MISSED_POLICIES)
 
 
 def test_quorum_priority_rule_uses_the_shared_value() -> None:

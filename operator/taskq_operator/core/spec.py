@@ -15,6 +15,8 @@ from typing import Any
 from taskq.core import limits
 from taskq.core.limits import QUORUM_MAX_PRIORITY as QUORUM_MAX_PRIORITY
 from taskq.core.limits import IntRange
+from taskq.core.message import TASK_NAME_PATTERN
+from taskq_operator.core.schedules import Schedule, ScheduleError, check_cron, zone
 
 GROUP = "taskq.io"
 VERSION = "v1alpha1"
@@ -67,9 +69,9 @@ class TasksSpec:
     retry_backoff: RetryBackoff = RetryBackoff()
     queue_type: str = "classic"
     max_deliveries: int = 5
-
-
     result_ttl_s: int = limits.DEFAULT_RESULT_TTL_S  # finished tasks older than this are deleted by the sweep; 0: kept
+
+
 @dataclass(frozen=True)
 class WorkerSpec:
     image: str
@@ -102,6 +104,7 @@ class TaskQueueSpec:
     worker: WorkerSpec
     scaling: ScalingSpec
     tasks: TasksSpec
+    schedules: tuple[Schedule, ...] = ()
 
 
 def _section(parent: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
@@ -210,10 +213,10 @@ def parse_tasks(spec: Mapping[str, Any]) -> TasksSpec:
         retry_backoff=retry,
         queue_type=_choice(tasks, "queueType", "spec.tasks", QUEUE_TYPES),
         max_deliveries=_int(tasks, "maxDeliveries", "spec.tasks", defaults.max_deliveries, limits.MAX_DELIVERIES),
+        result_ttl_s=_int(tasks, "resultTTLSeconds", "spec.tasks", defaults.result_ttl_s, limits.RESULT_TTL_S),
     )
     if parsed.queue_type == "quorum" and parsed.max_priority != QUORUM_MAX_PRIORITY:
         raise SpecError(f"spec.tasks.maxPriority must stay at its default ({QUORUM_MAX_PRIORITY}) with queueType quorum")
-        result_ttl_s=_int(tasks, "resultTTLSeconds", "spec.tasks", defaults.result_ttl_s, limits.RESULT_TTL_S),
     return parsed
 
 
@@ -263,6 +266,53 @@ def parse_worker(spec: Mapping[str, Any]) -> WorkerSpec:
     )
 
 
+def _schedule(item: object, path: str) -> Schedule:
+    if not isinstance(item, Mapping):
+        raise SpecError(f"{path} must be an object")
+    name, cron, task = item.get("name"), item.get("cron"), item.get("task")
+    if (
+        not isinstance(name, str)
+        or len(name) > limits.SCHEDULE_NAME_MAX_LENGTH
+        or not re.fullmatch(limits.SCHEDULE_NAME_PATTERN, name)
+    ):
+        raise SpecError(
+            f"{path}.name must be a DNS-1123 label of at most {limits.SCHEDULE_NAME_MAX_LENGTH} characters, got {name!r}"
+        )
+    if not isinstance(cron, str) or len(cron) > limits.CRON_MAX_LENGTH or (why := check_cron(cron)) is not None:
+        why = "must be a string" if not isinstance(cron, str) else (why if len(cron) <= limits.CRON_MAX_LENGTH else "is too long")
+        raise SpecError(f"{path}.cron {why}, got {cron!r}")
+    timezone = item.get("timeZone", "UTC")
+    if not isinstance(timezone, str) or len(timezone) > limits.TIMEZONE_MAX_LENGTH:
+        raise SpecError(f"{path}.timeZone must be an IANA time zone name, got {timezone!r}")
+    try:
+        zone(timezone)
+    except ScheduleError as exc:
+        raise SpecError(f"{path}.timeZone: {exc}") from None
+    if not isinstance(task, str) or not re.fullmatch(TASK_NAME_PATTERN, task):
+        raise SpecError(f"{path}.task must be a registered task name, got {task!r}")
+    args, kwargs = item.get("args", []), item.get("kwargs", {})
+    if not isinstance(args, list):
+        raise SpecError(f"{path}.args must be an array")
+    if not isinstance(kwargs, Mapping):
+        raise SpecError(f"{path}.kwargs must be an object")
+    missed = _choice(item, "missedSlots", path, limits.MISSED_SLOTS)
+    return Schedule(name, cron, task, timezone, tuple(args), dict(kwargs), missed)
+
+
+def parse_schedules(spec: Mapping[str, Any]) -> tuple[Schedule, ...]:
+    """`spec.schedules`: periodic tasks the operator enqueues (`taskq_operator.core.schedules`)."""
+    items = spec.get("schedules") or []
+    if not isinstance(items, list):
+        raise SpecError("spec.schedules must be an array")
+    if len(items) > limits.MAX_SCHEDULES:
+        raise SpecError(f"spec.schedules may hold at most {limits.MAX_SCHEDULES} schedules, got {len(items)}")
+    parsed = tuple(_schedule(item, f"spec.schedules[{i}]") for i, item in enumerate(items))
+    names = [s.name for s in parsed]
+    if len(set(names)) != len(names):
+        raise SpecError("spec.schedules[].name must be unique")
+    return parsed
+
+
 def parse_taskqueue(body: Mapping[str, Any]) -> TaskQueueSpec:
     """Turn a TaskQueue object into `TaskQueueSpec`, or raise `SpecError` naming the bad field."""
     meta = _section(body, "metadata", "")
@@ -300,4 +350,5 @@ def parse_taskqueue(body: Mapping[str, Any]) -> TaskQueueSpec:
         worker=worker,
         scaling=parse_scaling(spec),
         tasks=tasks,
+        schedules=parse_schedules(spec),
     )

@@ -280,6 +280,40 @@ IMAGE_PATTERN = rf"^({_DOMAIN}/)?{_PATH_COMPONENT}(/{_PATH_COMPONENT})*(:{_TAG})
 """An image reference a kubelet can pull: `[registry[:port]/]path[:tag][@digest]`, lowercase path."""
 
 
+# --- periodic tasks (`spec.schedules`, enqueued by the operator) ---
+MAX_SCHEDULES = 50
+SCHEDULE_NAME_MAX_LENGTH = 50
+"""A slot's task id `<taskqueue>.<schedule>.<YYYYmmddTHHMMSSZ>` stays within a task id's 128 characters."""
+SCHEDULE_NAME_PATTERN = DNS_LABEL_PATTERN
+CRON_MAX_LENGTH = 100
+TIMEZONE_MAX_LENGTH = 64
+TIMEZONE_PATTERN = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$"
+MISSED_SLOTS = ("skip", "catchUp")
+
+
+def _cron_field(value: str) -> str:
+    item = rf"(\*|({value})(-({value}))?)(/[0-9]{{1,2}})?"
+    return rf"{item}(,{item})*"
+
+
+CRON_PATTERN = (
+    r"^"
+    + r" +".join(
+        _cron_field(value)
+        for value in (
+            r"[0-5]?[0-9]",
+            r"[01]?[0-9]|2[0-3]",
+            r"0?[1-9]|[12][0-9]|3[01]",
+            r"0?[1-9]|1[0-2]|(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)",
+            r"[0-7]|(?i:sun|mon|tue|wed|thu|fri|sat)",
+        )
+    )
+    + r"$"
+)
+"""Five cron fields separated by spaces (minute, hour, day of month, month, day of week): `*`, numbers in range, names,
+lists, ranges and steps. The CRD's CEL rule; the operator's parser then asks croniter (steps of 0...)."""
+
+
 def reserved_env_name(name: str) -> bool:
     """Whether a worker's `spec.worker.env` may not set `name` (the operator sets it)."""
     return name.startswith(RESERVED_ENV_PREFIX) or name in RESERVED_ENV_NAMES
