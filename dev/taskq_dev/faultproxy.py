@@ -185,4 +185,3 @@ def url_through(url: str, proxy: Proxy) -> str:
     credentials = parts.netloc.rpartition("@")[0]
     netloc = f"{credentials}@" if credentials else ""
     return urlunsplit(parts._replace(netloc=f"{netloc}{ports.LOOPBACK}:{proxy.listen_port}"))
-
