@@ -46,7 +46,7 @@ lint: install ## ruff (lint + format check), mypy strict on the product packages
 	mypy
 	lint-imports
 
-test: system-deps install lint ## everything: lint, unit, services, cluster and docker tests (RabbitMQ 4.0), then the worker-flow tests on RabbitMQ 3.10
+test: system-deps install lint tools ## everything: lint, unit, services, cluster and docker tests (RabbitMQ 4.0), then the worker-flow tests on RabbitMQ 3.10
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-rabbitmq-3.10
 
@@ -88,7 +88,7 @@ demo-local: install ## services up, 3 taskq-worker processes, 2000 example tasks
 # --- local Kubernetes control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok) ---
 .PHONY: tools cluster-up cluster-down
 
-tools: install ## build (once, into ~/.cache/taskq/tools) or find kube binaries, etcd, kwok and helm at their pinned versions
+tools: install ## build once (into ~/.cache/taskq) or find every harness tool: kube binaries, etcd, kwok, helm, FerretDB, toxiproxy, the RabbitMQ 4.0 root, the kubelet and node images (make test runs it first, so no cold build runs inside a test's time limit)
 	$(PYTHON) -m taskq_dev.cli tools build
 
 cluster-up: install ## start the local control plane with 3 kwok nodes in the background; prints `export KUBECONFIG=...`

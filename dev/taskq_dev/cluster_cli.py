@@ -9,13 +9,14 @@ the `taskq-dev` app by `taskq_dev.cli`; used by `make cluster-up` / `make cluste
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Annotated, NoReturn, Optional
 
 import typer
 
-from taskq_dev import bridge_daemon, docker, gobuild, realnodes, rootfs, tools
+from taskq_dev import bridge_daemon, docker, gobuild, nodeimage, realnodes, rootfs, tools
 from taskq_dev.bridge import WorkerBridge
 from taskq_dev.cluster import DEFAULT_NODES, ClusterError, LocalCluster, default_root
 from taskq_dev.kubeaccess import ClusterAccess
@@ -173,15 +174,32 @@ def bridge_run(
 
 
 @tools_app.command("build")
-def tools_build() -> None:
-    """Resolve or build every harness tool (kube binaries, etcd, kwok, helm, FerretDB, toxiproxy, the RabbitMQ 4.0 root)."""
+def tools_build(
+    real_nodes: Annotated[
+        Optional[bool],  # noqa: UP045 - typer reads the annotation at run time
+        typer.Option(
+            "--real-nodes/--no-real-nodes",
+            help="also the kubelet and the node and pause images (needs Docker); default: unless TASKQ_REAL_NODES=0",
+        ),
+    ] = None,
+) -> None:
+    """Resolve or build every harness tool (kube binaries, etcd, kwok, helm, FerretDB, toxiproxy, the RabbitMQ 4.0 root,
+    and for real nodes the kubelet, the node image and the pause image).
+
+    Run before the tests (`.ci/run`, `make test`) so that no cold build happens inside a test's time limit.
+    """
     started = time.monotonic()
+    resolved: dict[str, object] = {}
     try:
-        resolved = tools.all_cluster_tools()
+        resolved.update(tools.all_cluster_tools())
         resolved["ferretdb"] = tools.ferretdb_binary()
         resolved.update(tools.toxiproxy_binaries())
         resolved["rabbitmq-trixie"] = rootfs.ensure_root(rootfs.RABBITMQ_TRIXIE)
-    except (gobuild.GoBuildError, rootfs.RootfsError) as exc:
+        if real_nodes if real_nodes is not None else os.environ.get("TASKQ_REAL_NODES") != "0":
+            resolved["kubelet"] = tools.kubelet_binary()
+            resolved["node-image"] = nodeimage.ensure_node_image()
+            resolved["pause-image"] = nodeimage.ensure_pause_image()
+    except (gobuild.GoBuildError, rootfs.RootfsError, docker.DockerError) as exc:
         _fail(str(exc))
     for name, path in resolved.items():
         typer.echo(f"{name:24} {path}")
