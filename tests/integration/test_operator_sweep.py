@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
-from worker_procs import Services, drain_queue
+from worker_procs import Services, drain_queue, taskqueue_body
 
 from taskq.core.message import TaskMessage, utcnow
 from taskq.store.mongo import TaskStore
@@ -26,15 +26,7 @@ pytestmark = pytest.mark.services
 
 
 def _body(svc: Services) -> dict[str, Any]:
-    return {
-        "metadata": {"name": "tq", "namespace": "ns-sweep", "uid": "u", "resourceVersion": "1"},
-        "spec": {
-            "queue": svc.queue,
-            "broker": {"secretRef": {"name": "b"}},
-            "store": {"secretRef": {"name": "s"}, "database": svc.database},
-            "worker": {"image": "w"},
-        },
-    }
+    return taskqueue_body(svc, "ns-sweep")
 
 
 def _spec_and_target(svc: Services) -> tuple[TaskQueueSpec, Target]:

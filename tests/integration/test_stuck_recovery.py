@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from worker_procs import Services, dead_letters, drain_queue, workers
+from worker_procs import Services, dead_letters, drain_queue, taskqueue_body, workers
 
 from taskq.core.message import TaskMessage, utcnow
 from taskq.core.topology import DEAD_REASON_HEADER
@@ -35,16 +35,8 @@ def sweeper(monkeypatch: pytest.MonkeyPatch) -> Sweeper:
 
 
 def _swept(svc: Services) -> list[SweptQueue]:
-    body = {
-        "metadata": {"name": "tq", "namespace": "ns-stuck", "uid": "u", "resourceVersion": "1"},
-        "spec": {
-            "queue": svc.queue,
-            "broker": {"secretRef": {"name": "b"}},
-            "store": {"secretRef": {"name": "s"}, "database": svc.database},
-            "worker": {"image": "w"},
-        },
-    }
-    return [SweptQueue.of(parse_taskqueue(body), Target(svc.queue, svc.amqp_url, None, svc.mongodb_uri, svc.database))]
+    spec = parse_taskqueue(taskqueue_body(svc, "ns-stuck"))
+    return [SweptQueue.of(spec, Target(svc.queue, svc.amqp_url, None, svc.mongodb_uri, svc.database))]
 
 
 def _left_open(

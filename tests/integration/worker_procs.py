@@ -205,3 +205,16 @@ def publish_raw(amqp_url: str, queue: str, bodies: list[bytes]) -> None:
             channel.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2))
     finally:
         connection.close()
+
+
+def taskqueue_body(services: Services, namespace: str, name: str = "tq") -> dict[str, Any]:
+    """A minimal TaskQueue object on the test's queue and database (for the operator's sweeps)."""
+    return {
+        "metadata": {"name": name, "namespace": namespace, "uid": "u", "resourceVersion": "1"},
+        "spec": {
+            "queue": services.queue,
+            "broker": {"secretRef": {"name": "b"}},
+            "store": {"secretRef": {"name": "s"}, "database": services.database},
+            "worker": {"image": "w"},
+        },
+    }
