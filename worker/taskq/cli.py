@@ -258,6 +258,8 @@ def status(task_id: Annotated[str, typer.Argument(help="Task id.")], as_json: Js
     table = Table(show_header=False, box=None)
     for key in ("id", "name", "queue", "state", "attempts", "worker", "priority", "created_at", "updated_at"):
         table.add_row(key, str(document.get(key)))
+    if document.get("eta") is not None:
+        table.add_row("eta", str(document["eta"]))
     table.add_row("args", json.dumps(document.get("args"), default=_json_default))
     table.add_row("kwargs", json.dumps(document.get("kwargs"), default=_json_default))
     if document.get("result") is not None:
