@@ -657,9 +657,13 @@ class TaskStore:
             ids = [d["_id"] for d in self.tasks.find(query, {"_id": 1}).limit(max(1, limit))]
             if not ids:
                 return 0
-            # The state is checked again in the delete: a task retried meanwhile is `queued`, and kept.
+            # The state is checked again in the delete: a task retried meanwhile is `queued`, and kept
+            # with its claims (only the claims of tasks whose document is gone are deleted).
             deleted = self.tasks.delete_many({"_id": {"$in": ids}, "state": {"$in": finals}}).deleted_count
-            self.claims.delete_many({"task_id": {"$in": ids}})
+            kept = set(self._documents_by_id(self.tasks, ids, {"_id": 1})) if deleted < len(ids) else set()
+            gone = [task_id for task_id in ids if task_id not in kept]
+            if gone:
+                self.claims.delete_many({"task_id": {"$in": gone}})
         return int(deleted)
 
     # -- worker heartbeats --------------------------------------------------------------------
