@@ -118,6 +118,34 @@ def test_redelivery_outcomes(state, deliveries, action, event) -> None:
         assert not decision.act_only_if_recorded
 
 
+RETRY = Retry(_message(2), 1000, 1000)
+
+
+@pytest.mark.parametrize(
+    ("claimed", "retry", "deliveries", "action", "event", "buried_attempt"),
+    [
+        # The attempt ended retrying and its message came back: its retry may be lost, send it again.
+        (TaskState.RETRYING, RETRY, 2, Retry, "task.retry_resent", None),
+        # A republished copy of an attempt that ended retrying: its original sent the retry; only ack.
+        (TaskState.RETRYING, None, 2, Ack, "task.redelivered_decided", None),
+        # Past the delivery limit with the retry never sent: the next attempt is buried.
+        (TaskState.RETRYING, RETRY, 6, DeadLetter, "task.delivery_limit", 2),
+        (None, None, 6, DeadLetter, "task.delivery_limit", 1),
+        (None, None, 2, Run, "task.redelivered", None),
+    ],
+)
+def test_redelivery_of_a_claimed_attempt(claimed, retry, deliveries, action, event, buried_attempt) -> None:
+    state = TaskState.RETRYING if claimed is not None else TaskState.RUNNING
+    decision = redelivery_outcome(
+        _message(), b"{}", state=state, deliveries=deliveries, max_deliveries=5, now=NOW, claimed=claimed, retry=retry
+    )
+    assert isinstance(decision.action, action) and decision.event == event
+    if buried_attempt is not None:
+        assert decision.transition is not None and decision.transition.attempt == buried_attempt
+    else:
+        assert decision.transition is None
+
+
 def test_malformed_deep_body_never_raises() -> None:
     body = b"[" * 100_000 + b"]" * 100_000
     decision = malformed_outcome(body, "nested", NOW)

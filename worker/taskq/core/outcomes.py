@@ -199,9 +199,11 @@ def redelivery_outcome(
 
     `deliveries` counts this delivery too (the broker's or the store's count of earlier ones, plus one).
     `claimed`: the outcome already claimed for this attempt. A claimed `retrying` means the attempt
-    is over but its retry may never have been published (the publish was refused, the connection
-    dropped before the ack): the delivery does `retry` (the next attempt to its delay queue, from the
-    caller's policy) instead of running again; past the delivery limit the next attempt is buried.
+    is over but, for a redelivery, its retry may never have been published (the publish was refused,
+    the connection dropped before the ack): the caller passes `retry` (the next attempt to its delay
+    queue) and the delivery does it instead of running again; past the delivery limit the next
+    attempt is buried. Without `retry` (a republished copy, whose original went on normally) a
+    decided attempt is only acked.
     """
     fields: dict[str, Any] = {"task_id": message.id, "name": message.name, "attempt": message.attempt, "deliveries": deliveries}
     if state is not None and state.is_final:
@@ -213,8 +215,10 @@ def redelivery_outcome(
         return Decision(
             transition, DeadLetter(body, reason), "task.delivery_limit", {**fields, "reason": reason}, act_only_if_recorded=False
         )
-    if claimed is TaskState.RETRYING and retry is not None:
-        return Decision(None, retry, "task.retry_resent", {**fields, "delay_ms": retry.delay_ms})
+    if claimed is not None:
+        if retry is not None:
+            return Decision(None, retry, "task.retry_resent", {**fields, "delay_ms": retry.delay_ms})
+        return Decision(None, Ack(), "task.redelivered_decided", {**fields, "state": claimed.value})
     return Decision(None, Run(), "task.redelivered", fields)
 
 

@@ -389,7 +389,9 @@ class Committer:
         if delivery.broker_deliveries is not None:
             deliveries = max(deliveries, delivery.broker_deliveries + 1)
         delivery.epoch = deliveries  # this delivery's writes are fenced above every earlier one's
-        retry = retry_action(message, self._policy, self._rng()) if check.claimed is TaskState.RETRYING else None
+        # Only a real redelivery may have lost its retry publish; a republished copy's original did not.
+        returned = delivery.redelivered or (delivery.broker_deliveries or 0) > 0
+        retry = retry_action(message, self._policy, self._rng()) if returned and check.claimed is TaskState.RETRYING else None
         return redelivery_outcome(
             message,
             delivery.body,
