@@ -11,27 +11,31 @@ from __future__ import annotations
 import json
 import selectors
 import socket
-import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from kube_support import (
+    QueueServices,
+    apply,
+    connection_secrets,
+    fresh_namespace,
+    get,
+    operator_process,
+    pods,
+    replicas,
+    taskqueue,
+    taskqueue_events,
+)
 
-from taskq.client import Client
-from taskq.settings import Settings
-from taskq.store.mongo import TaskStore
 from taskq_dev import manifests
-from taskq_dev.operator_process import running_operator
 from taskq_dev.ports import poll
 
 pytestmark = [pytest.mark.cluster, pytest.mark.services, pytest.mark.slow]
-
-CRD = Path(__file__).resolve().parents[2] / "crds" / "taskqueue.yaml"
 
 
 class TcpRelay:
@@ -108,70 +112,32 @@ def _relayed(url: str, relay: TcpRelay) -> str:
 
 @pytest.fixture(scope="module")
 def namespace(cluster: Any) -> Iterator[str]:
-    cluster.kubectl("apply", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/taskqueues.taskq.io")
-    name = f"tq-op-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", name)
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    with fresh_namespace(cluster, "tq-op") as name:
+        yield name
 
 
 @pytest.fixture(scope="module")
 def operator(cluster: Any, namespace: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """`taskq-operator --namespace <ns>` as a subprocess; yields its log file."""
-    log_path = tmp_path_factory.mktemp("operator") / "operator.log"
-    try:
-        with running_operator(namespace, log_path, env={"KUBECONFIG": str(cluster.kubeconfig)},
-                              start_timeout=30, stop_timeout=15):
-            yield log_path
-    finally:
-        sys.stderr.write(log_path.read_text(errors="replace")[-4000:])
-
-
-def _secrets(cluster: Any, namespace: str, suffix: str, amqp_url: str, management_url: str,
-             mongodb_uri: str) -> tuple[str, str]:
-    broker, store = f"rabbit-{suffix}", f"mongo-{suffix}"
-    for name, data in ((broker, {"amqp-url": amqp_url, "management-url": management_url}),
-                       (store, {"mongodb-uri": mongodb_uri})):
-        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
-                  "stringData": data}
-        cluster.kubectl("apply", "-f", "-", input=json.dumps(secret))
-    return broker, store
+    with operator_process(cluster, namespace, tmp_path_factory, log_tail=4000) as log_path:
+        yield log_path
 
 
 def _taskqueue(name: str, namespace: str, queue: str, broker: str, store: str, database: str,
                scaling: dict[str, Any], worker: dict[str, Any] | None = None) -> dict[str, Any]:
-    return manifests.taskqueue(
-        name, namespace, queue=queue, broker_secret=broker, store_secret=store, database=database,
+    return taskqueue(
+        name, namespace, queue, (broker, store), database, scaling,
         worker={**manifests.DEFAULT_WORKER, "prefetch": 4, "concurrency": 2, **(worker or {})},
         tasks={"timeoutSeconds": 30},
-        scaling={"pollIntervalSeconds": 1, **scaling},
     )
 
 
-def _get(cluster: Any, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
-    result = cluster.kubectl("get", "-n", namespace, kind, name, "-o", "json", check=False)
-    return json.loads(result.stdout) if result.returncode == 0 else None
-
-
-def _replicas(cluster: Any, namespace: str, deployment: str) -> int | None:
-    body = _get(cluster, namespace, "deployment", deployment)
-    return None if body is None else int(body["spec"].get("replicas") or 0)
-
-
 def _condition(cluster: Any, namespace: str, name: str, type_: str) -> dict[str, Any] | None:
-    body = _get(cluster, namespace, "taskqueue", name) or {}
+    body = get(cluster, namespace, "taskqueue", name) or {}
     for condition in (body.get("status") or {}).get("conditions") or []:
         if condition["type"] == type_:
             return condition
     return None
-
-
-def _events(cluster: Any, namespace: str, name: str) -> list[dict[str, Any]]:
-    listing = json.loads(cluster.kubectl(
-        "get", "events", "-n", namespace, "-o", "json",
-        f"--field-selector=involvedObject.kind=TaskQueue,involvedObject.name={name}").stdout)
-    return sorted(listing["items"], key=lambda e: e["metadata"]["name"])
 
 
 # -- tests ------------------------------------------------------------------------------------
@@ -180,11 +146,11 @@ def _events(cluster: Any, namespace: str, name: str) -> list[dict[str, Any]]:
 def test_taskqueue_gets_a_hardened_owned_deployment_and_spec_changes_roll_it(
         cluster: Any, namespace: str, operator: Path, amqp_url: str, rabbitmq: Any, mongodb_uri: str,
         database_name: str, queue_name: str) -> None:
-    broker, store = _secrets(cluster, namespace, "a", amqp_url, rabbitmq.management_url, mongodb_uri)
+    broker, store = connection_secrets(cluster, namespace, "a", amqp_url, rabbitmq.management_url, mongodb_uri)
     body = _taskqueue("shape", namespace, queue_name, broker, store, database_name, {"minReplicas": 1})
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+    apply(cluster, body)
     deployment = poll(
-        lambda: _get(cluster, namespace, "deployment", "shape-worker"),
+        lambda: get(cluster, namespace, "deployment", "shape-worker"),
         timeout=30,
         what="the Deployment",
         interval=0.5,
@@ -199,14 +165,14 @@ def test_taskqueue_gets_a_hardened_owned_deployment_and_spec_changes_roll_it(
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     assert {t["key"]: t["tolerationSeconds"] for t in pod["tolerations"]}["node.kubernetes.io/unreachable"] <= 30
-    assert poll(lambda: _replicas(cluster, namespace, "shape-worker") == 1, timeout=20, what="minReplicas 1", interval=0.5)
+    assert poll(lambda: replicas(cluster, namespace, "shape-worker") == 1, timeout=20, what="minReplicas 1", interval=0.5)
 
     generation = deployment["metadata"]["generation"]
     cluster.kubectl("patch", "-n", namespace, "tq", "shape", "--type=merge",
                     "-p", json.dumps({"spec": {"worker": {"concurrency": 3}}}))
 
     def rolled() -> dict[str, Any] | None:
-        current = _get(cluster, namespace, "deployment", "shape-worker") or {}
+        current = get(cluster, namespace, "deployment", "shape-worker") or {}
         if current.get("metadata", {}).get("generation", 0) > generation:
             return current
         return None
@@ -218,7 +184,7 @@ def test_taskqueue_gets_a_hardened_owned_deployment_and_spec_changes_roll_it(
 
     cluster.kubectl("delete", "-n", namespace, "tq", "shape")
     poll(
-        lambda: _get(cluster, namespace, "deployment", "shape-worker") is None,
+        lambda: get(cluster, namespace, "deployment", "shape-worker") is None,
         timeout=60,
         what="garbage collection of the Deployment",
         interval=0.5,
@@ -231,24 +197,23 @@ def test_taskqueue_gets_a_hardened_owned_deployment_and_spec_changes_roll_it(
 def test_backlog_scales_up_workers_drain_and_it_scales_back_down(
         cluster: Any, bridge: Any, namespace: str, operator: Path, amqp_url: str, rabbitmq: Any,
         mongodb_uri: str, database_name: str, queue_name: str) -> None:
-    broker, store = _secrets(cluster, namespace, "b", amqp_url, rabbitmq.management_url, mongodb_uri)
+    broker, store = connection_secrets(cluster, namespace, "b", amqp_url, rabbitmq.management_url, mongodb_uri)
     scaling = {"minReplicas": 0, "maxReplicas": 10, "tasksPerReplica": 100,
                "scaleDown": {"stabilizationWindowSeconds": 10}}
     body = _taskqueue("burst", namespace, queue_name, broker, store, database_name, scaling)
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
-    poll(lambda: _get(cluster, namespace, "deployment", "burst-worker"), timeout=30, what="the Deployment", interval=0.5)
-    assert _replicas(cluster, namespace, "burst-worker") == 0
+    apply(cluster, body)
+    poll(lambda: get(cluster, namespace, "deployment", "burst-worker"), timeout=30, what="the Deployment", interval=0.5)
+    assert replicas(cluster, namespace, "burst-worker") == 0
 
-    settings = Settings(amqp_url=amqp_url, mongodb_uri=mongodb_uri, database=database_name, queue=queue_name)
-    with Client(settings) as client:
-        client.submit_many([{"name": "noop"} for _ in range(1000)])
+    services = QueueServices(amqp_url, mongodb_uri, database_name, queue_name)
+    services.submit([{"name": "noop"} for _ in range(1000)])
 
     seen: list[int] = []
 
     def at_ten() -> bool:
-        replicas = _replicas(cluster, namespace, "burst-worker") or 0
-        seen.append(replicas)
-        return replicas == 10
+        now = replicas(cluster, namespace, "burst-worker") or 0
+        seen.append(now)
+        return now == 10
 
     poll(at_ten, timeout=30, what="10 replicas for 1000 tasks at 100 per replica", interval=0.25)
     assert seen == sorted(seen), f"replicas went down while the backlog was high: {seen}"
@@ -258,28 +223,20 @@ def test_backlog_scales_up_workers_drain_and_it_scales_back_down(
                                 "READY", "AGE"]
     assert table[1].split()[1] == queue_name
 
-    task_store = TaskStore(mongodb_uri, database_name)
-    try:
-        poll(
-            lambda: task_store.counts_by_state(queue_name).get("succeeded") == 1000,
-            timeout=600,
-            what="the bridged workers to finish all 1000 tasks",
-            interval=2,
-        )
-    finally:
-        task_store.close()
+    with services.store() as task_store:
+        services.wait_succeeded(task_store, 1000, timeout=600, what="the bridged workers to finish all 1000 tasks")
     poll(
-        lambda: _replicas(cluster, namespace, "burst-worker") == 0,
+        lambda: replicas(cluster, namespace, "burst-worker") == 0,
         timeout=60,
         what="scale-down to minReplicas after the 10 s window",
         interval=0.5,
     )
 
-    events = _events(cluster, namespace, "burst")
+    events = taskqueue_events(cluster, namespace, "burst")
     reasons = [e["reason"] for e in events]
     assert "ScaleUp" in reasons and reasons[-1] == "ScaleDown", reasons
     assert all("backlog" in e["message"] for e in events if e["reason"] in ("ScaleUp", "ScaleDown"))
-    status = (_get(cluster, namespace, "tq", "burst") or {})["status"]
+    status = (get(cluster, namespace, "tq", "burst") or {})["status"]
     assert status["tasks"]["succeeded"] == 1000
     assert status["lastScaleReason"].startswith("ScaleDown")
 
@@ -291,12 +248,12 @@ def test_vanished_broker_sets_condition_and_holds_replicas(
     amqp_relay = TcpRelay(amqp.hostname or "127.0.0.1", amqp.port or 5672)
     management_relay = TcpRelay(management.hostname or "127.0.0.1", management.port or 15672)
     try:
-        broker, store = _secrets(cluster, namespace, "c", _relayed(amqp_url, amqp_relay),
+        broker, store = connection_secrets(cluster, namespace, "c", _relayed(amqp_url, amqp_relay),
                                  _relayed(rabbitmq.management_url, management_relay), mongodb_uri)
         body = _taskqueue("fragile", namespace, queue_name, broker, store, database_name,
                           {"minReplicas": 2, "maxReplicas": 5, "scaleDown": {"stabilizationWindowSeconds": 0}})
-        cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
-        poll(lambda: _replicas(cluster, namespace, "fragile-worker") == 2, timeout=30, what="2 replicas", interval=0.5)
+        apply(cluster, body)
+        poll(lambda: replicas(cluster, namespace, "fragile-worker") == 2, timeout=30, what="2 replicas", interval=0.5)
         poll(
             lambda: (_condition(cluster, namespace, "fragile", "BrokerReachable") or {}).get("status") == "True",
             timeout=20,
@@ -315,9 +272,9 @@ def test_vanished_broker_sets_condition_and_holds_replicas(
     assert "unreachable" in unreachable["message"] or "lost" in unreachable["message"]
     assert "guest:guest" not in unreachable["message"]
     time.sleep(3)
-    assert _replicas(cluster, namespace, "fragile-worker") == 2
+    assert replicas(cluster, namespace, "fragile-worker") == 2
     assert any(e["reason"] == "BrokerUnreachable" and e["type"] == "Warning"
-               for e in _events(cluster, namespace, "fragile"))
+               for e in taskqueue_events(cluster, namespace, "fragile"))
     cluster.kubectl("delete", "-n", namespace, "tq", "fragile")
 
 
@@ -325,25 +282,22 @@ def test_vanished_broker_sets_condition_and_holds_replicas(
 def test_node_loss_with_work_in_flight_loses_no_task(
         cluster: Any, bridge: Any, namespace: str, operator: Path, amqp_url: str, rabbitmq: Any,
         mongodb_uri: str, database_name: str, queue_name: str) -> None:
-    broker, store = _secrets(cluster, namespace, "d", amqp_url, rabbitmq.management_url, mongodb_uri)
+    broker, store = connection_secrets(cluster, namespace, "d", amqp_url, rabbitmq.management_url, mongodb_uri)
     scaling = {"minReplicas": 3, "maxReplicas": 3, "scaleDown": {"stabilizationWindowSeconds": 0}}
     body = _taskqueue("sturdy", namespace, queue_name, broker, store, database_name, scaling)
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+    apply(cluster, body)
     selector = "app.kubernetes.io/instance=sturdy"
 
     def running_pods() -> dict[str, str] | None:
-        pods = json.loads(cluster.kubectl("get", "pods", "-n", namespace, "-l", selector, "-o", "json").stdout)
-        placed = {p["metadata"]["name"]: p["spec"].get("nodeName", "") for p in pods["items"]
+        placed = {p["metadata"]["name"]: p["spec"].get("nodeName", "") for p in pods(cluster, namespace, selector)
                   if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")}
         return placed if len(placed) == 3 else None
 
     placement = poll(running_pods, timeout=60, what="3 running worker pods", interval=0.5)
     total = 120
-    settings = Settings(amqp_url=amqp_url, mongodb_uri=mongodb_uri, database=database_name, queue=queue_name)
-    task_store = TaskStore(mongodb_uri, database_name)
-    try:
-        with Client(settings) as client:
-            client.submit_many([{"name": "sleep", "kwargs": {"seconds": 0.5}} for _ in range(total)])
+    services = QueueServices(amqp_url, mongodb_uri, database_name, queue_name)
+    with services.store() as task_store:
+        services.submit([{"name": "sleep", "kwargs": {"seconds": 0.5}} for _ in range(total)])
         poll(
             lambda: task_store.counts_by_state(queue_name).get("running", 0) >= 3,
             timeout=60,
@@ -361,13 +315,5 @@ def test_node_loss_with_work_in_flight_loses_no_task(
             return None
 
         poll(rescheduled, timeout=90, what=f"the pods of lost node {victim} to run elsewhere", interval=1)
-        poll(
-            lambda: task_store.counts_by_state(queue_name).get("succeeded") == total,
-            timeout=600,
-            what="every task to succeed after the node loss",
-            interval=2,
-        )
-        counts = task_store.counts_by_state(queue_name)
+        counts = services.wait_succeeded(task_store, total, timeout=600, what="every task to succeed after the node loss")
         assert counts["succeeded"] == total and sum(counts.values()) == total, counts
-    finally:
-        task_store.close()

@@ -1,6 +1,7 @@
 """The worker image as real pods on real kubelets: Pod Security Admission `restricted`, the kubelet's
-probes, scaling a burst up and back down, a node container killed with work in flight, and SIGTERM
-from the kubelet on scale-down.
+probes, scaling a burst up and back down, a node container killed with work in flight, a node paused
+(partition-like) and unpaused, a worker OOM-killed by the kernel, and SIGTERM from the kubelet on
+scale-down.
 
 The real nodes are Docker containers running containerd and a kubelet (`real_nodes` fixture;
 `TASKQ_REAL_NODES=0` skips them); workers run `taskq:dev` built from this tree and reach RabbitMQ and
@@ -14,28 +15,39 @@ from __future__ import annotations
 import json
 import sys
 import time
-import uuid
-from collections.abc import Iterator
-from datetime import datetime
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+import pymongo
 import pytest
+from kube_support import (
+    QueueServices,
+    apply,
+    at_least_ready,
+    connection_secrets,
+    fresh_namespace,
+    node_taints,
+    operator_process,
+    parse_time,
+    ready_pods,
+    real_node_taskqueue,
+    replicas,
+    worker_pods,
+)
 
-from taskq.client import Client
 from taskq.core.states import TaskState
-from taskq.settings import Settings
+from taskq.examples import EXECUTIONS_COLLECTION
 from taskq.store.mongo import TaskStore
-from taskq_dev.operator_process import running_operator
 from taskq_dev.pod_services import PodServiceUrls
-from taskq_dev.ports import poll
+from taskq_dev.ports import WaitTimeout, poll
 from taskq_dev.realnodes import REAL_NODE_SELECTOR, REAL_NODE_TOLERATION, RealNodes
 
 pytestmark = [pytest.mark.cluster, pytest.mark.services, pytest.mark.slow, pytest.mark.realnodes]
 
-CRD = Path(__file__).resolve().parents[2] / "crds" / "taskqueue.yaml"
 NODE_LOSS_TOLERATION_S = 10
-T = TypeVar("T")
 
 
 # -- fixtures ---------------------------------------------------------------------------------
@@ -44,130 +56,98 @@ T = TypeVar("T")
 @pytest.fixture(scope="module")
 def namespace(cluster: Any, real_nodes: RealNodes) -> Iterator[str]:
     """A namespace where Pod Security Admission enforces `restricted`."""
-    cluster.kubectl("apply", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/taskqueues.taskq.io")
-    name = f"tq-real-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", name)
-    cluster.kubectl(
-        "label",
-        "namespace",
-        name,
-        "pod-security.kubernetes.io/enforce=restricted",
-        "pod-security.kubernetes.io/enforce-version=latest",
-    )
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    with fresh_namespace(cluster, "tq-real", restricted=True) as name:
+        yield name
 
 
 @pytest.fixture(scope="module")
 def operator(cluster: Any, namespace: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    log_path = tmp_path_factory.mktemp("operator") / "operator.log"
-    try:
-        with running_operator(
-            namespace, log_path, env={"KUBECONFIG": str(cluster.kubeconfig)}, start_timeout=30, stop_timeout=15
-        ):
-            yield log_path
-    finally:
-        sys.stderr.write(log_path.read_text(errors="replace")[-3000:])
+    with operator_process(cluster, namespace, tmp_path_factory, log_tail=3000) as log_path:
+        yield log_path
 
 
 @pytest.fixture(scope="module")
 def secrets(cluster: Any, namespace: str, pod_services: PodServiceUrls) -> tuple[str, str]:
-    broker, store = "rabbit-pods", "mongo-pods"
-    for name, data in (
-        (broker, {"amqp-url": pod_services.amqp_url, "management-url": pod_services.management_url}),
-        (store, {"mongodb-uri": pod_services.mongodb_uri}),
-    ):
-        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace}, "stringData": data}
-        cluster.kubectl("apply", "-f", "-", input=json.dumps(secret))
-    return broker, store
+    return connection_secrets(
+        cluster, namespace, "pods", pod_services.amqp_url, pod_services.management_url, pod_services.mongodb_uri
+    )
+
+
+@pytest.fixture
+def services(amqp_url: str, mongodb_uri: str, database_name: str, queue_name: str) -> QueueServices:
+    """The test's queue and database, as this host (the test, its client) reaches them."""
+    return QueueServices(amqp_url, mongodb_uri, database_name, queue_name)
 
 
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def taskqueue(
-    name: str,
-    namespace: str,
-    queue: str,
-    secrets: tuple[str, str],
-    database: str,
-    scaling: dict[str, Any],
-    worker: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """A TaskQueue whose workers run on the real nodes only."""
-    return {
-        "apiVersion": "taskq.io/v1alpha1",
-        "kind": "TaskQueue",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "queue": queue,
-            "broker": {"secretRef": {"name": secrets[0]}},
-            "store": {"secretRef": {"name": secrets[1]}, "database": database},
-            "worker": {
-                "image": "taskq:dev",
-                "taskModules": ["taskq.examples"],
-                "concurrency": 2,
-                "nodeSelector": dict(REAL_NODE_SELECTOR),
-                "tolerations": [dict(REAL_NODE_TOLERATION)],
-                "terminationGracePeriodSeconds": 30,
-                **(worker or {}),
-            },
-            "tasks": {"timeoutSeconds": 20},
-            "scaling": {"pollIntervalSeconds": 1, **scaling},
-        },
-    }
+def running_on(task_store: TaskStore, queue: str, workers: set[str]) -> Callable[[], bool]:
+    """A probe: whether some task of `queue` is recorded running on one of `workers`."""
+
+    def probe() -> bool:
+        running = task_store.list(queue=queue, state=TaskState.RUNNING, limit=50)
+        return any(doc.get("worker") in workers for doc in running)
+
+    return probe
 
 
-def apply(cluster: Any, body: dict[str, Any]) -> None:
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+@dataclass(frozen=True)
+class Replacement:
+    """How a lost node's pods were replaced, in seconds after the loss."""
+
+    tainted_s: float
+    """until the node carried the `unreachable` taint"""
+    ready_s: float
+    """until the TaskQueue had its pods Ready again, none of them a lost one"""
+
+    def report(self, how: str) -> str:
+        return (
+            f"unreachable taint {self.tainted_s:.1f} s after {how}; replacement pods Ready "
+            f"{self.ready_s - self.tainted_s:.1f} s after the taint ({self.ready_s:.1f} s after {how})"
+        )
 
 
-def replicas(cluster: Any, namespace: str, deployment: str) -> int | None:
-    result = cluster.kubectl("get", "-n", namespace, "deployment", deployment, "-o", "json", check=False)
-    return int(json.loads(result.stdout)["spec"].get("replicas") or 0) if result.returncode == 0 else None
+def wait_replaced(
+    cluster: Any, namespace: str, instance: str, victim: str, lost_pods: set[str], count: int, lost_at: float
+) -> Replacement:
+    """After node `victim` was lost at `lost_at` (monotonic): wait for its unreachable taint, then for
+    `count` Ready pods of `instance`, none of them in `lost_pods`."""
+    poll(
+        lambda: "node.kubernetes.io/unreachable" in node_taints(cluster, victim),
+        timeout=60,
+        what=f"{victim} tainted unreachable",
+        interval=0.5,
+    )
+    tainted = time.monotonic()
+
+    def replaced() -> dict[str, str] | None:
+        now = ready_pods(cluster, namespace, instance)
+        return now if len(now) == count and not set(now) & lost_pods else None
+
+    poll(replaced, timeout=120, what=f"the pods of {victim} Ready elsewhere", interval=0.5)
+    return Replacement(tainted - lost_at, time.monotonic() - lost_at)
 
 
-def pods(cluster: Any, namespace: str, instance: str) -> list[dict[str, Any]]:
-    listing = cluster.kubectl("get", "pods", "-n", namespace, "-l", f"app.kubernetes.io/instance={instance}", "-o", "json").stdout
-    items: list[dict[str, Any]] = json.loads(listing)["items"]
-    return items
+def executions(mongodb_uri: str, database: str) -> list[dict[str, Any]]:
+    """The `journal` task's records: one per execution that ran to its end, from any pod."""
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongodb_uri, serverSelectionTimeoutMS=10_000)
+    try:
+        return list(client[database][EXECUTIONS_COLLECTION].find({}, {"_id": 0}))
+    finally:
+        client.close()
 
 
-def is_ready(pod: dict[str, Any]) -> bool:
-    if pod["metadata"].get("deletionTimestamp"):
-        return False
-    conditions = pod.get("status", {}).get("conditions") or []
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+def counted_redeliveries(document: dict[str, Any], attempt: int) -> int:
+    """How many redeliveries of `attempt` a worker counted in the task's document (`redeliveries.a<n>`)."""
+    counts = document.get("redeliveries") or {}
+    return int(counts.get(f"a{attempt}", 0))
 
 
-def ready_pods(cluster: Any, namespace: str, instance: str) -> dict[str, str]:
-    """Ready, not terminating pods of the TaskQueue: name -> node."""
-    return {p["metadata"]["name"]: p["spec"].get("nodeName", "") for p in pods(cluster, namespace, instance) if is_ready(p)}
-
-
-def at_least_ready(cluster: Any, namespace: str, instance: str, count: int, exactly: bool = False) -> dict[str, str] | None:
-    """The Ready pods (name -> node) once there are `count` of them (or more, unless `exactly`)."""
-    ready = ready_pods(cluster, namespace, instance)
-    enough = len(ready) == count if exactly else len(ready) >= count
-    return ready if enough else None
-
-
-def parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def node_taints(cluster: Any, node: str) -> set[str]:
-    body = json.loads(cluster.kubectl("get", "node", node, "-o", "json").stdout)
-    return {t["key"] for t in body.get("spec", {}).get("taints") or []}
-
-
-def store_for(mongodb_uri: str, database: str) -> TaskStore:
-    return TaskStore(mongodb_uri, database)
-
-
-def client_settings(amqp_url: str, mongodb_uri: str, database: str, queue: str) -> Settings:
-    return Settings(amqp_url=amqp_url, mongodb_uri=mongodb_uri, database=database, queue=queue)
+def container_status(cluster: Any, namespace: str, pod: str) -> dict[str, Any]:
+    body = json.loads(cluster.kubectl("get", "pod", "-n", namespace, pod, "-o", "json").stdout)
+    statuses: list[dict[str, Any]] = body["status"].get("containerStatuses") or [{}]
+    return statuses[0]
 
 
 # -- tests ------------------------------------------------------------------------------------
@@ -180,10 +160,7 @@ def test_workers_are_admitted_under_restricted_and_run_hardened(
     namespace: str,
     operator: Path,
     secrets: tuple[str, str],
-    amqp_url: str,
-    mongodb_uri: str,
-    database_name: str,
-    queue_name: str,
+    services: QueueServices,
 ) -> None:
     # Pod Security Admission really enforces here: a privileged pod is refused.
     privileged = {
@@ -199,7 +176,8 @@ def test_workers_are_admitted_under_restricted_and_run_hardened(
     refused = cluster.kubectl("apply", "-f", "-", input=json.dumps(privileged), check=False)
     assert refused.returncode != 0 and "violates PodSecurity" in refused.stderr, refused.stderr
 
-    apply(cluster, taskqueue("hardened", namespace, queue_name, secrets, database_name, {"minReplicas": 1, "maxReplicas": 1}))
+    scaling = {"minReplicas": 1, "maxReplicas": 1}
+    apply(cluster, real_node_taskqueue("hardened", namespace, services.queue, secrets, services.database, scaling))
     placed = poll(lambda: ready_pods(cluster, namespace, "hardened"), timeout=120, what="a Ready worker pod on a real node")
     pod, node = next(iter(placed.items()))
     assert node in real_nodes.names()
@@ -211,20 +189,11 @@ def test_workers_are_admitted_under_restricted_and_run_hardened(
     capabilities = cluster.kubectl("exec", "-n", namespace, pod, "--", "grep", "CapEff", "/proc/1/status").stdout
     assert capabilities.split()[-1] == "0000000000000000"
 
-    with Client(client_settings(amqp_url, mongodb_uri, database_name, queue_name)) as client:
-        client.submit_many([{"name": "echo", "args": [i]} for i in range(20)])
-    task_store = store_for(mongodb_uri, database_name)
-    try:
-        poll(
-            lambda: task_store.counts_by_state(queue_name).get("succeeded") == 20,
-            timeout=120,
-            what="the pod to run 20 echo tasks",
-            interval=1,
-        )
-        workers = {doc["worker"] for doc in task_store.list(queue=queue_name, limit=100)}
+    services.submit([{"name": "echo", "args": [i]} for i in range(20)])
+    with services.store() as task_store:
+        services.wait_succeeded(task_store, 20, timeout=120, what="the pod to run 20 echo tasks", interval=1)
+        workers = {doc["worker"] for doc in task_store.list(queue=services.queue, limit=100)}
         assert workers == {pod}, workers
-    finally:
-        task_store.close()
     cluster.kubectl("delete", "-n", namespace, "tq", "hardened")
 
 
@@ -235,18 +204,14 @@ def test_burst_scales_real_pods_up_drains_and_back_to_min(
     namespace: str,
     operator: Path,
     secrets: tuple[str, str],
-    amqp_url: str,
-    mongodb_uri: str,
-    database_name: str,
-    queue_name: str,
+    services: QueueServices,
 ) -> None:
     scaling = {"minReplicas": 0, "maxReplicas": 4, "tasksPerReplica": 50, "scaleDown": {"stabilizationWindowSeconds": 10}}
-    apply(cluster, taskqueue("burst", namespace, queue_name, secrets, database_name, scaling))
+    apply(cluster, real_node_taskqueue("burst", namespace, services.queue, secrets, services.database, scaling))
     poll(lambda: replicas(cluster, namespace, "burst-worker") == 0, timeout=60, what="the Deployment at 0 replicas")
 
     total = 400
-    with Client(client_settings(amqp_url, mongodb_uri, database_name, queue_name)) as client:
-        client.submit_many([{"name": "sleep", "kwargs": {"seconds": 0.1}} for _ in range(total)])
+    services.submit([{"name": "sleep", "kwargs": {"seconds": 0.1}} for _ in range(total)])
     poll(lambda: replicas(cluster, namespace, "burst-worker") == 4, timeout=30, what="4 replicas for 400 tasks at 50 per replica")
     ready = poll(
         lambda: at_least_ready(cluster, namespace, "burst", 2),
@@ -256,26 +221,17 @@ def test_burst_scales_real_pods_up_drains_and_back_to_min(
     )
     assert set(ready.values()) <= set(real_nodes.names())
     # Readiness is the kubelet's probe result: each pod turned Ready after its container started.
-    for pod in pods(cluster, namespace, "burst"):
+    for pod in worker_pods(cluster, namespace, "burst"):
         if pod["metadata"]["name"] in ready:
             started = parse_time(pod["status"]["containerStatuses"][0]["state"]["running"]["startedAt"])
             ready_at = next(parse_time(c["lastTransitionTime"]) for c in pod["status"]["conditions"] if c["type"] == "Ready")
             assert ready_at >= started
 
-    task_store = store_for(mongodb_uri, database_name)
-    try:
-        poll(
-            lambda: task_store.counts_by_state(queue_name).get("succeeded") == total,
-            timeout=600,
-            what="the worker pods to finish all 400 tasks",
-            interval=2,
-        )
-        counts = task_store.counts_by_state(queue_name)
+    with services.store() as task_store:
+        counts = services.wait_succeeded(task_store, total, timeout=600, what="the worker pods to finish all 400 tasks")
         assert sum(counts.values()) == total, counts
-    finally:
-        task_store.close()
     poll(lambda: replicas(cluster, namespace, "burst-worker") == 0, timeout=90, what="scale-down to 0 after the 10 s window")
-    poll(lambda: not pods(cluster, namespace, "burst"), timeout=90, what="the worker pods to terminate", interval=1)
+    poll(lambda: not worker_pods(cluster, namespace, "burst"), timeout=90, what="the worker pods to terminate", interval=1)
     cluster.kubectl("delete", "-n", namespace, "tq", "burst")
 
 
@@ -286,64 +242,165 @@ def test_killed_node_container_reschedules_its_pods_and_loses_no_task(
     namespace: str,
     operator: Path,
     secrets: tuple[str, str],
-    amqp_url: str,
-    mongodb_uri: str,
-    database_name: str,
-    queue_name: str,
+    services: QueueServices,
 ) -> None:
     scaling = {"minReplicas": 2, "maxReplicas": 2, "scaleDown": {"stabilizationWindowSeconds": 0}}
-    apply(cluster, taskqueue("sturdy", namespace, queue_name, secrets, database_name, scaling))
+    apply(cluster, real_node_taskqueue("sturdy", namespace, services.queue, secrets, services.database, scaling))
     placement = poll(
         lambda: at_least_ready(cluster, namespace, "sturdy", 2, exactly=True), timeout=180, what="2 Ready worker pods"
     )
     total = 80
-    task_store = store_for(mongodb_uri, database_name)
-    try:
-        with Client(client_settings(amqp_url, mongodb_uri, database_name, queue_name)) as client:
-            client.submit_many([{"name": "sleep", "kwargs": {"seconds": 1.0}} for _ in range(total)])
+    with services.store() as task_store:
+        services.submit([{"name": "sleep", "kwargs": {"seconds": 1.0}} for _ in range(total)])
         victim = sorted(placement.values())[0]
         lost_pods = {pod for pod, node in placement.items() if node == victim}
-
-        def running_on_victim() -> bool:
-            running = task_store.list(queue=queue_name, state=TaskState.RUNNING, limit=50)
-            return any(doc.get("worker") in lost_pods for doc in running)
-
-        poll(running_on_victim, timeout=120, what=f"tasks running on {victim}")
+        poll(running_on(task_store, services.queue, lost_pods), timeout=120, what=f"tasks running on {victim}")
         killed = time.monotonic()
         real_nodes.kill(victim)
 
-        poll(
-            lambda: "node.kubernetes.io/unreachable" in node_taints(cluster, victim),
-            timeout=60,
-            what=f"{victim} tainted unreachable",
-            interval=0.5,
-        )
-        tainted = time.monotonic()
-
-        def replaced() -> dict[str, str] | None:
-            now = ready_pods(cluster, namespace, "sturdy")
-            return now if len(now) == 2 and not set(now) & lost_pods else None
-
-        poll(replaced, timeout=120, what=f"the pods of {victim} Ready elsewhere", interval=0.5)
-        rescheduled = time.monotonic()
-        sys.stderr.write(
-            f"\nnode loss: unreachable taint {tainted - killed:.1f} s after docker kill; replacement pods Ready "
-            f"{rescheduled - tainted:.1f} s after the taint ({rescheduled - killed:.1f} s after the kill)\n"
-        )
+        replacement = wait_replaced(cluster, namespace, "sturdy", victim, lost_pods, 2, killed)
+        sys.stderr.write(f"\nnode loss: {replacement.report('docker kill')}\n")
         # Evicted at the end of the 10 s toleration; a few seconds more for scheduling, start and readiness.
-        assert rescheduled - tainted <= NODE_LOSS_TOLERATION_S + 20
+        assert replacement.ready_s - replacement.tainted_s <= NODE_LOSS_TOLERATION_S + 20
 
-        poll(
-            lambda: task_store.counts_by_state(queue_name).get("succeeded") == total,
-            timeout=600,
-            what="every task to succeed after the node loss",
-            interval=2,
-        )
-        counts = task_store.counts_by_state(queue_name)
+        counts = services.wait_succeeded(task_store, total, timeout=600, what="every task to succeed after the node loss")
         assert counts["succeeded"] == total and sum(counts.values()) == total, counts
-    finally:
-        task_store.close()
     cluster.kubectl("delete", "-n", namespace, "tq", "sturdy")
+
+
+@pytest.mark.timeout(900)
+def test_paused_node_loses_no_task_and_every_second_run_is_a_counted_redelivery(
+    cluster: Any,
+    real_nodes: RealNodes,
+    namespace: str,
+    operator: Path,
+    secrets: tuple[str, str],
+    services: QueueServices,
+) -> None:
+    """`docker pause` freezes a node with work in flight (its processes stop, nothing dies): the node
+    turns unreachable, its pods are replaced elsewhere, the broker hands the frozen worker's unacked
+    deliveries to the others once its heartbeats stop. After `docker unpause` the frozen worker
+    resumes and finishes what it held, late. Every task must succeed once in the store, and every
+    execution beyond a task's first (the `journal` task records each one that ran to its end) must
+    be a redelivery a worker counted in the task's document."""
+    scaling = {"minReplicas": 2, "maxReplicas": 2, "scaleDown": {"stabilizationWindowSeconds": 0}}
+    body = real_node_taskqueue("frozen", namespace, services.queue, secrets, services.database, scaling, {"prefetch": 4})
+    apply(cluster, body)
+    placement = poll(
+        lambda: at_least_ready(cluster, namespace, "frozen", 2, exactly=True), timeout=180, what="2 Ready worker pods"
+    )
+    total = 60
+    with services.store() as task_store:
+        ids = services.submit([{"name": "journal", "kwargs": {"seconds": 2.0}} for _ in range(total)])
+        victim = sorted(placement.values())[0]
+        lost_pods = {pod for pod, node in placement.items() if node == victim}
+        poll(running_on(task_store, services.queue, lost_pods), timeout=120, what=f"tasks running on {victim}")
+        paused = time.monotonic()
+        real_nodes.pause(victim)
+        try:
+            replacement = wait_replaced(cluster, namespace, "frozen", victim, lost_pods, 2, paused)
+            sys.stderr.write(f"\nnode pause: {replacement.report('docker pause')}\n")
+            assert replacement.ready_s - replacement.tainted_s <= NODE_LOSS_TOLERATION_S + 20
+            # Stay partitioned until the others have done everything (the broker closes the frozen
+            # worker's connection after missed heartbeats and redelivers what it held), or 150 s.
+            try:
+                services.wait_succeeded(task_store, total, timeout=150, what="every task to succeed during the pause")
+                done_while_paused: float | None = time.monotonic() - paused
+            except WaitTimeout:
+                done_while_paused = None
+        finally:
+            real_nodes.unpause(victim)
+        unpaused = time.monotonic()
+        counts = services.wait_succeeded(task_store, total, timeout=300, what="every task to succeed after the unpause")
+        # The frozen pods were evicted while paused: after the unpause their kubelet stops them.
+        poll(
+            lambda: not lost_pods & {p["metadata"]["name"] for p in worker_pods(cluster, namespace, "frozen")},
+            timeout=120,
+            what="the paused node's pods to exit",
+            interval=1,
+        )
+        gone = time.monotonic() - unpaused
+        documents = {doc["_id"]: doc for doc in task_store.list(queue=services.queue, limit=1000)}
+    counts_after = {state: n for state, n in counts.items() if n}
+    runs = Counter((record["task_id"], record["attempt"]) for record in executions(services.mongodb_uri, services.database))
+    when = f"{done_while_paused:.1f} s after the pause, while paused" if done_while_paused else "only after the unpause"
+    counted = sum(counted_redeliveries(d, int(d.get("attempts") or 1)) for d in documents.values())
+    sys.stderr.write(
+        f"node pause: every task succeeded {when}; the paused pods exited {gone:.1f} s after the unpause; "
+        f"states {counts_after}; {sum(1 for n in runs.values() if n > 1)} task(s) ran twice, {counted} redelivery(ies) counted\n"
+    )
+    assert counts["succeeded"] == total and sum(counts.values()) == total, counts
+    assert set(documents) == set(ids)
+    assert {task for task, _ in runs} == set(ids), "a succeeded task has no execution recorded"
+    unexplained = [
+        (task, attempt, n, documents[task].get("redeliveries"), documents[task].get("worker"))
+        for (task, attempt), n in runs.items()
+        if n - 1 > counted_redeliveries(documents[task], attempt)
+    ]
+    assert not unexplained, f"executions beyond the first without a counted redelivery: {unexplained}"
+    cluster.kubectl("delete", "-n", namespace, "tq", "frozen")
+
+
+@pytest.mark.timeout(900)
+def test_worker_over_its_memory_limit_is_oom_killed_and_its_task_ends_at_the_delivery_limit(
+    cluster: Any,
+    real_nodes: RealNodes,
+    namespace: str,
+    operator: Path,
+    secrets: tuple[str, str],
+    services: QueueServices,
+) -> None:
+    """A task allocating past the pod's memory limit: the kernel OOM-kills the worker (thread pool, so
+    the task runs in the worker's own process), the broker redelivers the task, the restarted
+    container counts the redelivery and runs it again, until the delivery limit buries it `dead`.
+    The same pod then serves the next tasks."""
+    max_deliveries = 2
+    worker = {
+        "pool": "thread",
+        "concurrency": 1,
+        "prefetch": 1,
+        "resources": {"requests": {"memory": "256Mi"}, "limits": {"memory": "256Mi"}},
+    }
+    scaling = {"minReplicas": 1, "maxReplicas": 1}
+    tasks = {"maxDeliveries": max_deliveries}
+    apply(cluster, real_node_taskqueue("hungry", namespace, services.queue, secrets, services.database, scaling, worker, tasks))
+    placed = poll(lambda: ready_pods(cluster, namespace, "hungry"), timeout=120, what="a Ready worker pod")
+    pod = next(iter(placed))
+
+    (hog,) = services.submit([{"name": "allocate", "kwargs": {"mib": 600, "hold_s": 5}}])
+    others = services.submit([{"name": "echo", "args": [i]} for i in range(10)])
+    with services.store() as task_store:
+        started = time.monotonic()
+        document = poll(
+            lambda: (d := task_store.get(hog)) is not None and d["state"] == "dead" and d,
+            timeout=300,
+            what="the memory hog to end dead at the delivery limit",
+            interval=1,
+        )
+        buried = time.monotonic() - started
+        poll(
+            lambda: all((d := task_store.get(t)) is not None and d["state"] == "succeeded" for t in others),
+            timeout=180,
+            what="the other 10 tasks to succeed on the restarted pod",
+            interval=1,
+        )
+        finished_by = {task_store.get(t)["worker"] for t in others}  # type: ignore[index]
+    status = container_status(cluster, namespace, pod)
+    terminated = (status.get("lastState") or {}).get("terminated") or {}
+    sys.stderr.write(
+        f"\nOOM: the hog was dead {buried:.1f} s after submission; pod {pod} restarted {status.get('restartCount')} times, "
+        f"last termination {terminated.get('reason')} (exit {terminated.get('exitCode')}); "
+        f"error {document['error']['message']!r}\n"
+    )
+    assert document["error"]["type"] == "DeliveryLimit"
+    assert f"delivered {max_deliveries + 1} times (limit {max_deliveries})" in document["error"]["message"]
+    assert counted_redeliveries(document, 1) == max_deliveries
+    assert terminated.get("reason") == "OOMKilled" and terminated.get("exitCode") == 137, status
+    assert int(status.get("restartCount") or 0) >= max_deliveries
+    assert finished_by == {pod}, finished_by
+    # Its readiness probe (every 5 s) turns the restarted container Ready again.
+    poll(lambda: pod in ready_pods(cluster, namespace, "hungry"), timeout=60, what="the restarted pod Ready", interval=1)
+    cluster.kubectl("delete", "-n", namespace, "tq", "hungry")
 
 
 @pytest.mark.timeout(900)
@@ -353,24 +410,21 @@ def test_scale_down_sigterm_lets_running_tasks_finish_within_the_grace_period(
     namespace: str,
     operator: Path,
     secrets: tuple[str, str],
-    amqp_url: str,
-    mongodb_uri: str,
-    database_name: str,
-    queue_name: str,
+    services: QueueServices,
 ) -> None:
     scaling = {"minReplicas": 2, "maxReplicas": 2, "scaleDown": {"stabilizationWindowSeconds": 0}}
-    apply(cluster, taskqueue("graceful", namespace, queue_name, secrets, database_name, scaling, {"prefetch": 2}))
+    apply(
+        cluster, real_node_taskqueue("graceful", namespace, services.queue, secrets, services.database, scaling, {"prefetch": 2})
+    )
     placement = poll(
         lambda: at_least_ready(cluster, namespace, "graceful", 2, exactly=True), timeout=180, what="2 Ready worker pods"
     )
     total = 8
-    task_store = store_for(mongodb_uri, database_name)
-    try:
-        with Client(client_settings(amqp_url, mongodb_uri, database_name, queue_name)) as client:
-            client.submit_many([{"name": "sleep", "kwargs": {"seconds": 8.0}} for _ in range(total)])
+    with services.store() as task_store:
+        services.submit([{"name": "sleep", "kwargs": {"seconds": 8.0}} for _ in range(total)])
 
         def running_on_each() -> dict[str, int] | None:
-            running = task_store.list(queue=queue_name, state=TaskState.RUNNING, limit=50)
+            running = task_store.list(queue=services.queue, state=TaskState.RUNNING, limit=50)
             per_pod = {pod: sum(1 for d in running if d.get("worker") == pod) for pod in placement}
             return per_pod if all(per_pod.values()) else None
 
@@ -391,7 +445,7 @@ def test_scale_down_sigterm_lets_running_tasks_finish_within_the_grace_period(
         )
         stopped = (set(placement) - set(remaining)).pop()
         poll(
-            lambda: stopped not in {p["metadata"]["name"] for p in pods(cluster, namespace, "graceful")},
+            lambda: stopped not in {p["metadata"]["name"] for p in worker_pods(cluster, namespace, "graceful")},
             timeout=60,
             what=f"{stopped} to exit",
             interval=0.5,
@@ -399,16 +453,9 @@ def test_scale_down_sigterm_lets_running_tasks_finish_within_the_grace_period(
         exited = time.monotonic()
         assert exited - scaled_down < 30, "the stopped pod outlived its terminationGracePeriodSeconds"
 
-        poll(
-            lambda: task_store.counts_by_state(queue_name).get("succeeded") == total,
-            timeout=300,
-            what="every task to succeed",
-            interval=1,
-        )
-        documents = task_store.list(queue=queue_name, limit=50)
+        services.wait_succeeded(task_store, total, timeout=300, what="every task to succeed", interval=1)
+        documents = task_store.list(queue=services.queue, limit=50)
         finished_by_stopped = [d for d in documents if d.get("worker") == stopped]
         assert finished_by_stopped, "the stopped pod finished none of its running tasks"
         assert all(d["attempts"] == 1 for d in documents), [(d["_id"], d["attempts"]) for d in documents]
-    finally:
-        task_store.close()
     cluster.kubectl("delete", "-n", namespace, "tq", "graceful")

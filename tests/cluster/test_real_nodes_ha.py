@@ -16,14 +16,21 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
+from kube_support import (
+    QueueServices,
+    apply,
+    connection_secrets,
+    fresh_namespace,
+    real_node_taskqueue,
+    replicas,
+    taskqueue_events,
+    worker_pods,
+)
 
-from taskq.client import Client
-from taskq.settings import Settings
-from taskq.store.mongo import TaskStore
 from taskq_dev.pod_services import PodServiceUrls
 from taskq_dev.ports import poll
 from taskq_dev.realnodes import REAL_NODE_SELECTOR, REAL_NODE_TOLERATION, RealNodes
@@ -36,16 +43,12 @@ RESUMED = "Resuming operations after the pause"
 PAUSED = "Pausing operations in favour of"
 NAMESPACES_FALLBACK = "Not enough permissions to list namespaces"
 STARTED = "taskq operator started"
-T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
 def namespace(cluster: Any, real_nodes: RealNodes) -> Iterator[str]:
-    name = f"tq-ha-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", name)
-    cluster.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted")
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    with fresh_namespace(cluster, "tq-ha", crd=False, restricted=True) as name:  # the chart brings the CRD
+        yield name
 
 
 @pytest.fixture(scope="module")
@@ -88,13 +91,6 @@ def operator_pods(cluster: Any, namespace: str) -> list[dict[str, Any]]:
     return items
 
 
-def worker_pods(cluster: Any, namespace: str) -> list[str]:
-    listing = cluster.kubectl(
-        "get", "pods", "-n", namespace, "-l", "app.kubernetes.io/instance=ha", "-o", "jsonpath={.items[*].metadata.name}"
-    ).stdout
-    return listing.split()
-
-
 def logs(cluster: Any, namespace: str, pod: str, previous: bool = False) -> str:
     args = ["logs", "-n", namespace, pod] + (["--previous"] if previous else [])
     result = cluster.kubectl(*args, check=False)
@@ -125,11 +121,6 @@ def scaling_lines(text: str, taskqueue: str) -> list[str]:
     return [line for line in text.splitlines() if re.search(rf"TaskQueue \S+/{taskqueue}: \w+ \d+ -> \d+: ", line)]
 
 
-def replicas(cluster: Any, namespace: str, deployment: str) -> int | None:
-    result = cluster.kubectl("get", "-n", namespace, "deployment", deployment, "-o", "json", check=False)
-    return int(json.loads(result.stdout)["spec"].get("replicas") or 0) if result.returncode == 0 else None
-
-
 @pytest.mark.timeout(900)
 def test_standby_operator_takes_over_when_the_active_one_is_killed(
     cluster: Any,
@@ -156,49 +147,15 @@ def test_standby_operator_takes_over_when_the_active_one_is_killed(
     leader = poll(lambda: active_operator(cluster, namespace), timeout=60, what="one operator replica to lead")
     standby = next(p["metadata"]["name"] for p in pods if p["metadata"]["name"] != leader)
 
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "conn", "namespace": namespace},
-        "stringData": {
-            "amqp-url": pod_services.amqp_url,
-            "management-url": pod_services.management_url,
-            "mongodb-uri": pod_services.mongodb_uri,
-        },
-    }
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(secret))
-    taskqueue = {
-        "apiVersion": "taskq.io/v1alpha1",
-        "kind": "TaskQueue",
-        "metadata": {"name": "ha", "namespace": namespace},
-        "spec": {
-            "queue": queue_name,
-            "broker": {"secretRef": {"name": "conn"}},
-            "store": {"secretRef": {"name": "conn"}, "database": database_name},
-            "worker": {
-                "image": "taskq:dev",
-                "taskModules": ["taskq.examples"],
-                "concurrency": 2,
-                "nodeSelector": dict(REAL_NODE_SELECTOR),
-                "tolerations": [dict(REAL_NODE_TOLERATION)],
-                "terminationGracePeriodSeconds": 30,
-            },
-            "tasks": {"timeoutSeconds": 20},
-            "scaling": {
-                "minReplicas": 0,
-                "maxReplicas": 3,
-                "tasksPerReplica": 20,
-                "pollIntervalSeconds": 1,
-                "scaleDown": {"stabilizationWindowSeconds": 5},
-            },
-        },
-    }
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(taskqueue))
+    secrets = connection_secrets(
+        cluster, namespace, "ha", pod_services.amqp_url, pod_services.management_url, pod_services.mongodb_uri
+    )
+    scaling = {"minReplicas": 0, "maxReplicas": 3, "tasksPerReplica": 20, "scaleDown": {"stabilizationWindowSeconds": 5}}
+    apply(cluster, real_node_taskqueue("ha", namespace, queue_name, secrets, database_name, scaling))
     poll(lambda: replicas(cluster, namespace, "ha-worker") == 0, timeout=60, what="the leader to create the Deployment")
 
-    settings = Settings(amqp_url=amqp_url, mongodb_uri=mongodb_uri, database=database_name, queue=queue_name)
-    with Client(settings) as client:
-        client.submit_many([{"name": "sleep", "kwargs": {"seconds": 0.5}} for _ in range(40)])
+    services = QueueServices(amqp_url, mongodb_uri, database_name, queue_name)
+    services.submit([{"name": "sleep", "kwargs": {"seconds": 0.5}} for _ in range(40)])
     poll(lambda: (replicas(cluster, namespace, "ha-worker") or 0) >= 2, timeout=60, what="the leader to scale up")
     assert scaling_lines(logs(cluster, namespace, leader), "ha"), "the leader logged no scaling decision"
     assert not scaling_lines(logs(cluster, namespace, standby), "ha"), "the paused standby scaled too"
@@ -219,38 +176,20 @@ def test_standby_operator_takes_over_when_the_active_one_is_killed(
     assert takeover <= TAKEOVER_TARGET_S
 
     # Scaling goes on under the new leader: the drained queue scales down, a new burst scales up.
-    task_store = TaskStore(mongodb_uri, database_name)
-    try:
-        poll(
-            lambda: task_store.counts_by_state(queue_name).get("succeeded") == 40,
-            timeout=300,
-            what="the first 40 tasks to succeed",
-            interval=1,
-        )
-    finally:
-        task_store.close()
+    with services.store() as task_store:
+        services.wait_succeeded(task_store, 40, timeout=300, what="the first 40 tasks to succeed", interval=1)
     poll(lambda: replicas(cluster, namespace, "ha-worker") == 0, timeout=120, what="the new leader to scale down to 0")
     # Draining workers keep consuming until they exit; a burst sent before that would be theirs.
-    poll(lambda: not worker_pods(cluster, namespace), timeout=90, what="the scaled-down workers to exit", interval=1)
-    with Client(settings) as client:
-        client.submit_many([{"name": "noop"} for _ in range(60)])
+    poll(lambda: not worker_pods(cluster, namespace, "ha"), timeout=90, what="the scaled-down workers to exit", interval=1)
+    services.submit([{"name": "noop"} for _ in range(60)])
     poll(lambda: replicas(cluster, namespace, "ha-worker") == 3, timeout=60, what="the new leader to scale up again")
 
     # One actor at a time: the restarted old leader (a younger replica now) stays paused.
     restarted = logs(cluster, namespace, leader)
     assert peering_state(restarted) == "paused" and not scaling_lines(restarted, "ha"), restarted[-2000:]
     assert scaling_lines(logs(cluster, namespace, standby), "ha")
-    events = json.loads(
-        cluster.kubectl(
-            "get",
-            "events",
-            "-n",
-            namespace,
-            "-o",
-            "json",
-            "--field-selector=involvedObject.kind=TaskQueue,involvedObject.name=ha",
-        ).stdout
-    )
-    reasons = [e["reason"] for e in sorted(events["items"], key=lambda e: e["metadata"]["creationTimestamp"])]
+    reasons = [
+        e["reason"] for e in sorted(taskqueue_events(cluster, namespace, "ha"), key=lambda e: e["metadata"]["creationTimestamp"])
+    ]
     assert "ScaleUp" in reasons and "ScaleDown" in reasons, reasons
     cluster.kubectl("delete", "-n", namespace, "tq", "ha")
