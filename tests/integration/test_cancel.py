@@ -123,3 +123,18 @@ def test_cancel_racing_finishing_workers_one_outcome(svc: Services, client: Clie
             assert results[task_id].state is TaskState.SUCCEEDED
     print(f"{len(won)} of {count} cancels won, {count - len(won)} lost to a finishing worker")
     assert 0 < len(won) < count
+
+
+def test_cancel_scheduled_task_never_runs(svc: Services, client: Client, store: TaskStore, tmp_path: Path, rabbitmq: Any) -> None:
+    """A delayed task cancelled while its message waits in a delay queue: acked when it comes out, never run."""
+    with workers(svc, tmp_path, concurrency=1) as (worker,):
+        target = client.submit("journal", kwargs={"seconds": 0.0}, countdown=2)
+        assert _state(client, target) == "scheduled"
+        result = client.cancel(target)
+        assert result.cancelled and result.attempt == 1
+        worker.stop()  # its memory of the notice goes: the marker read at connect, or the check at the delay exit, must do it
+    with workers(svc, tmp_path, concurrency=1):
+        time.sleep(3.0)
+        poll(lambda: _settled(rabbitmq, svc), timeout=30, interval=0.5, what="the delayed message acked")
+    assert _state(client, target) == "cancelled"
+    assert _executions(store, target) == 0
