@@ -7,16 +7,23 @@ acked; cancels racing workers that finish the same tasks leave exactly one outco
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 from worker_procs import Services, WorkerProcess, queue_counts, workers
 
+from taskq.cli import app as cli_app
 from taskq.client import Client
 from taskq.core.states import TaskState
 from taskq.examples import EXECUTIONS_COLLECTION
+from taskq.http.app import create_app
+from taskq.http.auth import TokenSet
+from taskq.settings import Settings
 from taskq.store.mongo import TaskStore
 from taskq_dev.ports import poll
 
@@ -138,3 +145,34 @@ def test_cancel_scheduled_task_never_runs(svc: Services, client: Client, store: 
         poll(lambda: _settled(rabbitmq, svc), timeout=30, interval=0.5, what="the delayed message acked")
     assert _state(client, target) == "cancelled"
     assert _executions(store, target) == 0
+
+
+def test_cancel_over_http_and_the_cli(svc: Services, client: Client) -> None:
+    token = "test-submit-read-0123456789abcdef"
+    auth = TokenSet(TokenSet.parse(f"submit,read {token}\n", "test"))
+    settings = Settings(amqp_url=svc.amqp_url, mongodb_uri=svc.mongodb_uri, database=svc.database, queue=svc.queue)
+    over_http, over_cli = client.submit("echo"), client.submit("echo")
+    with TestClient(create_app(settings, auth=auth), headers={"Authorization": f"Bearer {token}"}) as http:
+        answer = http.post(f"/v1/tasks/{over_http}:cancel")
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"id": over_http, "state": "cancelled", "notified": True}
+        assert http.get(f"/v1/tasks/{over_http}").json()["state"] == "cancelled"
+        again = http.post(f"/v1/tasks/{over_http}:cancel")
+        assert again.status_code == 409 and "already cancelled" in again.json()["detail"]
+        assert http.post("/v1/tasks/no-such-task:cancel").status_code == 404
+        read_only = TokenSet(TokenSet.parse(f"read {token}\n", "test"))
+    with TestClient(create_app(settings, auth=read_only), headers={"Authorization": f"Bearer {token}"}) as http:
+        assert http.post(f"/v1/tasks/{over_cli}:cancel").status_code == 403
+    env = {
+        "TASKQ_AMQP_URL": svc.amqp_url,
+        "TASKQ_MONGODB_URI": svc.mongodb_uri,
+        "TASKQ_DATABASE": svc.database,
+        "TASKQ_QUEUE": svc.queue,
+    }
+    runner = CliRunner()
+    done = runner.invoke(cli_app, ["cancel", over_cli, "--json"], env=env, catch_exceptions=False)
+    assert done.exit_code == 0 and json.loads(done.stdout) == {"id": over_cli, "cancelled": True, "state": "cancelled"}
+    late = runner.invoke(cli_app, ["cancel", over_cli], env=env, catch_exceptions=False)
+    assert late.exit_code == 4 and "is already cancelled" in late.stderr
+    missing = runner.invoke(cli_app, ["cancel", "no-such-task"], env=env, catch_exceptions=False)
+    assert missing.exit_code == 1
