@@ -141,6 +141,7 @@ class TaskStore:
             self.workers.create_index([("queue", ASCENDING)])
             self.outbox.create_index([("created_at", ASCENDING)])
             self.claims.create_index([("task_id", ASCENDING)])
+            self.cancels.create_index([("queue", ASCENDING), ("at", ASCENDING)])
 
     def close(self) -> None:
         self._client.close()
