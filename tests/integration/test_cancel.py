@@ -176,3 +176,19 @@ def test_cancel_over_http_and_the_cli(svc: Services, client: Client) -> None:
     assert late.exit_code == 4 and "is already cancelled" in late.stderr
     missing = runner.invoke(cli_app, ["cancel", "no-such-task"], env=env, catch_exceptions=False)
     assert missing.exit_code == 1
+
+
+def test_cancel_running_thread_pool_task_is_cooperative(svc: Services, client: Client, tmp_path: Path, rabbitmq: Any) -> None:
+    """The thread pool cannot kill: the task sees `taskq.current().cancelled` and returns; its outcome is refused."""
+    with workers(svc, tmp_path, concurrency=1, pool="thread") as (worker,):
+        target = client.submit("cooperative", kwargs={"seconds": 60.0})
+        poll(lambda: _state(client, target) == "running", timeout=30, what="the task to run")
+        started = time.monotonic()
+        result = client.cancel(target)
+        assert result.cancelled
+        poll(lambda: _settled(rabbitmq, svc), timeout=30, interval=0.5, what="the message acked")
+        assert time.monotonic() - started < 20  # not the task's 60 s
+        assert worker.events_named("task.cancel_received")[0]["stopped"] is True
+        assert [e["task_id"] for e in worker.events_named("task.stale")] == [target]  # its "succeeded" was refused
+        assert not worker.events_named("task.succeeded")
+    assert _state(client, target) == "cancelled"

@@ -1,6 +1,6 @@
 """Example tasks shipped with taskq: `sleep`, `echo`, `fail`, `cpu`, `noop`, `flaky`, and for the pools'
 fault tests `exit`, `allocate`, `ledger`, `journal`, `progress`, `async_sleep`, `unstorable`, `reject`, `picky`,
-`stubborn`, `context`, `bad_exception`, `segfault`, `chatty`.
+`stubborn`, `context`, `bad_exception`, `segfault`, `chatty`, and `cooperative` (stops when cancelled).
 
 Imported by a worker with `TASKQ_TASK_MODULES=taskq.examples`; used by the demo, the tests and the
 benchmark. Every task is deterministic given its arguments.
@@ -263,6 +263,21 @@ def stubborn(seconds: float = 30.0, path: str | None = None) -> str:
     if path is not None:
         with open(path, "a", encoding="utf-8") as handle:
             handle.write("done\n")
+    return "done"
+
+
+@task(name="cooperative")
+def cooperative(seconds: float = 30.0) -> str:
+    """Work in 10 ms steps for `seconds`, stopping early once the attempt is cancelled.
+
+    What a thread- or asyncio-pool task does to honour `Client.cancel`: check `taskq.current().cancelled`
+    between steps (the process pool kills the child instead, so there it never sees the flag).
+    """
+    deadline = time.monotonic() + max(0.0, float(seconds))
+    while time.monotonic() < deadline:
+        if current().cancelled:
+            return "stopped: cancelled"
+        time.sleep(0.01)
     return "done"
 
 
