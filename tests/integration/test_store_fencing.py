@@ -12,6 +12,7 @@ cannot read (no `nModified`), where MongoDB reports a duplicate key.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -227,3 +228,34 @@ def test_a_republished_copy_of_a_finished_task_is_acked_without_running(
         assert queue_depth_of(svc) == 0
     starts = [line for line in ledger.read_text().splitlines() if line.startswith("start")]
     assert len(starts) == 1, f"the task ran {len(starts)} times: {starts}"
+
+
+def test_a_checked_copy_that_waited_in_the_pool_is_not_run_once_its_task_is_final(
+    svc: Services, store: TaskStore, client: Client, tmp_path: Path
+) -> None:
+    """The check at intake said 'open'; while the copy waited for a slot, another worker recorded the outcome."""
+    ledger = tmp_path / "ledger.txt"
+    with workers(svc, tmp_path, concurrency=1, prefetch=4, task_modules="taskq.examples,worker_test_tasks") as (worker,):
+        busy = client.submit("sleep", args=[6.0])
+        poll(lambda: (store.get(busy) or {}).get("state") == "running", timeout=30, what="the slot to be taken")
+        message = TaskMessage(id="waited-copy", name="stamped", queue=svc.queue, args=[str(ledger), 0.0], created_at=_now())
+        store.insert_queued([message], _now())
+        store.mark_published([message.id])
+        publisher = ConfirmingPublisher(svc.amqp_url, name="fencing-tests")
+        try:
+            stream = publisher.stream()
+            stream.add([Outgoing(svc.queue, message.encode(), message.id, republished=True)])
+            stream.wait()
+        finally:
+            publisher.close()
+        poll(lambda: queue_depth_of(svc) == 0, timeout=30, what="the copy to be delivered")
+        time.sleep(1.0)  # its check at intake (one read by _id) finds it open; it waits for the slot
+        # Another worker's outcome lands while the copy waits behind the 3 s task.
+        assert store.apply(finish(message, TaskState.SUCCEEDED, "other-worker", _now(), result="elsewhere", start_recorded=False))
+        poll(lambda: (store.get(busy) or {}).get("state") == "succeeded", timeout=30, what="the slot to free")
+        poll(
+            lambda: queue_depth_of(svc) == 0 and worker.events_named("task.redelivered_final"), timeout=30, what="the copy acked"
+        )
+    assert not ledger.exists(), f"the copy ran after its task was final: {ledger.read_text()}"
+    document = store.get(message.id)
+    assert document is not None and document["result"] == "elsewhere"

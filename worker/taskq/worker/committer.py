@@ -54,6 +54,8 @@ from taskq.worker.pools import Completed, ErrorInfo, PoolEvent, Progress, Starte
 
 BACKOFF_INITIAL_S = 0.05
 BACKOFF_MAX_S = 2.0
+RECHECK_AFTER_S = 0.05
+"""A checked redelivery that waited longer than this in the pool is checked again before it starts."""
 MAX_STORE_ERRORS = 30
 """Consecutive store errors other than an outage (an operation the store rejects) after which the
 committer gives up and fails the worker: a restart is better than a worker stuck retrying forever."""
@@ -372,9 +374,26 @@ class Committer:
             self._starts.pop(completed.key, None)  # type: ignore[call-overload]
         self.flushes += 1
         for delivery in runs:
+            delivery.checked_at = time.monotonic()
             self._sink.admit(delivery)
         if done:
             self._sink.send(done)
+
+    def still_open(self, delivery: Delivery) -> bool:
+        """Whether a checked redelivery's attempt is still open right before it starts (any thread).
+
+        It may have waited in the pool while another worker recorded its outcome. A read by `_id`
+        (rare: only checked redeliveries that waited over `RECHECK_AFTER_S`); when the store cannot
+        answer, the attempt runs (at-least-once).
+        """
+        message = delivery.message
+        if message is None or delivery.checked_at is None or time.monotonic() - delivery.checked_at < RECHECK_AFTER_S:
+            return True
+        try:
+            check = self._store.note_redelivery(message.id, message.attempt, count=False)
+        except TaskqError:
+            return True
+        return not ((check.state is not None and check.state.is_final) or check.claimed is not None)
 
     def _writer(self, delivery: Delivery) -> str:
         return f"{self._worker_id}/{delivery.token}"

@@ -27,6 +27,7 @@ ack nothing more, close; the broker redelivers everything unacked.
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
@@ -342,8 +343,20 @@ class Consumer:
                 args=list(message.args),
                 kwargs=dict(message.kwargs),
                 timeout_s=limits.timeout_s,
+                precheck=functools.partial(self._still_open, delivery) if delivery.checked_at is not None else None,
             )
         )
+
+    def _still_open(self, delivery: Delivery) -> bool:
+        """The pool's last look before a checked redelivery starts (a pool thread): ack it instead if its task
+        became final while it waited."""
+        committer = self._committer
+        if committer is None or committer.still_open(delivery):
+            return True
+        message = delivery.message
+        self._log.event("task.redelivered_final", "info", task_id=message.id if message else None, at="start")
+        self.send([Done(delivery, Ack(), None)])
+        return False
 
     def send(self, done: list[Done]) -> None:
         """Schedule the acks/publishes of recorded deliveries on the connection thread (any thread)."""

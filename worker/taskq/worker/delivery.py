@@ -29,6 +29,7 @@ class Delivery:
     message: TaskMessage | None = None
     limits: AttemptLimits | None = None
     broker_deliveries: int | None = None  # earlier deliveries counted by the broker (quorum queues)
+    checked_at: float | None = None  # monotonic time of the committer's redelivery check (None: never checked)
     epoch: int = 1  # which delivery of its attempt this is (set by the committer's redelivery check): fences its writes
     received_at: float = field(default_factory=time.monotonic)
     token: str = field(default_factory=lambda: uuid.uuid4().hex[:16])  # names this delivery in outcome claims

@@ -25,6 +25,9 @@ class Attempt:
     args: list[Any]
     kwargs: dict[str, Any]
     timeout_s: float
+    # Asked by the pool right before the attempt starts (None: always start). False means the runtime
+    # has settled the delivery meanwhile (its task became final while it waited): the pool drops it.
+    precheck: Callable[[], bool] | None = None
 
 
 @dataclass(frozen=True)

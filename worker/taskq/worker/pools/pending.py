@@ -30,17 +30,21 @@ class PendingAttempts:
             self._ready.notify()
 
     def get(self, timeout_s: float) -> Attempt | None:
-        """The oldest attempt, waiting up to `timeout_s`; None on timeout or once closed."""
+        """The oldest attempt whose `precheck` (asked outside the lock) still wants it, waiting up to
+        `timeout_s`; None on timeout or once closed."""
         deadline = time.monotonic() + timeout_s
-        with self._ready:
-            while not self._items or self._closed:
-                if self._closed:
-                    return None
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self._ready.wait(left)
-            return self._items.popleft()
+        while True:
+            with self._ready:
+                while not self._items or self._closed:
+                    if self._closed:
+                        return None
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return None
+                    self._ready.wait(left)
+                attempt = self._items.popleft()
+            if attempt.precheck is None or attempt.precheck():
+                return attempt
 
     def take(self, predicate: Callable[[Attempt], bool] | None = None) -> list[Attempt]:
         """Remove and return every attempt (or those matching `predicate`), keeping the others in order."""
