@@ -192,3 +192,18 @@ def test_cancel_running_thread_pool_task_is_cooperative(svc: Services, client: C
         assert [e["task_id"] for e in worker.events_named("task.stale")] == [target]  # its "succeeded" was refused
         assert not worker.events_named("task.succeeded")
     assert _state(client, target) == "cancelled"
+
+
+def test_cancel_retrying_task_claims_the_waiting_attempt(svc: Services, client: Client, tmp_path: Path, rabbitmq: Any) -> None:
+    """A task waiting for its retry: the cancel claims the next attempt, which is acked when it leaves the delay queue."""
+    with workers(svc, tmp_path, concurrency=1, retry_initial=3, retry_max=3) as (worker,):
+        target = client.submit("fail", max_retries=3)
+        poll(lambda: _state(client, target) == "retrying", timeout=30, what="the first attempt to fail")
+        result = client.cancel(target)
+        assert result.cancelled and result.attempt == 2
+        time.sleep(4.0)  # the retry's delay ends
+        poll(lambda: _settled(rabbitmq, svc), timeout=30, interval=0.5, what="the retry acked")
+        assert len(worker.events_named("task.retrying")) == 1  # attempt 1 only: attempt 2 never ran
+        assert not worker.events_named("task.dead")
+    document = client.status(target)
+    assert document["state"] == "cancelled" and document["attempts"] == 1
