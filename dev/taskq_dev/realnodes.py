@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import shlex
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ RULE_COMMENT = "taskq-realnodes"
 NODE_LEASE_SECONDS = 8
 """The kubelet renews its lease every quarter of this (2 s), well inside the 12 s node grace period."""
 READY_TIMEOUT = 180.0
+PAUSE_ATTEMPTS = 5
 NODE_PRIVILEGES = (
     "--cap-add=ALL", "--cap-drop=SYS_RESOURCE", "--security-opt=seccomp=unconfined",
     "--security-opt=apparmor=unconfined", "--security-opt=systempaths=unconfined",
@@ -203,9 +205,22 @@ class RealNodes:
         """`docker kill` the node: kubelet, containerd and every pod process die at once."""
         _docker("kill", self.container(name))
 
-    def pause(self, name: str) -> None:
-        """`docker pause` the node (a partition-like loss: processes frozen, not dead)."""
-        _docker("pause", self.container(name))
+    def pause(self, name: str, attempts: int = PAUSE_ATTEMPTS) -> None:
+        """`docker pause` the node (a partition-like loss: processes frozen, not dead).
+
+        The cgroup v1 freezer gives up ("unable to freeze") when the node's processes keep changing
+        while it freezes them (a kubelet probe starting runc, say); runc then thaws the node again, so
+        the pause is simply tried again, up to `attempts` times.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                _docker("pause", self.container(name))
+                return
+            except RealNodeError as exc:
+                if "unable to freeze" not in str(exc) or attempt == attempts:
+                    raise
+            print(f"taskq-dev: docker pause of {name} did not freeze it (attempt {attempt}); trying again", file=sys.stderr)
+            time.sleep(0.5)
 
     def unpause(self, name: str) -> None:
         _docker("unpause", self.container(name))
