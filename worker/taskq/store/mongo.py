@@ -670,23 +670,28 @@ class TaskStore:
     # -- worker heartbeats --------------------------------------------------------------------
 
     def heartbeat(
-        self, worker_id: str, queue: str, *, inflight: int, processed: int, started_at: datetime, now: datetime
+        self,
+        worker_id: str,
+        queue: str,
+        *,
+        inflight: int,
+        processed: int,
+        started_at: datetime,
+        now: datetime,
+        pool: str | None = None,
     ) -> None:
-        """Record that `worker_id` is alive and how many tasks it holds unacked right now."""
+        """Record that `worker_id` is alive and how many tasks it holds unacked right now (and its pool kind)."""
+        fields: dict[str, Any] = {
+            "queue": queue,
+            "inflight": inflight,
+            "processed": processed,
+            "heartbeat_at": now,
+            "started_at": started_at,
+        }
+        if pool is not None:
+            fields["pool"] = pool
         with self._translated("recording a heartbeat"):
-            self.workers.update_one(
-                {"_id": worker_id},
-                {
-                    "$set": {
-                        "queue": queue,
-                        "inflight": inflight,
-                        "processed": processed,
-                        "heartbeat_at": now,
-                        "started_at": started_at,
-                    }
-                },
-                upsert=True,
-            )
+            self.workers.update_one({"_id": worker_id}, {"$set": fields}, upsert=True)
 
     def remove_worker(self, worker_id: str) -> None:
         """Forget a worker that shut down cleanly."""

@@ -1,4 +1,4 @@
-"""Worker heartbeats: every few seconds, write this worker's in-flight count to the `workers` collection.
+"""Worker heartbeats: every few seconds, write this worker's in-flight count (and pool kind) to the `workers` collection.
 
 The operator reads `inflight` for fresh unacked counts. Runs in a supervised thread started by
 `taskq.worker.main`; a store outage is logged once and retried on the next beat.
@@ -31,6 +31,7 @@ class Heartbeat:
         processed: Callable[[], int],
         log: JsonLog,
         interval_s: float = HEARTBEAT_INTERVAL_S,
+        pool: str | None = None,
     ) -> None:
         self._store = store
         self._worker_id = worker_id
@@ -39,6 +40,7 @@ class Heartbeat:
         self._processed = processed
         self._log = log
         self._interval_s = interval_s
+        self._pool = pool
         self._started_at: datetime = utcnow()
         self._stop = threading.Event()
         self._failing = False
@@ -52,6 +54,7 @@ class Heartbeat:
             processed=self._processed(),
             started_at=self._started_at,
             now=utcnow(),
+            pool=self._pool,
         )
 
     def run(self) -> None:

@@ -144,7 +144,13 @@ def run(settings: Settings, log: JsonLog) -> int:
     )
     consumer.attach(committer)
     heartbeat = Heartbeat(
-        store, settings.worker_id, settings.queue, inflight=lambda: consumer.inflight, processed=lambda: consumer.acked, log=log
+        store,
+        settings.worker_id,
+        settings.queue,
+        inflight=lambda: consumer.inflight,
+        processed=lambda: consumer.acked,
+        log=log,
+        pool=settings.pool,
     )
     health = HealthServer(
         settings.health_port,
