@@ -30,6 +30,8 @@ class Settings(BaseSettings):
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
     mongodb_uri: str = "mongodb://127.0.0.1:27017/"
+    # The RabbitMQ management API (`http://user:pass@host:15672`), for the dashboard's rates; unset: none shown.
+    management_url: str | None = None
     database: str = "taskq"
     queue: str = Field(default="default", pattern=limits.QUEUE_NAME_PATTERN)
     task_modules: str = ""
@@ -76,6 +78,6 @@ class Settings(BaseSettings):
 
     def __repr_args__(self):  # type: ignore[no-untyped-def]
         for key, value in super().__repr_args__():
-            if key in ("amqp_url", "mongodb_uri") and isinstance(value, str):
+            if key in ("amqp_url", "mongodb_uri", "management_url") and isinstance(value, str):
                 value = redact_url(value)
             yield key, value
