@@ -753,6 +753,8 @@ class TaskStore:
         state: TaskState | None = None,
         name: str | None = None,
         id_prefix: str | None = None,
+        updated_since: datetime | None = None,
+        updated_until: datetime | None = None,
         skip: int = 0,
         limit: int = 50,
     ) -> builtins.list[dict[str, Any]]:
@@ -761,19 +763,40 @@ class TaskStore:
         Without a state every state is asked for (`$in`), so that MongoDB can merge the per-state
         ranges of `queue, state, updated_at` (or `state, updated_at`, or `name, state, updated_at`)
         in update order instead of sorting; an id prefix is a range of the `_id` index, its matches
-        sorted by update time.
+        sorted by update time. A time range (`updated_since` inclusive, `updated_until` exclusive)
+        bounds the last key of those indexes, so each per-state range only gets narrower.
         """
         query: dict[str, Any] = {"state": state.value if state else {"$in": [s.value for s in TaskState]}}
         if queue:
             query["queue"] = queue
         if name:
             query["name"] = name
+        if updated_since is not None or updated_until is not None:
+            bounds: dict[str, datetime] = {}
+            if updated_since is not None:
+                bounds["$gte"] = updated_since
+            if updated_until is not None:
+                bounds["$lt"] = updated_until
+            query["updated_at"] = bounds
         if id_prefix:
             query["_id"] = {"$gte": id_prefix, "$lt": id_prefix[:-1] + chr(ord(id_prefix[-1]) + 1)}
         hidden = {"write_token": 0, "args": 0, "kwargs": 0, "result": 0, "error.traceback": 0, "redeliveries": 0}
         with self._translated("listing tasks"):
             cursor = self.tasks.find(query, hidden).sort("updated_at", DESCENDING)
             return list(cursor.skip(max(0, skip)).limit(max(1, min(limit, 500))))
+
+    def attempt_claims(self, task_id: str, attempts: int, limit: int = 50) -> dict[int, dict[str, Any]]:
+        """The outcome claims of attempts 1..`attempts` of one task (the last `limit`), by attempt.
+
+        One read by `_id` per attempt on FerretDB, one `$in` over `_id` on MongoDB (`_documents_by_id`).
+        An attempt without a claim has no decided outcome (running, or its claim was dropped by an
+        administrative retry or requeue).
+        """
+        first = max(1, attempts - max(1, limit) + 1)
+        ids = [claim_id(task_id, attempt) for attempt in range(first, attempts + 1)]
+        with self._translated("reading outcome claims"):
+            found = self._documents_by_id(self.claims, ids, None)
+        return {int(claim.get("attempt") or 0): claim for claim in found.values()}
 
     def heartbeats(self, limit: int = 1000) -> builtins.list[dict[str, Any]]:
         """Every worker's last heartbeat, by worker id (the collection holds one document per worker)."""
