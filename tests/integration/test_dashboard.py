@@ -1,7 +1,9 @@
 """The dashboard end to end: a real `taskq-api` and `taskq-worker` on the test RabbitMQ and store, driven
-by headless Chromium through Playwright as a person would use it: log in, open every page, filter
-tasks, open a task, retry a failed one, requeue a dead one, watch a count change live after
-submitting tasks, cancel a running one, purge the queue. Screenshots go to tests/artifacts/dashboard/ (git-ignored).
+by headless Chromium through Playwright as a person would use it: log in, open every page (rates from
+the management API, the workers' pool), filter tasks (also by update time), open a task (its
+attempts from the outcome claims), retry a failed one, requeue a dead one, watch a count change
+live after submitting tasks, cancel a running one, purge the queue; the queues page without a
+management API (rates "n/a"). Screenshots go to tests/artifacts/dashboard/ (git-ignored).
 Skips only when Debian's `chromium` is not installed (dev/system-deps.sh installs it)."""
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +31,8 @@ from taskq.client import Client
 from taskq.core.message import utcnow
 from taskq.core.states import TaskState
 from taskq.store.mongo import TaskStore
-from taskq_dev.ports import poll
+from taskq_dev.ports import free_port, poll
+from taskq_dev.services import RabbitMQService
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -47,6 +51,8 @@ FULL = "dash-full-0123456789abcdef0123"
 READ_ONLY = "dash-read-0123456789abcdef0123"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "dashboard"
 WAIT_MS = 30_000
+RATE = re.compile(r"^\d+\.\d$")
+NONZERO_RATE = re.compile(r"^(?!0\.0$)\d+\.\d$")
 
 # A page's live part refreshes every 2-3 s from figures at most ~2 s old (taskq.http.dashboard.snapshots).
 expect.set_options(timeout=15_000)
@@ -62,9 +68,11 @@ class Api:
     log: list[str]
 
 
-def _start_api(svc: Services, tokens: Path) -> Api:
-    env = {k: v for k, v in svc.env().items() if not k.startswith("TASKQ_API_")}
+def _start_api(svc: Services, tokens: Path, **extra: str) -> Api:
+    env = {k: v for k, v in svc.env().items() if not k.startswith(("TASKQ_API_", "TASKQ_DASHBOARD_")) and k != "KUBECONFIG"}
     env["TASKQ_API_TOKENS_FILE"] = str(tokens)
+    env["TASKQ_DASHBOARD_KUBERNETES"] = "0"  # no cluster here (tests/cluster/test_dashboard_replicas.py has one)
+    env.update(extra)
     command = [sys.executable, "-m", "taskq.http.serve", "--host", "127.0.0.1", "--port", "0"]
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     lines: list[str] = []
@@ -82,11 +90,15 @@ def _start_api(svc: Services, tokens: Path) -> Api:
     return Api(f"http://127.0.0.1:{bound}", process, lines)
 
 
-@pytest.fixture
-def api(svc: Services, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Api]:
+def _tokens(tmp_path: Path) -> Path:
     tokens = tmp_path / "tokens"
     tokens.write_text(f"submit,read {FULL}\nread {READ_ONLY}\n")
-    server = _start_api(svc, tokens)
+    return tokens
+
+
+@contextmanager
+def _running_api(svc: Services, tmp_path: Path, name: str, **extra: str) -> Iterator[Api]:
+    server = _start_api(svc, _tokens(tmp_path), **extra)
     try:
         yield server
     finally:
@@ -96,7 +108,13 @@ def api(svc: Services, tmp_path: Path, request: pytest.FixtureRequest) -> Iterat
         except subprocess.TimeoutExpired:
             server.process.kill()
             server.process.wait(timeout=10)
-        (_artifacts() / f"api-{request.node.name}.log").write_text("".join(server.log))
+        (_artifacts() / f"api-{name}.log").write_text("".join(server.log))
+
+
+@pytest.fixture
+def api(svc: Services, rabbitmq: RabbitMQService, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Api]:
+    with _running_api(svc, tmp_path, request.node.name, TASKQ_MANAGEMENT_URL=rabbitmq.management_url) as server:
+        yield server
 
 
 @pytest.fixture
@@ -160,13 +178,19 @@ def test_dashboard_in_chromium(
 ) -> None:
     with workers(svc, tmp_path, count=1) as started:
         echo_ids = [client.submit("echo", args=[i], kwargs={"who": f"user-{i}"}, task_id=f"echo-{i}") for i in range(3)]
-        failed_id = client.submit("reject", kwargs={"message": "bad input on purpose"}, task_id="reject-1")
-        dead_id = client.submit("fail", kwargs={"message": "always fails"}, task_id="fail-1", max_retries=0)
         for task_id in echo_ids:
             _wait_state(store, task_id, TaskState.SUCCEEDED)
+        # A time between the echo tasks' last writes and the next tasks' first (the form has 1 s steps).
+        time.sleep(1.0)
+        middle = utcnow().replace(microsecond=0)
+        time.sleep(1.2)
+        failed_id = client.submit("reject", kwargs={"message": "bad input on purpose"}, task_id="reject-1")
+        dead_id = client.submit("fail", kwargs={"message": "always fails"}, task_id="fail-1", max_retries=0)
+        flaky_id = client.submit("fail", kwargs={"message": "fails each time"}, task_id="flaky-1", max_retries=2)
         failed = _wait_state(store, failed_id, TaskState.FAILED)
         dead = _wait_state(store, dead_id, TaskState.DEAD)
-        poll(lambda: client.queue_info(svc.queue).dead == 1, timeout=30, what="the dead letter")
+        _wait_state(store, flaky_id, TaskState.DEAD)
+        poll(lambda: client.queue_info(svc.queue).dead == 2, timeout=30, what="the dead letters")
 
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         dialogs: list[str] = []
@@ -185,24 +209,48 @@ def test_dashboard_in_chromium(
         cookie = next(c for c in page.context.cookies() if c["name"] == "taskq_session")
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
 
-        # Queues: counts by state, dead letters, consumers.
+        # Queues: counts by state, dead letters, consumers, rates from the management API; no replicas column
+        # without a Kubernetes API.
         row = page.locator(f"tr[data-queue='{svc.queue}']")
         expect(row.locator("[data-state=succeeded]")).to_have_text("3")
         expect(row.locator("[data-state=failed]")).to_have_text("1")
-        expect(row.locator("[data-state=dead]")).to_have_text("1")
-        expect(row.locator("[data-field=dead]")).to_have_text("1")
+        expect(row.locator("[data-state=dead]")).to_have_text("2")
+        expect(row.locator("[data-field=dead]")).to_have_text("2")
         expect(row.locator("[data-field=consumers]")).to_have_text("1")
+        expect(row.locator("[data-field=publish-rate]")).to_have_text(RATE)
+        expect(row.locator("[data-field=deliver-rate]")).to_have_text(RATE)
+        expect(page.locator("#replicas-head")).to_have_count(0)
         _shot(page, "02-queues")
 
-        # Workers: the one worker, live.
+        # Workers: the one worker, live, with its pool kind.
         page.click("nav >> text=Workers")
         worker_id = started[0].env["TASKQ_WORKER_ID"]
         expect(page.locator(f"tr[data-worker='{worker_id}']")).to_have_class("live")
+        expect(page.locator(f"tr[data-worker='{worker_id}'] [data-field=pool]")).to_have_text("process")
         _shot(page, "03-workers")
 
-        # Tasks: every task, then filtered by state, name, id prefix and queue.
+        # Tasks: every task, then filtered by update time, state, name, id prefix and queue.
         page.click("nav >> text=Tasks")
-        expect(page.locator("#tasks tbody tr[data-task]")).to_have_count(5)
+        expect(page.locator("#tasks tbody tr[data-task]")).to_have_count(6)
+        page.fill("input[name=until]", middle.strftime("%Y-%m-%dT%H:%M:%S"))
+        page.click("#filters button[type=submit]")
+        expect(page.locator("#tasks tbody tr[data-task]")).to_have_count(3)
+        assert sorted(page.locator("#tasks tbody tr[data-task]").evaluate_all("rs => rs.map(r => r.dataset.task)")) == echo_ids
+        page.fill("input[name=until]", "")
+        page.fill("input[name=since]", middle.strftime("%Y-%m-%dT%H:%M:%S"))
+        page.click("#filters button[type=submit]")
+        expect(page.locator("#tasks tbody tr[data-task]")).to_have_count(3)
+        expect(page.locator(f"tr[data-task='{flaky_id}']")).to_be_visible()
+        expect(page.locator("input[name=since]")).to_have_attribute("value", middle.strftime("%Y-%m-%dT%H:%M:%S"))
+        _shot(page, "04a-tasks-since")
+        page.select_option("select[name=state]", "dead")
+        page.click("#filters button[type=submit]")
+        expect(page.locator("#tasks tbody tr[data-task]")).to_have_count(2)
+        page.fill("input[name=since]", "")
+        page.fill("input[name=until]", (middle - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S"))
+        page.click("#filters button[type=submit]")
+        expect(page.locator("#tasks tbody")).to_contain_text("No tasks match.")
+        page.goto(f"{api.base}/ui/tasks")
         page.select_option("select[name=state]", "failed")
         page.click("#filters button[type=submit]")
         expect(page.locator("#tasks tbody tr[data-task]")).to_have_count(1)
@@ -226,6 +274,23 @@ def test_dashboard_in_chromium(
         expect(page.locator("#result")).to_be_visible()
         expect(page.locator("#timeline li")).to_have_count(3)
         expect(page.locator("#retry")).to_be_disabled()
+        expect(page.locator("#history tbody tr")).to_have_count(1)
+        expect(page.locator("#history tr[data-attempt='1']")).to_contain_text("succeeded")
+        expect(page.locator("#history tr[data-attempt='1']")).to_contain_text(worker_id)
+
+        # A task that failed three times: each attempt's outcome, worker and time from its outcome claim.
+        page.goto(f"{api.base}/ui/tasks/{flaky_id}")
+        history = page.locator("#history tbody tr")
+        expect(history).to_have_count(3)
+        for attempt, outcome in [(1, "retrying"), (2, "retrying"), (3, "dead")]:
+            line = page.locator(f"#history tr[data-attempt='{attempt}']")
+            expect(line).to_contain_text(outcome)
+            expect(line).to_contain_text(worker_id)
+            expect(line).to_contain_text("fails each time")
+        stamps = history.locator("td:nth-child(4)").all_inner_texts()
+        decided = [datetime.strptime(t[:23], "%Y-%m-%d %H:%M:%S.%f") for t in stamps]
+        assert decided == sorted(decided) and decided[0] < decided[-1]
+        _shot(page, "05b-task-attempts")
 
         # The failed task: its error with traceback; retry it (confirmed), it runs again and fails again.
         page.goto(f"{api.base}/ui/tasks/{failed_id}")
@@ -248,13 +313,15 @@ def test_dashboard_in_chromium(
         assert dialogs[-1] == f"Requeue dead task {dead_id}?"
         _wait_state(store, dead_id, TaskState.DEAD, after=dead["timestamps"]["dead"])
 
-        # Live: submit tasks while the queues page is open; the count changes without a reload.
+        # Live: submit tasks while the queues page is open; the count changes without a reload, and the
+        # publish and deliver rates move off zero (the test broker samples its statistics every second).
         page.click("nav >> text=Queues")
         row = page.locator(f"tr[data-queue='{svc.queue}']")
         expect(row.locator("[data-state=succeeded]")).to_have_text("3")
         page.evaluate("window.__notReloaded = true")
         started_at = time.monotonic()
         client.submit_many({"name": "echo", "args": [i]} for i in range(20))
+        expect(row.locator("[data-field=publish-rate]")).to_have_text(NONZERO_RATE, timeout=WAIT_MS)
         expect(row.locator("[data-state=succeeded]")).to_have_text("23", timeout=WAIT_MS)
         seen_after_s = time.monotonic() - started_at
         assert page.evaluate("window.__notReloaded") is True
@@ -275,11 +342,29 @@ def test_dashboard_in_chromium(
         page.click("nav >> text=Queues")
 
         # Purge (confirmed): messages, dead letters and documents of the queue are gone.
-        poll(lambda: client.queue_info(svc.queue).dead == 1, timeout=30, what="the dead letter back")
+        poll(lambda: client.queue_info(svc.queue).dead == 2, timeout=30, what="the dead letter back")
         row.locator("button.danger").click()
         expect(page.locator(".notice")).to_contain_text("were removed")
         assert dialogs[-1].startswith(f"Purge queue {svc.queue}?")
         assert store.counts_by_state(svc.queue)["succeeded"] == 0 and client.queue_info(svc.queue).dead == 0
+
+
+def test_queues_page_without_management_api(svc: Services, client: Client, tmp_path: Path, browser: Browser) -> None:
+    """A management API that does not answer: the rates read "n/a" (with the reason), the rest of the page stands."""
+    client.submit("echo", args=[1], task_id="no-mgmt-1")  # no worker: stays queued
+    closed = f"http://guest:guest@127.0.0.1:{free_port()}"
+    with _running_api(svc, tmp_path, "without-management", TASKQ_MANAGEMENT_URL=closed) as server:
+        page = browser.new_page(viewport={"width": 1400, "height": 600})
+        _login(page, server.base, READ_ONLY, "/")
+        row = page.locator(f"tr[data-queue='{svc.queue}']")
+        expect(row.locator("[data-field=ready]")).to_have_text("1")
+        expect(row.locator("[data-state=queued]")).to_have_text("1")
+        for field_name in ("publish-rate", "deliver-rate"):
+            expect(row.locator(f"[data-field={field_name}]")).to_have_text("n/a")
+            expect(row.locator(f"[data-field={field_name}]")).to_have_attribute("title", "management API unavailable")
+        expect(page.locator(".meta")).to_contain_text("management API unavailable")
+        _shot(page, "11-queues-no-management")
+        assert "guest:guest" not in "".join(server.log)
 
 
 def test_read_only_sessions_and_csrf(svc: Services, client: Client, api: Api, browser: Browser) -> None:

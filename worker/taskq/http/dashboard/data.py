@@ -2,27 +2,35 @@
 
 Broker figures come from passive declares (exact, ready messages and consumers only); unacked is
 the sum of the in-flight counts the queue's live workers last reported in their heartbeats (every
-2 s), since a passive declare has none and the management API's figures lag. Store reads are the
-indexed ones of `TaskStore` (`all_state_counts`, `task_page`, `heartbeats`, `get`).
+2 s), since a passive declare has none and the management API's figures lag. Publish and deliver
+rates come from one management API request per refresh (`taskq.broker.management`; "n/a" when it
+is not configured or does not answer), desired/ready replicas from one TaskQueue list
+(`taskq.http.dashboard.replicas`; hidden without a Kubernetes API). Store reads are the indexed ones
+of `TaskStore` (`all_state_counts`, `task_page`, `heartbeats`, `get`, `attempt_claims`).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pika
 
-from taskq.broker import admin
+from taskq.broker import admin, management
 from taskq.client import Client
 from taskq.core.message import QUEUE_NAME_PATTERN, TASK_NAME_PATTERN, utcnow
 from taskq.core.states import TaskState
 from taskq.core.topology import dead_queue
+from taskq.errors import TaskqError
+from taskq.http.dashboard.replicas import ReplicaReader, Replicas
 from taskq.settings import Settings
 from taskq.store.mongo import TaskStore
+
+log = logging.getLogger("taskq.http.dashboard")
 
 # The page reads' own store client: a socket timeout of 120 s instead of the API's 15 s, since on
 # FerretDB a read that scans 100k documents takes tens of seconds, more on a loaded machine (see
@@ -35,6 +43,7 @@ STATES = [s.value for s in TaskState]
 RETRYABLE = frozenset({TaskState.FAILED.value, TaskState.DEAD.value})
 FINAL = frozenset(s.value for s in TaskState if s.is_final)
 _ID_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+MAX_ATTEMPTS_SHOWN = 50
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,17 @@ class QueueRow:
     unacked: int
     workers: int
     counts: dict[str, int]
+    rates: management.QueueRates | None = None
+    replicas: Replicas | None = None
+
+
+@dataclass(frozen=True)
+class Overview:
+    """The queues page: its rows, whether rates could be read (else why not), whether replicas are known."""
+
+    rows: list[QueueRow]
+    rates_problem: str | None
+    replicas_shown: bool
 
 
 @dataclass(frozen=True)
@@ -75,6 +95,8 @@ class TaskFilter:
     state: str = ""
     name: str = ""
     id_prefix: str = ""
+    since: datetime | None = None
+    until: datetime | None = None
     page: int = 1
     problems: list[str] = field(default_factory=list)
 
@@ -99,15 +121,48 @@ class TaskFilter:
             wanted.id_prefix = prefix
         elif prefix:
             wanted.problems.append("id: letters, digits and . _ : @ - only")
+        for key in ("since", "until"):
+            text = params.get(key, "").strip()
+            if text:
+                moment = _moment(text)
+                if moment is None:
+                    wanted.problems.append(f"{key}: a UTC time like 2026-12-02T03:50 or 2026-12-02 03:50:15")
+                setattr(wanted, key, moment)
         page = params.get("page", "1").strip()
         wanted.page = min(int(page), MAX_PAGE) if page.isdigit() and int(page) >= 1 else 1
         return wanted
 
     def query(self, **changes: Any) -> dict[str, str]:
         """These filters (with `changes`) as query parameters, empty ones left out."""
-        values = {"queue": self.queue, "state": self.state, "name": self.name, "id": self.id_prefix, "page": str(self.page)}
+        values = {
+            "queue": self.queue,
+            "state": self.state,
+            "name": self.name,
+            "id": self.id_prefix,
+            "since": _form_time(self.since),
+            "until": _form_time(self.until),
+            "page": str(self.page),
+        }
         values.update({k: str(v) for k, v in changes.items()})
         return {k: v for k, v in values.items() if v and not (k == "page" and v == "1")}
+
+    def key(self) -> tuple[Any, ...]:
+        """What tells one page's read from another's (the snapshot key)."""
+        return (self.queue, self.state, self.name, self.id_prefix, self.since, self.until, self.page)
+
+
+def _moment(text: str) -> datetime | None:
+    """A time as a `datetime-local` input sends it (`2026-12-02T03:50[:15]`) or in ISO 8601; naive means UTC."""
+    try:
+        moment = datetime.fromisoformat(text.replace(" ", "T", 1))
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _form_time(moment: datetime | None) -> str:
+    """A time as a `datetime-local` input shows it (UTC, to the second)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S") if moment else ""
 
 
 @dataclass(frozen=True)
@@ -120,6 +175,17 @@ class TaskPage:
 class TimelineEntry:
     state: str
     at: datetime
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    """One attempt of a task: its outcome claim (state, worker, time, error), or None fields when it has none."""
+
+    attempt: int
+    state: str | None
+    worker: str | None
+    at: datetime | None
+    error: dict[str, Any] | None
 
 
 _FIELDS = ("name", "queue", "state", "attempts", "worker", "priority", "max_retries", "timeout", "created_at", "updated_at")
@@ -176,12 +242,25 @@ def workers(store: TaskStore) -> list[WorkerRow]:
     return sorted(rows, key=lambda w: (w.stale, w.queue, w.id))
 
 
-def queues(client: Client, store: TaskStore) -> list[QueueRow]:
-    """The queues that have tasks or workers (and the client's default queue), with depths and counts by state."""
+def rates(settings: Settings) -> tuple[dict[str, management.QueueRates], str | None]:
+    """Every queue's rates from one management API request: (rates, None), or ({}, why there are none)."""
+    if not settings.management_url:
+        return {}, "no management API configured (TASKQ_MANAGEMENT_URL)"
+    try:
+        return management.queue_rates(settings.management_url, management.vhost_of(settings.amqp_url)), None
+    except TaskqError as exc:
+        log.warning("dashboard: no rates: %s", exc)
+        return {}, "management API unavailable"
+
+
+def queues(client: Client, store: TaskStore, replica_reader: ReplicaReader | None = None) -> Overview:
+    """The queues that have tasks or workers (and the client's default queue), with depths, rates and counts by state."""
     beats = [w for w in workers(store) if not w.stale]
     counts = store.all_state_counts()
     names = sorted(set(counts) | {w.queue for w in beats if w.queue} | {client.settings.queue})
     depths = _depths(client, names)
+    by_queue, rates_problem = rates(client.settings)
+    replicas = replica_reader.read() if replica_reader is not None else None
     rows = []
     for name in names:
         work, dead = depths[name]
@@ -195,9 +274,12 @@ def queues(client: Client, store: TaskStore) -> list[QueueRow]:
                 unacked=sum(w.inflight for w in mine),
                 workers=len(mine),
                 counts=counts.get(name, dict.fromkeys(STATES, 0)),
+                rates=by_queue.get(name),
+                replicas=replicas.get(name) if replicas is not None else None,
             )
         )
-    return [r for r in rows if r.ready is not None or any(r.counts.values()) or r.workers]
+    shown = [r for r in rows if r.ready is not None or any(r.counts.values()) or r.workers]
+    return Overview(rows=shown, rates_problem=rates_problem, replicas_shown=replicas is not None)
 
 
 def task_page(store: TaskStore, wanted: TaskFilter) -> TaskPage:
@@ -207,6 +289,8 @@ def task_page(store: TaskStore, wanted: TaskFilter) -> TaskPage:
         state=TaskState(wanted.state) if wanted.state else None,
         name=wanted.name or None,
         id_prefix=wanted.id_prefix or None,
+        updated_since=wanted.since,
+        updated_until=wanted.until,
         skip=(wanted.page - 1) * PAGE_SIZE,
         limit=PAGE_SIZE + 1,
     )
@@ -222,7 +306,45 @@ def task(store: TaskStore, task_id: str) -> dict[str, Any] | None:
     timeline = sorted((TimelineEntry(state, at) for state, at in stamps.items() if isinstance(at, datetime)), key=lambda e: e.at)
     shown = _shown(document, _FIELDS + _DETAIL_FIELDS)
     state = document.get("state")
-    return {**shown, "timeline": timeline, "retryable": state in RETRYABLE, "cancellable": state not in FINAL}
+    return {
+        **shown,
+        "timeline": timeline,
+        "history": attempts(store, document),
+        "retryable": state in RETRYABLE,
+        "cancellable": state not in FINAL,
+    }
+
+
+def attempts(store: TaskStore, document: dict[str, Any]) -> list[AttemptRow]:
+    """Each attempt of a task (the last `MAX_ATTEMPTS_SHOWN`) with its outcome claim: one read by `_id` per attempt.
+
+    A `retrying` task's next attempt is read too (it may have ended already); an attempt without a
+    claim has no outcome yet, or lost its claim to an administrative retry or requeue.
+    """
+    count = max(int(document.get("attempts") or 0), 1)
+    retrying = document.get("state") == TaskState.RETRYING.value
+    claims = store.attempt_claims(str(document["_id"]), count + 1 if retrying else count, limit=MAX_ATTEMPTS_SHOWN)
+    last = max([count, *claims])
+    rows = []
+    for attempt in range(max(1, last - MAX_ATTEMPTS_SHOWN + 1), last + 1):
+        claim = claims.get(attempt)
+        if claim is None:
+            rows.append(AttemptRow(attempt, None, None, None, None))
+            continue
+        stored = claim.get("set")
+        error = stored.get("error") if isinstance(stored, dict) else None
+        at = claim.get("claimed_at")
+        worker = claim.get("worker")
+        rows.append(
+            AttemptRow(
+                attempt,
+                str(claim.get("state")),
+                str(worker) if worker else None,
+                at if isinstance(at, datetime) else None,
+                error if isinstance(error, dict) else None,
+            )
+        )
+    return rows
 
 
 def dead_letters(client: Client, queue: str, limit: int = 50) -> list[admin.DeadLetter]:

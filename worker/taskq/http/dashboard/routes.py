@@ -26,8 +26,9 @@ from taskq.core.message import QUEUE_NAME_PATTERN, TASK_ID_PATTERN, utcnow
 from taskq.errors import BrokerUnavailable, StoreUnavailable, TaskqError
 from taskq.http.auth import Auth
 from taskq.http.dashboard import actions, data
+from taskq.http.dashboard.replicas import ReplicaReader
 from taskq.http.dashboard.session import COOKIE, COOKIE_MAX_AGE_S, CSRF_FIELD, Session, Sessions, safe_next
-from taskq.http.dashboard.snapshots import Snapshots
+from taskq.http.dashboard.snapshots import Snapshot, Snapshots
 
 LOGIN = "/ui/login"
 MAX_FORM_BYTES = 8 * 1024
@@ -110,6 +111,7 @@ def dashboard_router(client: Client, auth: Auth) -> APIRouter:
     sessions = Sessions(auth)
     snapshots = Snapshots(max_age_s=2.0)
     reads = data.Reads(client.settings)
+    replica_reader = ReplicaReader()
     env = _environment()
     router = APIRouter(include_in_schema=False)
     indexed = threading.Event()
@@ -182,13 +184,17 @@ def dashboard_router(client: Client, auth: Auth) -> APIRouter:
             return Response(status_code=200, headers={**_HEADERS, "HX-Redirect": target})
         return RedirectResponse(target, 303, headers=_HEADERS)
 
+    def overview() -> Snapshot[data.Overview]:
+        """The queues overview's snapshot (depths, rates, replicas and counts: one read of each per refresh)."""
+        return snapshots.get("queues", lambda: data.queues(client, reads.store, replica_reader))
+
     # -- pages ------------------------------------------------------------------------------------
 
     @router.get("/", response_class=HTMLResponse)
     async def queues_page(request: Request) -> Response:
         def load() -> dict[str, Any]:
-            snapshot = snapshots.get("queues", lambda: data.queues(client, reads.store))
-            return {"queues": snapshot.value, "snapshot": snapshot}
+            snapshot = overview()
+            return {"overview": snapshot.value, "queues": snapshot.value.rows, "snapshot": snapshot}
 
         return await page(request, "queues.html", load)
 
@@ -201,7 +207,7 @@ def dashboard_router(client: Client, auth: Auth) -> APIRouter:
         wanted = data.TaskFilter.parse(dict(request.query_params))
 
         def load() -> dict[str, Any]:
-            key = ("tasks", wanted.queue, wanted.state, wanted.name, wanted.id_prefix, wanted.page)
+            key = ("tasks", *wanted.key())
             snapshot = snapshots.get(key, lambda: data.task_page(reads.store, wanted))
             names = snapshots.get("queue-names", lambda: reads.store.queue_names()).value
             return {"filters": wanted, "result": snapshot.value, "snapshot": snapshot, "queue_names": names}
@@ -220,7 +226,7 @@ def dashboard_router(client: Client, auth: Auth) -> APIRouter:
         chosen = request.query_params.get("queue", "")
 
         def load() -> dict[str, Any]:
-            rows = snapshots.get("queues", lambda: data.queues(client, reads.store)).value
+            rows = overview().value.rows
             names = [r.name for r in rows]
             queue = chosen if chosen in names else next((r.name for r in rows if r.dead), names[0] if names else "")
             letters = data.dead_letters(client, queue) if queue else []
