@@ -96,6 +96,7 @@ class ReplicaReader:
                     self._enabled = False
                     self._note("config", f"no Kubernetes credentials ({type(exc).__name__})")
                     return None
+                configuration.retries = 0  # one try per refresh: a dead API server costs at most LIST_TIMEOUT_S
                 self._api = kubernetes.client.CustomObjectsApi(kubernetes.client.ApiClient(configuration))
             return self._api
 
