@@ -456,6 +456,7 @@ def test_page_load_times_at_scale(svc: Services, client: Client, store: TaskStor
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.set_default_navigation_timeout(600_000)
     _login(page, api.base, FULL, "/ui/workers")
+    since = (utcnow() - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S")
     pages = {
         "queues": "/",
         "workers": "/ui/workers",
@@ -463,6 +464,7 @@ def test_page_load_times_at_scale(svc: Services, client: Client, store: TaskStor
         "tasks, queue + state": f"/ui/tasks?queue={svc.queue}&state=failed",
         "tasks, name": "/ui/tasks?name=job3",
         "tasks, id prefix": "/ui/tasks?id=seed-00123",
+        "tasks, queue + updated since": f"/ui/tasks?queue={svc.queue}&since={since}",
         "tasks, page 20": f"/ui/tasks?queue={svc.queue}&page=20",
         "task": "/ui/tasks/seed-0000042",
         "dead letters": "/ui/dead",
