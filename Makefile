@@ -107,9 +107,12 @@ bench-worker: install ## one taskq-worker vs Celery (prefork, acks_late, multipl
 	$(PYTHON) bench/worker.py
 
 # --- chaos run ---
-.PHONY: chaos
+.PHONY: chaos chaos-cluster
 
 CHAOS_TASKS ?= 10000
 
 chaos: install ## the chaos run: 10,000 tasks (CHAOS_TASKS) through taskq-worker processes under faults (SIGKILLs, producer kill and rerun, cut and blackholed connections, broker restart, 10 s store stop) -> bench/results/chaos.json
 	$(PYTHON) bench/chaos.py --tasks $(CHAOS_TASKS)
+
+chaos-cluster: install ## the chaos run with the workers as pods of an operator-managed TaskQueue on the local cluster (kwok nodes, the worker bridge), the same faults plus a lost node -> bench/results/chaos-cluster.json
+	$(PYTHON) bench/chaos.py --cluster --tasks $(CHAOS_TASKS)

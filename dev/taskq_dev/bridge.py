@@ -18,6 +18,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -172,10 +173,19 @@ def _heartbeat_after(node: dict[str, Any], moment: datetime) -> bool:
 class WorkerBridge:
     """A thread that keeps one local process per bridged pod, in step with the cluster."""
 
-    def __init__(self, kubeconfig: Path, log_dir: Path, poll_interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log_dir: Path,
+        poll_interval: float = 0.5,
+        worker_env: Callable[[dict[str, Any], dict[str, str]], dict[str, str]] | None = None,
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.log_dir = log_dir
         self.poll_interval = poll_interval
+        self.worker_env = worker_env
+        """Optional: given a worker pod and its resolved environment, the environment to run it with
+        (the chaos run points each pod's broker URL at a fault-proxy listener of its own)."""
         self._kube = KubeReader(kubeconfig)
         self._children: dict[str, BridgedProcess] = {}
         self._lost: dict[str, datetime] = {}
@@ -345,6 +355,8 @@ class WorkerBridge:
         env["HOSTNAME"] = metadata["name"]
         env.update(container_env(pod, container, self._kube))
         env.update(ENV_OVERRIDES)
+        if app == WORKER_APP and self.worker_env is not None:
+            env = self.worker_env(pod, env)
         if app == OPERATOR_APP:
             env.pop("KUBERNETES_SERVICE_HOST", None)
             env["KUBECONFIG"] = str(self._operator_kubeconfig(pod))

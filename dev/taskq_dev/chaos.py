@@ -16,6 +16,9 @@ reads every task's state and attempts twice a second and records any regression 
 changes, attempts that decrease). The report (`report`) has the top-level keys the chaos contract
 names: tasks, final, lost, stuck, regressions, duplicates, faults, pass, machine, when.
 
+With a `WorkerMode` (`taskq_dev.chaos_cluster`, `make chaos-cluster`) the workers are the pods of an
+operator-managed TaskQueue on the local cluster instead, and that mode adds its own faults (a lost node).
+
 Used by `bench/chaos.py` (`make chaos`) and `tests/chaos/test_chaos.py` (1,000 tasks in `make test`).
 Every loop is bounded in count and time; every process started here is stopped on the way out.
 """
@@ -40,7 +43,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
@@ -665,8 +668,35 @@ def _exact_depths(amqp_url: str, names: list[str]) -> dict[str, int]:
         connection.close()
 
 
-def run(plan: ChaosPlan, services: ChaosServices, work_dir: Path, *, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """The whole chaos run; returns the report (see the module docstring)."""
+class WorkerMode(Protocol):
+    """Where the run's workers come from when they are not its own processes (`taskq_dev.chaos_cluster`:
+    the pods of an operator-managed TaskQueue). Its fleet answers `live`, `kill`, `start`,
+    `exited_on_their_own`, `stop_all` and `proxies[worker.slot]` like `Fleet`."""
+
+    name: str
+    description: str
+
+    def open_fleet(self, worker_env: dict[str, str], fault_proxy: FaultProxy, database: str, queue: str) -> Any: ...
+
+    def extra_faults(self, state: RunState) -> dict[str, Callable[[], None]]:
+        """Fault threads of this mode; the run settles only after they have ended."""
+        ...
+
+    def finish(self, report: dict[str, Any]) -> None:
+        """Add this mode's figures and checks to the report (and recompute `pass`)."""
+        ...
+
+
+def run(
+    plan: ChaosPlan,
+    services: ChaosServices,
+    work_dir: Path,
+    *,
+    log: Callable[[str], None] = print,
+    mode: WorkerMode | None = None,
+) -> dict[str, Any]:
+    """The whole chaos run; returns the report (see the module docstring). Without `mode` the workers
+    are `plan.workers` taskq-worker processes started here."""
     work_dir.mkdir(parents=True, exist_ok=True)
     run_id = f"chaos-{uuid.uuid4().hex[:6]}"
     database, queue = run_id.replace("-", "_"), run_id
@@ -709,10 +739,13 @@ def run(plan: ChaosPlan, services: ChaosServices, work_dir: Path, *, log: Callab
     sampler = Sampler(services.mongodb_uri, database, plan.sample_interval_s, timeline)
     threads: list[threading.Thread] = []
     try:
-        proxies = [fault_proxy.proxy(f"broker-slot{slot}", url_port(services.amqp_url)) for slot in range(plan.workers)]
-        fleet = Fleet(work_dir, worker_env, proxies, services.amqp_url, plan.concurrency)
-        for slot in range(plan.workers):
-            fleet.start(slot)
+        if mode is None:
+            proxies = [fault_proxy.proxy(f"broker-slot{slot}", url_port(services.amqp_url)) for slot in range(plan.workers)]
+            fleet = Fleet(work_dir, worker_env, proxies, services.amqp_url, plan.concurrency)
+            for slot in range(plan.workers):
+                fleet.start(slot)
+        else:
+            fleet = mode.open_fleet(worker_env, fault_proxy, database, queue)
         state = RunState(
             plan=plan, timeline=timeline, fleet=fleet, outbox_queued=lambda: outbox_queued(services.mongodb_uri, database)
         )
@@ -723,6 +756,8 @@ def run(plan: ChaosPlan, services: ChaosServices, work_dir: Path, *, log: Callab
             "faults": lambda: _faults(state, services, ledger, random.Random(plan.seed + 2)),
             "sweeper": lambda: _sweeper(state, settings),
         }
+        if mode is not None:
+            bodies.update(mode.extra_faults(state))
         for name, body in bodies.items():
             thread = threading.Thread(target=_guarded(state, name, body), name=f"chaos-{name}", daemon=True)
             thread.start()
@@ -735,7 +770,9 @@ def run(plan: ChaosPlan, services: ChaosServices, work_dir: Path, *, log: Callab
         progress_at, last_final = time.monotonic(), -1
         for _ in range(1_000_000):
             time.sleep(0.5)
-            done_faults = state.faults_done.is_set() or not threads[2].is_alive()
+            done_faults = (state.faults_done.is_set() or not threads[2].is_alive()) and not any(
+                thread.is_alive() for thread in threads[4:]
+            )
             done_producer = state.producer_done.is_set() or not threads[0].is_alive()
             final = sampler.final_count()
             if final != last_final:
@@ -785,6 +822,9 @@ def run(plan: ChaosPlan, services: ChaosServices, work_dir: Path, *, log: Callab
             republished=state.republished,
         )
         report["queue"], report["database"] = queue, database
+        if mode is not None:
+            report["mode"], report["workers"] = mode.name, mode.description
+            mode.finish(report)
         return report
     finally:
         if state is not None:
@@ -800,7 +840,13 @@ def run(plan: ChaosPlan, services: ChaosServices, work_dir: Path, *, log: Callab
 
 # ---- the report ----------------------------------------------------------------------------------
 
-_WORKER_FAULTS = {"worker_sigkill", "broker_connection_cut", "broker_connection_blackhole", "worker_exited_unexpectedly"}
+_WORKER_FAULTS = {
+    "worker_sigkill",
+    "broker_connection_cut",
+    "broker_connection_blackhole",
+    "worker_exited_unexpectedly",
+    "worker_node_lost",
+}
 _GLOBAL_FAULTS = {"broker_restart", "store_sigstop"}
 
 

@@ -7,7 +7,7 @@ descriptor, so lines from many processes never interleave:
     start|end|fail <task id> <attempt> <worker id> <pid> <wall time>
 
 The worker id is the `TASKQ_WORKER_ID` the run gave the worker process (its pool children inherit
-it), so an execution can be tied to the worker a fault hit. Read back by `taskq_dev.chaos`.
+it), or, for a worker pod, its `POD_NAME`, so an execution can be tied to the worker a fault hit. Read back by `taskq_dev.chaos`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,12 @@ class PlannedFailure(RuntimeError):
     """Raised by a task asked to fail its first attempt (a retry that is part of the plan)."""
 
 
+def _worker_id() -> str:
+    return os.environ.get("TASKQ_WORKER_ID") or os.environ.get("POD_NAME") or "?"
+
+
 def _append(path: str, kind: str, task_id: str, attempt: int) -> None:
-    line = f"{kind} {task_id} {attempt} {os.environ.get('TASKQ_WORKER_ID', '?')} {os.getpid()} {time.time():.6f}\n"
+    line = f"{kind} {task_id} {attempt} {_worker_id()} {os.getpid()} {time.time():.6f}\n"
     descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(descriptor, line.encode())

@@ -134,3 +134,21 @@ def test_read_ledger_pairs_each_start_with_its_own_process_end(tmp_path: Path) -
     runs = read_ledger(ledger)
     assert [(e.worker_id, e.outcome) for e in runs["a"]] == [("w0g1", "none"), ("w1g1", "end")]
     assert [(e.attempt, e.outcome, e.ended) for e in runs["b"]] == [(1, "fail", 102.1)]
+
+
+def test_a_rerun_after_its_pods_node_was_lost_is_attributed_to_the_node_loss_not_to_other_pods() -> None:
+    """Cluster mode (taskq_dev.chaos_cluster): a node loss names each pod it took; only their tasks are explained by it."""
+    pod, other = "chaos-worker-abc-x1", "chaos-worker-abc-y2"
+    specs = [_spec("a"), _spec("b")]
+    executions = {
+        "a": [_run("a", 1, pod, 30.0, "none"), _run("a", 1, other, 40.0)],
+        "b": [_run("b", 1, other, 31.0, "none"), _run("b", 1, pod, 45.0)],
+    }
+    timeline = [
+        {"at_s": 32.0, "fault": "node_lost", "node": "kwok-node-1", "pods": [pod], "until_s": 55.0},
+        {"at_s": 32.0, "fault": "worker_node_lost", "target": pod, "node": "kwok-node-1"},
+    ]
+    report = _report(specs, {"a": ("succeeded", 1), "b": ("succeeded", 1)}, executions, timeline)
+    causes = {d["task"]: d["reruns"][0]["cause"] for d in report["duplicates"]["items"]}
+    assert causes == {"a": f"worker_node_lost {pod} at 32.0s", "b": "unexplained"}
+    assert report["duplicates"]["by_cause"] == {"worker_node_lost": 1, "unexplained": 1}
