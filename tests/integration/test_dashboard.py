@@ -15,10 +15,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -365,6 +367,59 @@ def test_queues_page_without_management_api(svc: Services, client: Client, tmp_p
         expect(page.locator(".meta")).to_contain_text("management API unavailable")
         _shot(page, "11-queues-no-management")
         assert "guest:guest" not in "".join(server.log)
+
+
+@contextmanager
+def _counting_proxy(target: str) -> Iterator[tuple[str, list[str]]]:
+    """A loopback HTTP forwarder to `target` (the real management API) that records each request's path."""
+    seen: list[str] = []
+
+    class Forward(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            seen.append(self.path)
+            upstream = urllib.request.Request(target + self.path, headers={"Authorization": self.headers["Authorization"]})
+            with urllib.request.urlopen(upstream, timeout=10) as answer:  # noqa: S310 (loopback test broker)
+                body = answer.read()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_rates_cost_one_management_request_per_refresh(
+    svc: Services, client: Client, rabbitmq: RabbitMQService, tmp_path: Path, browser: Browser
+) -> None:
+    """Three open pages (two queues pages, one dead letters page) share the overview's snapshot: the
+    management API gets one `GET /api/queues/<vhost>?columns=...` per refresh (every 2 s), not one per viewer."""
+    client.submit("echo", args=[1], task_id="rates-1")  # no worker: stays queued
+    user, password = rabbitmq.management_auth
+    with _counting_proxy(rabbitmq.management_base) as (proxy, seen):
+        proxied = proxy.replace("http://", f"http://{user}:{password}@")
+        with _running_api(svc, tmp_path, "rates-per-refresh", TASKQ_MANAGEMENT_URL=proxied) as server:
+            viewers = [browser.new_page() for _ in range(3)]
+            for viewer, path in zip(viewers, ["/", "/", "/ui/dead"], strict=True):
+                _login(viewer, server.base, READ_ONLY, path)
+            row = viewers[0].locator(f"tr[data-queue='{svc.queue}']")
+            expect(row.locator("[data-field=publish-rate]")).to_have_text(RATE)
+            before, began = len(seen), time.monotonic()
+            time.sleep(10)
+            requests, spent = len(seen) - before, time.monotonic() - began
+    assert all(path.startswith("/api/queues/%2F?columns=name,") for path in seen), seen[:3]
+    # Each of the two queues pages polls every 2 s, the dead letters page every 5 s: ~13 polls in 10 s.
+    assert 2 <= requests <= spent / 2 + 2, (requests, spent)
+    print(f"dashboard: {requests} management requests in {spent:.1f} s with 3 pages open")
 
 
 def test_read_only_sessions_and_csrf(svc: Services, client: Client, api: Api, browser: Browser) -> None:
