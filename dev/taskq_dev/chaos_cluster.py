@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import signal
 import threading
@@ -319,6 +320,7 @@ def cluster_mode(
     log(f"chaos: local control plane up in {time.monotonic() - started:.0f} s ({len(local.node_names())} kwok nodes)")
     access = ClusterAccess(kubeconfig=local.kubeconfig, local=local)
     bridge: WorkerBridge | None = None
+    bridge_log: logging.Handler | None = None
     try:
         access.kubectl("apply", "-f", str(CRD))
         access.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/taskqueues.taskq.io")
@@ -333,6 +335,11 @@ def cluster_mode(
             access.kubectl("apply", "-f", "-", input=json.dumps(body))
         mode = ClusterMode(access, namespace, services, plan, secrets, log)
         work_dir.mkdir(parents=True, exist_ok=True)
+        # The bridge's own log (starts, restarts with their exit codes, node losses) next to the pods' logs.
+        bridge_log = logging.FileHandler(work_dir / "bridge.log")
+        bridge_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logging.getLogger("taskq_dev.bridge").addHandler(bridge_log)
+        logging.getLogger("taskq_dev.bridge").setLevel(logging.INFO)
         with running_operator(
             namespace,
             work_dir / "operator.log",
@@ -349,6 +356,9 @@ def cluster_mode(
     finally:
         if bridge is not None:
             bridge.stop()
+        if bridge_log is not None:
+            logging.getLogger("taskq_dev.bridge").removeHandler(bridge_log)
+            bridge_log.close()
         local.down()
 
 
