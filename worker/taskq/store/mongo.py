@@ -430,7 +430,8 @@ class TaskStore:
         """The FerretDB path: checks on documents read by `_id`, writes filtered by `_id` alone."""
         if not transitions:
             return []
-        standing = self._fences_of({t.task_id for t in transitions if not t.is_outcome})
+        with self._translated("reading task fences"):
+            standing = self._fences_of({t.task_id for t in transitions if not t.is_outcome})
         applied: list[bool] = []
         ops: list[UpdateOne] = []
         fenced: list[Transition] = []
