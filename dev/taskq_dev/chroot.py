@@ -127,3 +127,17 @@ def kill_pids(pids: Sequence[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def has_exited(pid: int) -> bool:
+    """Whether `pid` is gone or a zombie: only then has the kernel closed its files and sockets.
+
+    A process that is being killed loses its memory (and with it a readable `environ`, so it no longer
+    looks marked) before its files are closed; a big Erlang VM can hold its listening port for a
+    moment after that. Waiting for the marker alone let `close()` return with the node's port open.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2 :][:1] in ("Z", "X")

@@ -410,7 +410,11 @@ class PrivateRabbitMQ(_ManagementAccess):
             return
         chroot.kill_pids(strays)
         try:
-            ports.wait_until(lambda: not self.stray_pids(), timeout=10.0, what=f"stray processes {strays} to exit")
+            ports.wait_until(
+                lambda: not self.stray_pids() and all(chroot.has_exited(pid) for pid in strays),
+                timeout=10.0,
+                what=f"stray processes {strays} to exit",
+            )
         except ports.WaitTimeout as exc:
             raise ServiceError(str(exc)) from exc
 

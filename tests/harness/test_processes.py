@@ -36,3 +36,21 @@ def test_group_stop_reaches_the_whole_session() -> None:
     leader = _start(IGNORES_SIGTERM, new_session=True)
     assert stop_process(leader, grace_s=0.5, group=True) is None
     assert leader.returncode == -signal.SIGKILL
+
+
+def test_a_killed_process_counts_as_exited_only_once_the_kernel_has_closed_its_files() -> None:
+    from taskq_dev.chroot import has_exited, kill_pids
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert not has_exited(child.pid)  # running
+        kill_pids([child.pid])
+        deadline = time.monotonic() + 10
+        while not has_exited(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert has_exited(child.pid)  # a zombie now: not reaped yet, but its files are closed
+        assert child.poll() == -signal.SIGKILL
+        assert has_exited(child.pid)  # reaped: gone
+    finally:
+        child.kill()
+        child.wait()
