@@ -36,7 +36,7 @@ from taskq.errors import QueueNotFound, StoreUnavailable
 from taskq.settings import Settings
 from taskq_dev import bridge_daemon, paths, tools
 from taskq_dev.cluster import default_root
-from taskq_dev.demo_report import Sample, Summary, plot, summarize
+from taskq_dev.demo_report import EFFICIENCY_TARGET, Sample, Summary, plot, summarize
 from taskq_dev.services import MongoService, cli_services
 
 REPO = Path(__file__).resolve().parents[2]
@@ -143,8 +143,22 @@ def view(s: Sample, counts: dict[str, int], reason: str, total: int) -> Group:
     return Group(scaling, tasks, Text(f"last scaling: {reason or '-'}", overflow="fold"))
 
 
-def watch(client: Client, api: k8s.CustomObjectsApi, total: int, started: float) -> list[Sample]:
+def record_pods(core: k8s.CoreV1Api, created: dict[str, datetime]) -> None:
+    """Note the creation time of every worker pod of the demo TaskQueue (for the pod start in the summary)."""
+    try:
+        pods = core.list_namespaced_pod(NAMESPACE, label_selector=f"app.kubernetes.io/instance={TASKQUEUE}").items
+    except ApiException:
+        return
+    for pod in pods:
+        if pod.metadata.creation_timestamp is not None:
+            created.setdefault(pod.metadata.name, pod.metadata.creation_timestamp)
+
+
+def watch(
+    client: Client, api: k8s.CustomObjectsApi, total: int, started: float, pods_created: dict[str, datetime]
+) -> list[Sample]:
     """Refresh the live view each tick until every task is final and workers are back at minReplicas."""
+    core = k8s.CoreV1Api()
     samples: list[Sample] = []
     counts: dict[str, int] = {}
     drained_at: float | None = None
@@ -156,6 +170,7 @@ def watch(client: Client, api: k8s.CustomObjectsApi, total: int, started: float)
                 counts = client.store.counts_by_state(TASKQUEUE)
             except StoreUnavailable:
                 pass  # the store is busy with the workers' writes: keep the last counts this tick
+            record_pods(core, pods_created)
             s = sample(now, tq, counts)
             samples.append(s)
             live.update(view(s, counts, (tq.get("status") or {}).get("lastScaleReason", ""), total))
@@ -178,6 +193,16 @@ def report(summary: Summary, png: Path) -> None:
     table.add_row("peak replicas", str(summary.peak_replicas))
     table.add_row("first scale-up after", f"{summary.first_scale_up_s:.1f} s" if summary.first_scale_up_s is not None else "-")
     table.add_row("time to drain", f"{summary.drain_s:.1f} s")
+    e = summary.efficiency
+    if e is None:
+        table.add_row("drain vs ideal", "- (no worker pod ran a task)")
+    else:
+        verdict = "[green]met[/]" if e.met else "[red]missed[/]"
+        table.add_row(
+            "drain vs ideal",
+            f"{e.ratio:.2f}x (target <= {EFFICIENCY_TARGET}x: {verdict}); ideal {e.ideal_s:.1f} s = "
+            f"{e.task_seconds:.0f} task-s / {e.slots} slots + {e.pod_start_s:.1f} s pod start",
+        )
     table.add_row("plot", str(png))
     console.print(table)
 
@@ -217,9 +242,20 @@ def main(argv: list[str] | None = None) -> None:
             job = bar.add_task("submit", total=args.tasks)
             client.submit_many(demo_tasks(args.tasks), queue=TASKQUEUE, progress=lambda n: bar.advance(job, n))
         step("watching the operator scale the workers (backlog -> desired -> ready)")
-        samples = watch(client, api, args.tasks, started)
-        documents = list(client.store.tasks.find({"queue": TASKQUEUE}, {"state": 1, "created_at": 1, "timestamps": 1}))
-    summary = summarize(documents, samples, began)
+        pods_created: dict[str, datetime] = {}
+        samples = watch(client, api, args.tasks, started, pods_created)
+        documents = list(
+            client.store.tasks.find({"queue": TASKQUEUE}, {"state": 1, "created_at": 1, "timestamps": 1, "worker": 1})
+        )
+        spec = read_taskqueue(api).get("spec") or {}
+    summary = summarize(
+        documents,
+        samples,
+        began,
+        max_replicas=int((spec.get("scaling") or {}).get("maxReplicas") or 0),
+        concurrency=int((spec.get("worker") or {}).get("concurrency") or 0),
+        pods_created=pods_created,
+    )
     png = plot(samples, paths.state_dir("demo") / "demo.png", f"taskq demo: {args.tasks} tasks")
     report(summary, png)
     console.print(

@@ -1,13 +1,16 @@
-"""The numbers and the plot at the end of `make demo`: throughput, latency percentiles, peak replicas.
+"""The numbers and the plot at the end of `make demo`: throughput, latency percentiles, peak replicas,
+and the drain time against the ideal one (`drain_efficiency`).
 
 Pure arithmetic over samples the demo collected, plus one matplotlib figure. Called by
-`taskq_dev.demo`; the scaling benchmark draws its own plot.
+`taskq_dev.demo`; the scaling benchmark draws its own plot and reuses `drain_efficiency`,
+`task_seconds` and `pod_start_seconds` for its drain figures.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -39,6 +42,73 @@ class Summary:
     peak_replicas: int
     drain_s: float
     first_scale_up_s: float | None
+    efficiency: Efficiency | None = None
+    """The drain against the ideal (None: the TaskQueue's slots or the pods' start were not known)."""
+
+
+EFFICIENCY_TARGET = 1.25
+"""The demo's drain should take at most this many times the ideal drain time."""
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """A drain against the ideal: all task-seconds spread over every slot at once, after one pod start.
+
+    ideal_s = task_seconds / (max_replicas x concurrency) + pod_start_s; ratio = drain_s / ideal_s.
+    """
+
+    task_seconds: float
+    slots: int
+    pod_start_s: float
+    ideal_s: float
+    drain_s: float
+    ratio: float
+
+    @property
+    def met(self) -> bool:
+        return self.ratio <= EFFICIENCY_TARGET
+
+
+def drain_efficiency(
+    task_seconds: float, max_replicas: int, concurrency: int, pod_start_s: float, drain_s: float
+) -> Efficiency:
+    """The drain time `drain_s` against the ideal for `task_seconds` of work on `max_replicas` x `concurrency` slots."""
+    slots = max(1, max_replicas) * max(1, concurrency)
+    ideal = task_seconds / slots + max(0.0, pod_start_s)
+    return Efficiency(
+        task_seconds=task_seconds,
+        slots=slots,
+        pod_start_s=max(0.0, pod_start_s),
+        ideal_s=ideal,
+        drain_s=drain_s,
+        ratio=drain_s / ideal if ideal > 0 else math.inf,
+    )
+
+
+def task_seconds(documents: Sequence[dict[str, Any]]) -> float:
+    """The seconds the tasks ran: from `timestamps.running` to their final state's timestamp, summed."""
+    total = 0.0
+    for doc in documents:
+        stamps = doc.get("timestamps") or {}
+        began, ended = stamps.get("running"), stamps.get(doc.get("state"))
+        if began is not None and ended is not None and ended >= began:
+            total += (ended - began).total_seconds()
+    return total
+
+
+def pod_start_seconds(documents: Sequence[dict[str, Any]], pods_created: Mapping[str, datetime]) -> float | None:
+    """The median time from a pod's creation to the first task it started (None: no pod ran a task).
+
+    `pods_created` maps pod names (the workers' ids in the task documents) to their creationTimestamp;
+    this covers scheduling, the process start, connecting and the first fetch.
+    """
+    first: dict[str, datetime] = {}
+    for doc in documents:
+        worker, began = doc.get("worker"), (doc.get("timestamps") or {}).get("running")
+        if worker in pods_created and began is not None and (worker not in first or began < first[worker]):
+            first[worker] = began
+    starts = [(began - pods_created[worker]).total_seconds() for worker, began in first.items()]
+    return statistics.median(starts) if starts else None
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:
@@ -50,8 +120,20 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[rank - 1]
 
 
-def summarize(documents: Sequence[dict[str, Any]], samples: Sequence[Sample], started: datetime) -> Summary:
-    """Summary of a run from its final task documents and the samples of the live view."""
+def summarize(
+    documents: Sequence[dict[str, Any]],
+    samples: Sequence[Sample],
+    started: datetime,
+    *,
+    max_replicas: int | None = None,
+    concurrency: int | None = None,
+    pods_created: Mapping[str, datetime] | None = None,
+) -> Summary:
+    """Summary of a run from its final task documents and the samples of the live view.
+
+    With the TaskQueue's `max_replicas` and `concurrency` and the worker pods' creation times, it also
+    rates the drain against the ideal (`drain_efficiency`).
+    """
     states: dict[str, int] = {}
     latencies: list[float] = []
     last_finish = started
@@ -64,6 +146,10 @@ def summarize(documents: Sequence[dict[str, Any]], samples: Sequence[Sample], st
             last_finish = max(last_finish, finished)
     drain_s = (last_finish - started).total_seconds()
     first_up = next((s.t for s in samples if s.desired > 0), None)
+    efficiency = None
+    pod_start = pod_start_seconds(documents, pods_created or {})
+    if max_replicas and concurrency and pod_start is not None:
+        efficiency = drain_efficiency(task_seconds(documents), max_replicas, concurrency, pod_start, drain_s)
     return Summary(
         tasks=len(documents),
         states=states,
@@ -73,6 +159,7 @@ def summarize(documents: Sequence[dict[str, Any]], samples: Sequence[Sample], st
         peak_replicas=max((s.replicas for s in samples), default=0),
         drain_s=drain_s,
         first_scale_up_s=first_up,
+        efficiency=efficiency,
     )
 
 
