@@ -27,13 +27,17 @@ def running_operator(
     env: dict[str, str] | None = None,
     start_timeout: float = 60.0,
     stop_timeout: float = 20.0,
+    metrics_port: int = 0,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `taskq-operator --namespace NAMESPACE`, output to `log_path`; yield the process."""
+    """Run `taskq-operator --namespace NAMESPACE`, output to `log_path`; yield the process.
+
+    `metrics_port` serves its Prometheus `/metrics` there (0: off, the default).
+    """
     environment = dict(os.environ, PYTHONWARNINGS="ignore", **(env or {}))
     with open(log_path, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "taskq_operator.main", "--namespace", namespace,
-             "--metrics-port", "0", "--health-port", "0"],
+             "--metrics-port", str(metrics_port), "--health-port", "0"],
             env=environment, stdout=out, stderr=subprocess.STDOUT,
         )
     try:

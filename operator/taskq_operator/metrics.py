@@ -23,6 +23,7 @@ TICK_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 ERRORS = Counter("taskq_operator_errors_total", "Failed reads or writes, by kind", ("kind",))
+TASKQUEUE_TICKS = Counter("taskq_operator_taskqueue_ticks", "TaskQueues observed and decided, summed over the scaler's passes")
 
 
 @dataclass(frozen=True)

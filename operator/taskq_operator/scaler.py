@@ -30,6 +30,7 @@ Started by `taskq_operator.handlers` at operator start-up; tests drive `tick_onc
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -45,6 +46,7 @@ from taskq_operator.adapters.store import WorkerLoad
 from taskq_operator.bounded import Bounded, Outcome
 from taskq_operator.cache import CacheSnapshot, Key, SecretCache, WatchCache
 from taskq_operator.core import history as stored_history
+from taskq_operator.core import rates
 from taskq_operator.core.conditions import Tick, build_status
 from taskq_operator.core.deployment import DELETION_COST_ANNOTATION, deployment_name, selector_string
 from taskq_operator.core.guard import Attribution, guard_scale_down
@@ -73,6 +75,8 @@ class QueueState:
     stored_history: str | None = None
     held: str | None = None
     conflict: str | None = None
+    rates: rates.RateState | None = None
+    """Service and arrival rate estimate, kept only for a TaskQueue with `targetWaitSeconds`."""
 
 
 @dataclass(frozen=True)
@@ -213,6 +217,7 @@ class Scaler:
                 continue
             state.last_slot = slot
             due[key] = (spec, body)
+        metrics.TASKQUEUE_TICKS.inc(len(due))
         if recreate and self.create_deployment is not None:
             self._recreate(self.create_deployment, recreate, snapshot, result)
         targets = self._run("target", {key: functools.partial(self._target, spec) for key, (spec, _) in due.items()})
@@ -348,6 +353,8 @@ class Scaler:
             if restored:
                 state.history = History(current, tuple(sorted(set(restored) | set(state.history.recommendations))))
         history = History(current, state.history.recommendations)
+        if spec.scaling.target_wait_s is not None:
+            reading = self._with_rates(state, spec, reading, now)
         decision = decide(spec.scaling, reading.observation, history, now)
         state.history = remember(history, now, decision.recommendation, keep)
         observation = reading.observation
@@ -405,6 +412,20 @@ class Scaler:
             conflict=conflict,
         )
         return tick, current, reading, scaled
+
+    @staticmethod
+    def _with_rates(state: QueueState, spec: TaskQueueSpec, reading: Reading, now: float) -> Reading:
+        """`reading` with the service and arrival rates (`core.rates`) from its heartbeats, for `targetWaitSeconds`."""
+        loads = reading.loads
+        beats = {
+            worker: rates.Beat(at, processed, loads.inflight_by_worker.get(worker, 0))
+            for worker, (at, processed) in loads.beats_by_worker.items()
+        }
+        observation = reading.observation
+        backlog = observation.backlog if observation is not None else None
+        if reading.store_error is None:
+            state.rates = rates.update(state.rates or rates.RateState(), beats, backlog, spec.scaling.slots_per_replica, now)
+        return dataclasses.replace(reading, observation=rates.with_rates(observation, state.rates or rates.RateState()))
 
     def _report(self, key: Key, tick: Tick, before: int, reading: Reading, body: dict[str, Any]) -> None:
         """Events for what changed, and the status patch when the status differs from the last one."""
