@@ -468,7 +468,7 @@ def purge(
     keep_documents: Annotated[bool, typer.Option("--keep-documents", help="Leave the task documents in the store.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Drop a queue's waiting messages (and dead letters, and task documents). Asks first."""
+    """Drop a queue's waiting messages, delayed ones included (and dead letters, and task documents). Asks first."""
     with _client() as client:
         target = name or client.settings.queue
         if not yes:

@@ -619,7 +619,7 @@ class Client:
         return self._with_admin(lambda conn: admin.requeue_dead(conn, name, limit, prepare))
 
     def purge(self, queue: str | None = None, *, include_dead: bool = True, include_documents: bool = True) -> PurgeReport:
-        """Drop the ready messages of a queue (and its dead letters), and the documents of its tasks."""
+        """Drop the waiting messages of a queue (ready and delayed; and its dead letters), and the documents of its tasks."""
         name = queue or self.settings.queue
         messages = self._with_admin(lambda conn: admin.purge(conn, name, include_dead=include_dead))
         if not messages:

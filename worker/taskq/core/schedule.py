@@ -43,6 +43,21 @@ def schedule_bucket_ms(wait_ms: int) -> int:
     return int(math.ceil(seconds / step) * step * 1000)
 
 
+def delay_buckets_ms() -> tuple[int, ...]:
+    """Every bucket a delay queue can have, ascending: the 288 values `schedule_bucket_ms` (any wait up
+    to `MAX_DELAY_S`) and `taskq.core.retry.delay_bucket_ms` (backoffs up to a day) return.
+
+    `taskq purge` looks each one up, since AMQP cannot list a queue's delay queues.
+    """
+    seconds = set(range(1, 17))
+    octave = 16
+    while octave < MAX_DELAY_S:
+        step = octave // STEPS_PER_OCTAVE
+        seconds.update(range(octave + step, 2 * octave + 1, step))
+        octave *= 2
+    return tuple(sorted(s * 1000 for s in seconds))
+
+
 def lateness_bound_ms(wait_ms: int) -> int:
     """How late (beyond its eta) a message of this wait can reach the work queue: one step of its bucket."""
     seconds = wait_ms / 1000

@@ -20,7 +20,7 @@ NOTICES = {
     "not-cancellable": "The task had already finished; nothing was cancelled.",
     "not-found": "No such task.",
     "requeued-all": "Dead letters were sent back to their queue.",
-    "purged": "The queue's messages, dead letters and task documents were removed.",
+    "purged": "The queue's messages (delayed ones too), dead letters and task documents were removed.",
     "no-queue": "No such queue on the broker.",
 }
 
@@ -51,7 +51,7 @@ def requeue_all(client: Client, queue: str) -> tuple[str, int]:
 
 
 def purge(client: Client, queue: str) -> str:
-    """Drop the queue's ready messages, its dead letters and its task documents (as `taskq purge --yes` does)."""
+    """Drop the queue's ready and delayed messages, its dead letters and its task documents (as `taskq purge --yes` does)."""
     try:
         client.purge(queue)
     except QueueNotFound:
