@@ -21,6 +21,8 @@ class WorkerLoad:
     """Fresh heartbeats of one queue's workers: in-flight tasks per worker id (= pod name)."""
 
     inflight_by_worker: dict[str, int] = field(default_factory=dict)
+    beats_by_worker: dict[str, tuple[float, int]] = field(default_factory=dict)
+    """(heartbeat time in epoch seconds, tasks acked since start) per worker: `core.rates`' service rate."""
 
     @property
     def inflight(self) -> int:
@@ -37,11 +39,16 @@ class StoreObserver:
         """In-flight counts from heartbeats fresher than `HEARTBEAT_FRESH_S`, for every queue asked."""
         moment = now or datetime.now(UTC)
         loads: dict[str, dict[str, int]] = {queue: {} for queue in queues}
+        beats: dict[str, dict[str, tuple[float, int]]] = {queue: {} for queue in queues}
         for doc in self._store.live_workers(list(queues), moment - timedelta(seconds=HEARTBEAT_FRESH_S)):
             queue = doc.get("queue")
             if queue in loads:
                 loads[queue][str(doc["_id"])] = int(doc.get("inflight") or 0)
-        return {queue: WorkerLoad(by_worker) for queue, by_worker in loads.items()}
+                at = doc.get("heartbeat_at")
+                if isinstance(at, datetime):
+                    stamp = (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+                    beats[queue][str(doc["_id"])] = (stamp, int(doc.get("processed") or 0))
+        return {queue: WorkerLoad(by_worker, beats[queue]) for queue, by_worker in loads.items()}
 
     def task_counts(self, queues: Sequence[str]) -> dict[str, dict[str, int]]:
         """Tasks by state for every queue asked, from one aggregation."""

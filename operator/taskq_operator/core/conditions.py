@@ -13,7 +13,7 @@ from typing import Any
 
 from taskq_operator.core.guard import Hold
 from taskq_operator.core.policy import Decision, Observation
-from taskq_operator.core.spec import TaskQueueSpec
+from taskq_operator.core.spec import ScalingSpec, TaskQueueSpec
 
 CONDITION_TYPES = (
     "Ready",
@@ -160,7 +160,7 @@ def _conditions(tick: Tick, previous: Sequence[Mapping[str, Any]], now_iso: str)
         "Paused",
         paused,
         "ScalingPaused" if paused else "ScalingActive",
-        decision.message if paused else "operator scales on backlog",
+        decision.message if paused else _scales_on(tick.spec.scaling),
         now_iso,
         gen,
     )
@@ -185,6 +185,13 @@ def _conditions(tick: Tick, previous: Sequence[Mapping[str, Any]], now_iso: str)
     )
 
 
+def _scales_on(scaling: ScalingSpec) -> str:
+    if scaling.target_wait_s is None:
+        return "operator scales on backlog"
+    also = f" and {scaling.tasks_per_replica} tasks per replica" if scaling.tasks_per_replica is not None else ""
+    return f"operator scales for an expected wait under {scaling.target_wait_s:g} s{also}"
+
+
 def build_status(tick: Tick, previous: Mapping[str, Any], now_iso: str) -> dict[str, Any]:
     """The full status for this tick; fields that did not change keep their earlier values."""
     status: dict[str, Any] = {
@@ -207,6 +214,10 @@ def build_status(tick: Tick, previous: Mapping[str, Any], now_iso: str) -> dict[
             backlog["publishRate"] = round(tick.observation.publish_rate, 1)
         if tick.observation.deliver_rate is not None:
             backlog["deliverRate"] = round(tick.observation.deliver_rate, 1)
+        if tick.observation.service_rate is not None:  # targetWaitSeconds' estimate (core.rates)
+            backlog["serviceRatePerReplica"] = round(tick.observation.service_rate, 2)
+        if tick.observation.arrival_rate is not None:
+            backlog["arrivalRate"] = round(tick.observation.arrival_rate, 1)
         status["backlog"] = backlog
     elif "backlog" in previous:
         status["backlog"] = dict(previous["backlog"])

@@ -5,6 +5,19 @@ within the step limit (lowest recommendation in the up window), scale down only 
 recommendation seen in the down stabilization window and within the down step limit; wake from zero
 only above `activationBacklog`; without an observation hold the current replicas or `fallbackReplicas`.
 
+With `targetWaitSeconds` W the count comes from rates instead (or as well: the larger of the two wins).
+The model is a deterministic backlog/service-rate bound, not M/M/c: c replicas of k slots (the worker's
+concurrency) each complete mu tasks/s (`Observation.service_rate`, from heartbeats, `core.rates`); a
+task arriving now waits for the max(0, backlog - c*k) tasks ahead of it to start, one per completion,
+so its wait is (backlog - c*k) / (c*mu) and c >= backlog / (k + mu*W) keeps it under W; and
+c >= arrivals / (UTILISATION * mu) keeps the queue from growing again at the arrival rate, with
+headroom for bursts and a lagging estimate. Why not M/M/c: service times are neither exponential nor
+stable (the point of the target is that they change), arrivals are bursty, and a tick every few seconds
+acts on a backlog it can see, so the error that matters is the rate estimate, which the bound uses
+directly; with the 0.8 cap, M/M/c's own steady-state wait at k >= 4 slots per replica is a fraction of
+one service time. Without a service-rate estimate yet (no completions seen), the term holds the
+current replicas (at least one while work is queued).
+
 Called by the operator's scaling loop (`taskq_operator.scaler`, once per TaskQueue and tick); tested by
 tables in `tests/unit/operator/test_operator_policy.py`.
 """
@@ -26,6 +39,10 @@ class Observation:
     consumers: int = 0
     publish_rate: float | None = None
     deliver_rate: float | None = None
+    service_rate: float | None = None
+    """Completed tasks per second one replica manages when busy (`core.rates`); None: not estimated."""
+    arrival_rate: float | None = None
+    """Tasks per second arriving (`core.rates`: the publish rate, else from the backlog's change)."""
 
     @property
     def backlog(self) -> int:
@@ -77,6 +94,51 @@ def _window(history: History, now: float, window_s: int) -> list[int]:
     return [r for t, r in history.recommendations if now - t <= window_s]
 
 
+UTILISATION = 0.8
+"""The highest arrivals / (replicas * service rate) `targetWaitSeconds` plans for."""
+
+
+def _target_wait(policy: ScalingSpec, observation: Observation, current: int) -> tuple[int, str]:
+    """Replicas that keep a new task's expected wait under `targetWaitSeconds`, and the figures why."""
+    target = policy.target_wait_s
+    assert target is not None
+    backlog, slots, mu = observation.backlog, policy.slots_per_replica, observation.service_rate
+    arrivals = observation.arrival_rate if observation.arrival_rate is not None else observation.publish_rate
+    head = f"targetWaitSeconds {target:g}: "
+    seen = f"arrivals {arrivals:.2f}/s" if arrivals is not None else "arrivals unknown"
+    if mu is None or mu <= 0:
+        if backlog == 0 and not arrivals:
+            return 0, head + f"no service-rate estimate yet, nothing queued, {seen} -> 0"
+        hold = max(current, 1)
+        return hold, head + f"no service-rate estimate yet (no completions in heartbeats), {seen}; holding {hold}"
+    drain = math.ceil(backlog / (slots + mu * target) - 1e-9)
+    keep_up = math.ceil((arrivals or 0.0) / (UTILISATION * mu) - 1e-9)
+    raw = max(drain, keep_up)
+    wait = max(0, backlog - raw * slots) / (raw * mu) if raw > 0 else 0.0
+    return raw, head + (
+        f"service {mu:.2f}/s per replica, {seen}; backlog {backlog} within {target:g} s needs {drain}, "
+        f"utilisation <= {UTILISATION:g} needs {keep_up} -> {raw} (expected wait {wait:.1f} s)"
+    )
+
+
+def _raw(policy: ScalingSpec, observation: Observation, current: int, figures: str) -> tuple[int, str]:
+    """The unclamped recommendation from `tasksPerReplica`, `targetWaitSeconds` or both (the larger)."""
+    backlog = observation.backlog
+    parts: list[tuple[int, str]] = []
+    if policy.tasks_per_replica is not None:
+        raw = math.ceil(backlog / policy.tasks_per_replica)
+        parts.append((raw, f"{figures} / {policy.tasks_per_replica} per replica = {raw}"))
+    if policy.target_wait_s is not None:
+        raw, text = _target_wait(policy, observation, current)
+        parts.append((raw, text if policy.tasks_per_replica is None else f"{text}; {figures}"))
+    if len(parts) == 1:
+        return parts[0]
+    (by_count, count_text), (by_wait, wait_text) = parts
+    if by_count >= by_wait:
+        return by_count, f"{count_text} (>= {by_wait} from targetWaitSeconds)"
+    return by_wait, f"{wait_text} (> {by_count} from tasksPerReplica)"
+
+
 def _without_observation(policy: ScalingSpec, current: int) -> Decision:
     if policy.fallback_replicas is not None:
         replicas = policy.fallback_replicas
@@ -105,8 +167,7 @@ def decide(policy: ScalingSpec, observation: Observation | None, history: Histor
         raw = 0
         explained = f"{figures} <= activationBacklog {policy.activation_backlog}"
     else:
-        raw = math.ceil(backlog / policy.tasks_per_replica)
-        explained = f"{figures} / {policy.tasks_per_replica} per replica = {raw}"
+        raw, explained = _raw(policy, observation, current, figures)
     recommendation = _clamp(raw, policy.min_replicas, policy.max_replicas)
     limited = raw > policy.max_replicas
     if limited:

@@ -44,7 +44,12 @@ class StepRules:
 class ScalingSpec:
     min_replicas: int = 0
     max_replicas: int = 10
-    tasks_per_replica: int = 100
+    tasks_per_replica: int | None = limits.DEFAULT_TASKS_PER_REPLICA
+    """None: only `target_wait_s` sizes the Deployment (the parser's default applies when neither is set)."""
+    target_wait_s: float | None = None
+    """`targetWaitSeconds`: size for the expected wait of a new task (`core.policy`); None: not used."""
+    slots_per_replica: int = limits.DEFAULT_CONCURRENCY
+    """The worker's `concurrency` (tasks one replica runs at once): the wait model's servers per replica."""
     activation_backlog: int = 0
     poll_interval_s: int = 2
     fallback_replicas: int | None = None
@@ -180,10 +185,19 @@ def parse_scaling(spec: Mapping[str, Any]) -> ScalingSpec:
     paused = scaling.get("paused", False)
     if not isinstance(paused, bool):
         raise SpecError("spec.scaling.paused must be a boolean")
+    target_wait = scaling.get("targetWaitSeconds")
+    if target_wait is not None:
+        target_wait = _number(scaling, "targetWaitSeconds", path, 0.0, limits.TARGET_WAIT_S)
+    per_replica = scaling.get("tasksPerReplica")
+    if per_replica is not None or target_wait is None:
+        per_replica = _int(scaling, "tasksPerReplica", path, limits.DEFAULT_TASKS_PER_REPLICA, limits.TASKS_PER_REPLICA)
+    slots = _int(_section(spec, "worker", "spec"), "concurrency", "spec.worker", limits.DEFAULT_CONCURRENCY, limits.CONCURRENCY)
     return ScalingSpec(
         min_replicas=minimum,
         max_replicas=maximum,
-        tasks_per_replica=_int(scaling, "tasksPerReplica", path, defaults.tasks_per_replica, limits.TASKS_PER_REPLICA),
+        tasks_per_replica=per_replica,
+        target_wait_s=target_wait,
+        slots_per_replica=slots,
         activation_backlog=_int(scaling, "activationBacklog", path, defaults.activation_backlog, limits.ACTIVATION_BACKLOG),
         poll_interval_s=_int(scaling, "pollIntervalSeconds", path, defaults.poll_interval_s, limits.POLL_INTERVAL_S),
         fallback_replicas=fallback,

@@ -78,7 +78,6 @@ def test_prefetch_has_no_default_so_the_worker_picks_it() -> None:
     [
         (["spec", "scaling", "minReplicas"], lambda s: s.scaling.min_replicas),
         (["spec", "scaling", "maxReplicas"], lambda s: s.scaling.max_replicas),
-        (["spec", "scaling", "tasksPerReplica"], lambda s: s.scaling.tasks_per_replica),
         (["spec", "scaling", "pollIntervalSeconds"], lambda s: s.scaling.poll_interval_s),
         (["spec", "scaling", "activationBacklog"], lambda s: s.scaling.activation_backlog),
         (["spec", "scaling", "scaleDown", "stabilizationWindowSeconds"],

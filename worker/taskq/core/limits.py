@@ -160,6 +160,10 @@ REPLICAS = IntRange(0, 1000)
 MIN_REPLICAS = IntRange(0, 1000)
 MAX_REPLICAS = IntRange(1, 1000)
 TASKS_PER_REPLICA = IntRange(1, 1_000_000)
+DEFAULT_TASKS_PER_REPLICA = 100
+"""Applied by the operator's parser when a TaskQueue sets neither `tasksPerReplica` nor `targetWaitSeconds`."""
+TARGET_WAIT_S = NumberRange(0.0, 86_400.0, low_exclusive=True)
+"""`spec.scaling.targetWaitSeconds`: the expected wait of a new task to stay under; above 0, at most a day."""
 ACTIVATION_BACKLOG = IntRange(0, 1_000_000)
 POLL_INTERVAL_S = IntRange(1, 300)
 STABILIZATION_WINDOW_S = IntRange(0, 3600)
@@ -186,6 +190,7 @@ TASKQUEUE_RANGES: dict[str, IntRange | NumberRange] = {
     "spec.scaling.maxReplicas": MAX_REPLICAS,
     "spec.scaling.fallbackReplicas": MIN_REPLICAS,
     "spec.scaling.tasksPerReplica": TASKS_PER_REPLICA,
+    "spec.scaling.targetWaitSeconds": TARGET_WAIT_S,
     "spec.scaling.activationBacklog": ACTIVATION_BACKLOG,
     "spec.scaling.pollIntervalSeconds": POLL_INTERVAL_S,
     "spec.scaling.scaleUp.stabilizationWindowSeconds": STABILIZATION_WINDOW_S,
