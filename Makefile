@@ -79,6 +79,11 @@ kind-e2e: ## kind cluster + image + helm install + the cluster e2e suite, then d
 bench-scaling: install ## operator scale reaction (p50/p95 vs KEDA defaults), CPU/RSS with 500 TaskQueues, burst plot -> bench/results/scaling.json (needs KUBECONFIG from `taskq-dev cluster up`)
 	$(PYTHON) bench/scaling.py
 
+.PHONY: bench-slo
+
+bench-slo: install ## tasksPerReplica vs targetWaitSeconds when tasks get 20x longer mid-run (the operator's policy on a simulated queue) -> bench/results/slo.json
+	$(PYTHON) bench/slo.py
+
 # --- local demo (no Kubernetes) ---
 .PHONY: demo-local
 

@@ -598,6 +598,11 @@ def main(argv: list[str] | None = None) -> None:
         "kubernetes": server_version,
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    # --- SLO scaling (bench/slo.py: tasksPerReplica vs targetWaitSeconds; alone: make bench-slo) ---
+    from slo import run as slo_run
+
+    result["slo"] = slo_run()
+    # --- end SLO scaling ---
     (RESULTS / "scaling.json").write_text(json.dumps(result, indent=2) + "\n")
     log(f"reaction p50 {result['reaction_s']['p50']} s, p95 {result['reaction_s']['p95']} s; "
         f"{args.taskqueues} TaskQueues: {result['operator_cpu_pct']} % CPU, {result['operator_rss_mb']} MiB")

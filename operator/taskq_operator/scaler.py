@@ -354,7 +354,7 @@ class Scaler:
                 state.history = History(current, tuple(sorted(set(restored) | set(state.history.recommendations))))
         history = History(current, state.history.recommendations)
         if spec.scaling.target_wait_s is not None:
-            reading = self._with_rates(state, spec, reading, now)
+            reading = self._with_rates(state, spec, reading, now, current)
         decision = decide(spec.scaling, reading.observation, history, now)
         state.history = remember(history, now, decision.recommendation, keep)
         observation = reading.observation
@@ -414,7 +414,7 @@ class Scaler:
         return tick, current, reading, scaled
 
     @staticmethod
-    def _with_rates(state: QueueState, spec: TaskQueueSpec, reading: Reading, now: float) -> Reading:
+    def _with_rates(state: QueueState, spec: TaskQueueSpec, reading: Reading, now: float, current: int) -> Reading:
         """`reading` with the service and arrival rates (`core.rates`) from its heartbeats, for `targetWaitSeconds`."""
         loads = reading.loads
         beats = {
@@ -424,7 +424,9 @@ class Scaler:
         observation = reading.observation
         backlog = observation.backlog if observation is not None else None
         if reading.store_error is None:
-            state.rates = rates.update(state.rates or rates.RateState(), beats, backlog, spec.scaling.slots_per_replica, now)
+            published = observation.publish_rate if observation is not None else None
+            slots = spec.scaling.slots_per_replica
+            state.rates = rates.update(state.rates or rates.RateState(), beats, backlog, slots, now, published, current)
         return dataclasses.replace(reading, observation=rates.with_rates(observation, state.rates or rates.RateState()))
 
     def _report(self, key: Key, tick: Tick, before: int, reading: Reading, body: dict[str, Any]) -> None:

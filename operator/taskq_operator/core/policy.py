@@ -43,6 +43,8 @@ class Observation:
     """Completed tasks per second one replica manages when busy (`core.rates`); None: not estimated."""
     arrival_rate: float | None = None
     """Tasks per second arriving (`core.rates`: the publish rate, else from the backlog's change)."""
+    startup_s: float | None = None
+    """How long a new replica took to report after a scale-up (`core.rates`); None: not seen yet (0)."""
 
     @property
     def backlog(self) -> int:
@@ -98,6 +100,34 @@ UTILISATION = 0.8
 """The highest arrivals / (replicas * service rate) `targetWaitSeconds` plans for."""
 
 
+def _drain(backlog: int, slots: int, mu: float, target: float, current: int, startup: float) -> int:
+    """Fewest replicas that start every task ahead of a new one within `target` seconds.
+
+    The `current` replicas take `slots` at once and `mu` per second after; a replica added now takes
+    its slots only after `startup` seconds, then `mu` per second (nothing within the target when the
+    start takes longer: then as many as allowed).
+    """
+    if backlog <= current * (slots + mu * target):
+        return math.ceil(backlog / (slots + mu * target) - 1e-9)
+    added = slots + mu * (target - startup) if target > startup else 0.0
+    if added <= 0:
+        return 1_000_000
+    return current + math.ceil((backlog - current * (slots + mu * target)) / added - 1e-9)
+
+
+def _expected_wait(backlog: int, slots: int, mu: float, replicas: int, current: int, startup: float) -> float:
+    """When the last task ahead of a new one starts, with `replicas` (the model of `_drain`)."""
+    if replicas <= 0:
+        return 0.0
+    old = min(current, replicas)
+    ahead = max(0.0, backlog - replicas * slots if replicas <= current else backlog - old * slots)
+    if replicas <= current or old * mu * startup >= ahead:
+        return ahead / (old * mu) if old else (startup + max(0.0, backlog - replicas * slots) / (replicas * mu))
+    # the old replicas alone until the new ones start, then all of them
+    left = ahead - old * mu * startup - (replicas - old) * slots
+    return startup + max(0.0, left) / (replicas * mu)
+
+
 def _target_wait(policy: ScalingSpec, observation: Observation, current: int) -> tuple[int, str]:
     """Replicas that keep a new task's expected wait under `targetWaitSeconds`, and the figures why."""
     target = policy.target_wait_s
@@ -111,13 +141,14 @@ def _target_wait(policy: ScalingSpec, observation: Observation, current: int) ->
             return 0, head + f"no service-rate estimate yet, nothing queued, {seen} -> 0"
         hold = max(current, 1)
         return hold, head + f"no service-rate estimate yet (no completions in heartbeats), {seen}; holding {hold}"
-    drain = math.ceil(backlog / (slots + mu * target) - 1e-9)
+    drain = _drain(backlog, slots, mu, target, current, observation.startup_s or 0.0)
     keep_up = math.ceil((arrivals or 0.0) / (UTILISATION * mu) - 1e-9)
     raw = max(drain, keep_up)
-    wait = max(0, backlog - raw * slots) / (raw * mu) if raw > 0 else 0.0
+    wait = _expected_wait(backlog, slots, mu, raw, current, observation.startup_s or 0.0)
     return raw, head + (
         f"service {mu:.2f}/s per replica, {seen}; backlog {backlog} within {target:g} s needs {drain}, "
-        f"utilisation <= {UTILISATION:g} needs {keep_up} -> {raw} (expected wait {wait:.1f} s)"
+        f"utilisation <= {UTILISATION:g} needs {keep_up} -> {raw} (expected wait {wait:.1f} s"
+        + (f", new replicas serving after {observation.startup_s:.0f} s)" if observation.startup_s else ")")
     )
 
 

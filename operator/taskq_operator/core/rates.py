@@ -11,8 +11,14 @@ towards more replicas). Busy slots and no completion in the window: the tasks ou
 the estimate becomes "one completion now", an upper bound that falls as the silence goes on. A worker
 whose `processed` went down restarted: its count since the restart is taken.
 
-Arrival rate: the broker's publish rate when the management API gives one, else the backlog's change
-over the window plus the completions in it (what came in = what is left extra + what was done).
+Arrival rate: the broker's publish rate when the management API gives one, averaged over the window
+(a burst that is already in the backlog then counts as a burst, not as a new steady rate), else the
+backlog's change over the window plus the completions in it (what came in = what is left extra + what
+was done).
+
+Start-up time: from a tick that sees more replicas wanted than workers reporting to the first tick
+that sees a new worker's heartbeat (so it includes scheduling, image pull, start, the first heartbeat);
+the policy does not count on new replicas before that.
 
 Pure; the scaler keeps one `RateState` per TaskQueue that sets `targetWaitSeconds`, calls `update` once
 per tick with the fresh heartbeats and `with_rates` to put the estimate into the `Observation` that
@@ -28,7 +34,12 @@ from dataclasses import dataclass, field
 from taskq_operator.core.policy import Observation
 
 WINDOW_S = 30.0
-"""How far back completions count: long enough for a few heartbeats of every pod, short enough to follow a change."""
+"""How far back completions and arrivals count: a few heartbeats of every pod, and a burst spread over it."""
+RECENT_S = 10.0
+"""When the last `RECENT_S` seconds alone give less than `SLOWDOWN` x the whole window's rate, the tasks got
+slower and the recent rate is the estimate (a 20x slowdown shows within seconds, noise of a few
+completions does not)."""
+SLOWDOWN = 0.5
 MIN_SPAN_S = 3.0
 """Fewer pod-seconds than this in the window: no new estimate (the previous one stands)."""
 MIN_BUSY = 0.05
@@ -61,8 +72,14 @@ class RateState:
     intervals: tuple[Interval, ...] = ()
     backlogs: tuple[tuple[float, int, int], ...] = ()
     """(tick time, backlog, completions counted so far) per tick within the window."""
+    publish_rates: tuple[tuple[float, float], ...] = ()
+    """(tick time, the broker's publish rate) per tick within the window that had one."""
     completed: int = 0
     service_rate: float | None = None
+    waiting_since: float | None = None
+    """When more replicas were wanted than workers reported (a scale-up whose pods have not reported yet)."""
+    startup_s: float | None = None
+    """How long new pods took to report, averaged over scale-ups."""
 
 
 def _intervals(state: RateState, beats: Mapping[str, Beat], slots: int, now: float) -> list[Interval]:
@@ -92,25 +109,61 @@ def _service_rate(intervals: tuple[Interval, ...], slots: int, previous: float |
     return previous
 
 
-def update(state: RateState, beats: Mapping[str, Beat], backlog: int | None, slots: int, now: float) -> RateState:
-    """The state after one tick that read `beats` (fresh heartbeats by worker) and `backlog` (None: unread)."""
+def _lower(intervals: tuple[Interval, ...], slots: int, previous: float | None, now: float) -> float | None:
+    whole = _service_rate(intervals, slots, previous)
+    recent = _service_rate(tuple(i for i in intervals if now - i.seen <= RECENT_S), slots, None)
+    if recent is None or whole is None:
+        return whole
+    return recent if recent < SLOWDOWN * whole else whole
+
+
+def update(
+    state: RateState,
+    beats: Mapping[str, Beat],
+    backlog: int | None,
+    slots: int,
+    now: float,
+    publish_rate: float | None = None,
+    replicas: int | None = None,
+) -> RateState:
+    """The state after one tick that read `beats` (fresh heartbeats by worker), `backlog` (None: unread)
+    and the broker's `publish_rate` (None: no management figures); `replicas`, the Deployment's count,
+    times how long new pods take to report (`startup_s`)."""
     fresh = _intervals(state, beats, slots, now)
     intervals = tuple(i for i in state.intervals if now - i.seen <= WINDOW_S) + tuple(fresh)
     completed = state.completed + sum(i.completions for i in fresh)
     backlogs = tuple(b for b in state.backlogs if now - b[0] <= WINDOW_S)
     if backlog is not None:
         backlogs = backlogs + ((now, backlog, completed),)
+    publish_rates = tuple(p for p in state.publish_rates if now - p[0] <= WINDOW_S)
+    if publish_rate is not None:
+        publish_rates = publish_rates + ((now, publish_rate),)
+    waiting_since, startup = state.waiting_since, state.startup_s
+    if waiting_since is not None and set(beats) - set(state.beats):
+        sample = now - waiting_since
+        startup = sample if startup is None else (startup + sample) / 2
+        waiting_since = None
+    if replicas is not None and replicas > len(beats) and waiting_since is None:
+        waiting_since = now
+    elif replicas is not None and replicas <= len(beats):
+        waiting_since = None
     return RateState(
+        waiting_since=waiting_since,
+        startup_s=startup,
         beats=dict(beats),
         intervals=intervals,
         backlogs=backlogs,
+        publish_rates=publish_rates,
         completed=completed,
-        service_rate=_service_rate(intervals, slots, state.service_rate),
+        service_rate=_lower(intervals, slots, state.service_rate, now),
     )
 
 
 def arrival_rate(state: RateState) -> float | None:
-    """Arrivals per second from the backlog's change and the completions over the window (None: too short)."""
+    """Arrivals per second over the window: the mean publish rate, else the backlog's change plus the
+    completions (None: too short)."""
+    if state.publish_rates:
+        return sum(rate for _, rate in state.publish_rates) / len(state.publish_rates)
     if len(state.backlogs) < 2:
         return None
     (t0, b0, c0), (t1, b1, c1) = state.backlogs[0], state.backlogs[-1]
@@ -120,8 +173,9 @@ def arrival_rate(state: RateState) -> float | None:
 
 
 def with_rates(observation: Observation | None, state: RateState) -> Observation | None:
-    """`observation` carrying the state's service rate and the arrival rate (publish rate first)."""
+    """`observation` carrying the state's service rate and arrival rate."""
     if observation is None:
         return None
-    arrivals = observation.publish_rate if observation.publish_rate is not None else arrival_rate(state)
-    return dataclasses.replace(observation, service_rate=state.service_rate, arrival_rate=arrivals)
+    return dataclasses.replace(
+        observation, service_rate=state.service_rate, arrival_rate=arrival_rate(state), startup_s=state.startup_s
+    )

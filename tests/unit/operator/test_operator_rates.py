@@ -20,9 +20,7 @@ def run(ticks: list[dict[str, tuple[float, int, int]]], backlogs: list[int | Non
 
 
 def steady(workers: int, per_s: float, inflight: int, seconds: int) -> list[dict[str, tuple[float, int, int]]]:
-    return [
-        {f"w{n}": (2.0 * i, round(per_s * 2.0 * i), inflight) for n in range(workers)} for i in range(seconds // 2 + 1)
-    ]
+    return [{f"w{n}": (2.0 * i, round(per_s * 2.0 * i), inflight) for n in range(workers)} for i in range(seconds // 2 + 1)]
 
 
 def test_saturated_workers_give_their_throughput() -> None:
@@ -73,11 +71,23 @@ def test_arrivals_from_the_backlog_change_plus_completions() -> None:
     assert observation is not None and observation.arrival_rate == pytest.approx(10.0, rel=0.02)
 
 
-def test_the_publish_rate_wins_when_there_is_one() -> None:
-    state = run(steady(workers=1, per_s=3.0, inflight=8, seconds=10), [50] * 6)
-    observation = with_rates(Observation(ready=50, unacked=0, publish_rate=7.5), state)
+def test_the_publish_rate_wins_and_is_averaged_over_the_window() -> None:
+    state = RateState()
+    for i, published in enumerate([5.0, 5.0, 125.0, 5.0]):  # a burst in one statistics sample
+        state = update(state, {"w0": Beat(2.0 * i, 6 * i, 8)}, 50, SLOTS, 2.0 * i, published)
+    observation = with_rates(Observation(ready=50, unacked=0, publish_rate=5.0), state)
     assert observation is not None
-    assert (observation.arrival_rate, observation.service_rate) == (7.5, pytest.approx(3.0))
+    assert (observation.arrival_rate, observation.service_rate) == (35.0, pytest.approx(3.0))
+
+
+def test_startup_is_timed_from_the_scale_up_to_the_first_new_heartbeat() -> None:
+    state = update(RateState(), {"w0": Beat(0.0, 0, 1)}, 0, SLOTS, 0.0, None, 1)
+    state = update(state, {"w0": Beat(2.0, 0, 1)}, 40, SLOTS, 2.0, None, 3)  # scaled 1 -> 3 before this tick
+    state = update(state, {"w0": Beat(4.0, 0, 1)}, 40, SLOTS, 4.0, None, 3)
+    state = update(state, {"w0": Beat(8.0, 0, 1), "w1": Beat(7.5, 0, 2)}, 40, SLOTS, 8.0, None, 3)
+    assert state.startup_s == pytest.approx(6.0)
+    observation = with_rates(Observation(ready=40, unacked=0), state)
+    assert observation is not None and observation.startup_s == pytest.approx(6.0)
 
 
 def test_no_estimate_before_enough_heartbeats() -> None:

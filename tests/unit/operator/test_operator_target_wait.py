@@ -107,3 +107,15 @@ def test_expected_wait_stays_under_the_target_for_the_chosen_count() -> None:
             if replicas > 1:  # and one fewer would miss it (the count is the smallest that meets it)
                 fewer = replicas - 1
                 assert max(0, backlog - 4 * fewer) / (fewer * mu) > 10.0, (backlog, mu, replicas)
+
+
+def test_new_replicas_count_only_after_their_start_up() -> None:
+    # 2 replicas serve now; 400 queued, mu 2/s, W 10 s. Instant start: 17. New ones need 5 s: each adds
+    # 4 + 2*5 = 14 within the target, the old two 24 each: 2 + (400 - 48) / 14 = 27.1 -> 28
+    instant = decide(WAIT, obs(400, mu=2.0, arrivals=0.0), History(2), NOW)
+    slow = Observation(ready=400, unacked=0, service_rate=2.0, arrival_rate=0.0, startup_s=5.0)
+    decision = decide(WAIT, slow, History(2), NOW)
+    assert (instant.replicas, decision.replicas) == (17, 28), decision.message
+    assert "new replicas serving after 5 s" in decision.message
+    never = Observation(ready=400, unacked=0, service_rate=2.0, arrival_rate=0.0, startup_s=12.0)
+    assert decide(WAIT, never, History(2), NOW).replicas == WAIT.max_replicas  # the target is out of reach
