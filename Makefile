@@ -111,6 +111,12 @@ bench-lookahead: install ## drain rate of one worker with prefetch look-ahead 0,
 bench-worker: install ## one taskq-worker vs Celery (prefork, acks_late, multiplier 1/4) and Dramatiq on 20k no-op tasks, submit_many vs raw pika, idle latency -> bench/results/worker.json
 	$(PYTHON) bench/worker.py
 
+# --- dashboard benchmark ---
+.PHONY: bench-dashboard
+
+bench-dashboard: install ## dashboard page and live-fragment load times (cold after a start, then p50/max) with 100,000 tasks in the store, explain of each page query -> bench/results/dashboard.json
+	$(PYTHON) bench/dashboard.py
+
 # --- chaos run ---
 .PHONY: chaos chaos-cluster
 

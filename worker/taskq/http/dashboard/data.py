@@ -5,8 +5,10 @@ the sum of the in-flight counts the queue's live workers last reported in their 
 2 s), since a passive declare has none and the management API's figures lag. Publish and deliver
 rates come from one management API request per refresh (`taskq.broker.management`; "n/a" when it
 is not configured or does not answer), desired/ready replicas from one TaskQueue list
-(`taskq.http.dashboard.replicas`; hidden without a Kubernetes API). Store reads are the indexed ones
-of `TaskStore` (`all_state_counts`, `task_page`, `heartbeats`, `get`, `attempt_claims`).
+(`taskq.http.dashboard.replicas`; hidden without a Kubernetes API). Counts by state, queue names and
+the order of the tasks pages come from the task catalog (`taskq.http.dashboard.catalog`, a background
+scan); a page load's store reads are by `_id` only (`taskq.store.dashboard_reads.tasks_by_id`, `get`,
+`attempt_claims`) plus the workers' heartbeats (one document per worker).
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from taskq.core.message import QUEUE_NAME_PATTERN, TASK_NAME_PATTERN, utcnow
 from taskq.core.states import TaskState
 from taskq.core.topology import dead_queue
 from taskq.errors import TaskqError
+from taskq.http.dashboard.catalog import CatalogView
 from taskq.http.dashboard.replicas import ReplicaReader, Replicas
 from taskq.settings import Settings
+from taskq.store import dashboard_reads
 from taskq.store.mongo import TaskStore
 
 log = logging.getLogger("taskq.http.dashboard")
@@ -38,7 +42,7 @@ log = logging.getLogger("taskq.http.dashboard")
 READ_TIMEOUT_MS = 40_000
 LIVE_AFTER_S = 15.0  # a heartbeat older than this (the interval is 2 s) marks the worker stale
 PAGE_SIZE = 50
-MAX_PAGE = 200  # skip-based pages: deeper than 10,000 rows, narrow the filters instead
+MAX_PAGE = 2000  # pages are slices of the catalog's position lists; deeper than 100,000 rows, narrow the filters
 STATES = [s.value for s in TaskState]
 RETRYABLE = frozenset({TaskState.FAILED.value, TaskState.DEAD.value})
 FINAL = frozenset(s.value for s in TaskState if s.is_final)
@@ -56,7 +60,7 @@ class QueueRow:
     dead: int | None
     unacked: int
     workers: int
-    counts: dict[str, int]
+    counts: dict[str, int] | None  # None while the first task list scan runs
     rates: management.QueueRates | None = None
     replicas: Replicas | None = None
 
@@ -68,6 +72,7 @@ class Overview:
     rows: list[QueueRow]
     rates_problem: str | None
     replicas_shown: bool
+    catalog: CatalogView | None = None
 
 
 @dataclass(frozen=True)
@@ -167,8 +172,13 @@ def _form_time(moment: datetime | None) -> str:
 
 @dataclass(frozen=True)
 class TaskPage:
+    """One page: rows as read now (by id), in the catalog's order; its total when counted; partial; the catalog's view."""
+
     rows: list[dict[str, Any]]
     has_next: bool
+    total: int | None = None
+    partial: bool = False
+    view: CatalogView | None = None
 
 
 @dataclass(frozen=True)
@@ -253,10 +263,11 @@ def rates(settings: Settings) -> tuple[dict[str, management.QueueRates], str | N
         return {}, "management API unavailable"
 
 
-def queues(client: Client, store: TaskStore, replica_reader: ReplicaReader | None = None) -> Overview:
-    """The queues that have tasks or workers (and the client's default queue), with depths, rates and counts by state."""
+def queues(client: Client, store: TaskStore, view: CatalogView, replica_reader: ReplicaReader | None = None) -> Overview:
+    """The queues that have tasks or workers (and the client's default queue), with depths, rates and the catalog's counts."""
     beats = [w for w in workers(store) if not w.stale]
-    counts = store.all_state_counts()
+    known = view.catalog.counts if view.catalog is not None else None
+    counts = {q: {s: by_state.get(s, 0) for s in STATES} for q, by_state in (known or {}).items()}
     names = sorted(set(counts) | {w.queue for w in beats if w.queue} | {client.settings.queue})
     depths = _depths(client, names)
     by_queue, rates_problem = rates(client.settings)
@@ -273,28 +284,36 @@ def queues(client: Client, store: TaskStore, replica_reader: ReplicaReader | Non
                 dead=dead.messages if dead else None,
                 unacked=sum(w.inflight for w in mine),
                 workers=len(mine),
-                counts=counts.get(name, dict.fromkeys(STATES, 0)),
+                counts=counts.get(name, dict.fromkeys(STATES, 0)) if known is not None else None,
                 rates=by_queue.get(name),
                 replicas=replicas.get(name) if replicas is not None else None,
             )
         )
-    shown = [r for r in rows if r.ready is not None or any(r.counts.values()) or r.workers]
-    return Overview(rows=shown, rates_problem=rates_problem, replicas_shown=replicas is not None)
+    shown = [r for r in rows if r.ready is not None or (r.counts and any(r.counts.values())) or r.workers]
+    return Overview(rows=shown, rates_problem=rates_problem, replicas_shown=replicas is not None, catalog=view)
 
 
-def task_page(store: TaskStore, wanted: TaskFilter) -> TaskPage:
-    """One page of tasks matching `wanted`, most recently updated first."""
-    found = store.task_page(
+def task_page(store: TaskStore, view: CatalogView, wanted: TaskFilter) -> TaskPage:
+    """One page of tasks matching `wanted`, most recently updated first (as of the catalog), each row read now by id.
+
+    A task gone since the catalog's scan (purged, expired) is left out of its page; before the first
+    scan ends the page is empty, with the scan's progress in `view`.
+    """
+    if view.catalog is None:
+        return TaskPage(rows=[], has_next=False, view=view)
+    found = view.catalog.page(
         queue=wanted.queue or None,
-        state=TaskState(wanted.state) if wanted.state else None,
+        state=wanted.state or None,
         name=wanted.name or None,
         id_prefix=wanted.id_prefix or None,
-        updated_since=wanted.since,
-        updated_until=wanted.until,
-        skip=(wanted.page - 1) * PAGE_SIZE,
-        limit=PAGE_SIZE + 1,
+        since=wanted.since,
+        until=wanted.until,
+        offset=(wanted.page - 1) * PAGE_SIZE,
+        limit=PAGE_SIZE,
     )
-    return TaskPage(rows=[_shown(d) for d in found[:PAGE_SIZE]], has_next=len(found) > PAGE_SIZE)
+    documents = dashboard_reads.tasks_by_id(store, found.ids)
+    rows = [_shown(documents[i]) for i in found.ids if i in documents]
+    return TaskPage(rows=rows, has_next=found.has_next, total=found.total, partial=found.partial, view=view)
 
 
 def task(store: TaskStore, task_id: str) -> dict[str, Any] | None:

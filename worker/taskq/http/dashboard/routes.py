@@ -26,11 +26,14 @@ from taskq.core.message import QUEUE_NAME_PATTERN, TASK_ID_PATTERN, utcnow
 from taskq.errors import BrokerUnavailable, StoreUnavailable, TaskqError
 from taskq.http.auth import Auth
 from taskq.http.dashboard import actions, data
+from taskq.http.dashboard.catalog import CatalogKeeper
 from taskq.http.dashboard.replicas import ReplicaReader
 from taskq.http.dashboard.session import COOKIE, COOKIE_MAX_AGE_S, CSRF_FIELD, Session, Sessions, safe_next
 from taskq.http.dashboard.snapshots import Snapshot, Snapshots
+from taskq.store import dashboard_reads
 
 LOGIN = "/ui/login"
+FIRST_WAIT_S = 3.0  # the first load after a start waits this long for the task list scan, then shows its progress
 MAX_FORM_BYTES = 8 * 1024
 _STATIC = {
     "htmx.min.js": "text/javascript; charset=utf-8",
@@ -111,6 +114,12 @@ def dashboard_router(client: Client, auth: Auth) -> APIRouter:
     sessions = Sessions(auth)
     snapshots = Snapshots(max_age_s=2.0)
     reads = data.Reads(client.settings)
+    keeper = CatalogKeeper(
+        lambda seen: dashboard_reads.scan_list_fields(reads.store, seen),
+        max_age_s=2.0,
+        restore=lambda: dashboard_reads.load_summaries(reads.store),
+        save=lambda summaries, taken_at, took_s: dashboard_reads.save_summaries(reads.store, summaries, taken_at, took_s),
+    )
     replica_reader = ReplicaReader()
     env = _environment()
     router = APIRouter(include_in_schema=False)
@@ -186,7 +195,10 @@ def dashboard_router(client: Client, auth: Auth) -> APIRouter:
 
     def overview() -> Snapshot[data.Overview]:
         """The queues overview's snapshot (depths, rates, replicas and counts: one read of each per refresh)."""
-        return snapshots.get("queues", lambda: data.queues(client, reads.store, replica_reader))
+        view = keeper.get(FIRST_WAIT_S)
+        # Once the first scan has ended, the next load reads with its counts (not a snapshot from before it).
+        key = ("queues", view.catalog is not None)
+        return snapshots.get(key, lambda: data.queues(client, reads.store, keeper.get(), replica_reader))
 
     # -- pages ------------------------------------------------------------------------------------
 
@@ -207,9 +219,12 @@ def dashboard_router(client: Client, auth: Auth) -> APIRouter:
         wanted = data.TaskFilter.parse(dict(request.query_params))
 
         def load() -> dict[str, Any]:
-            key = ("tasks", *wanted.key())
-            snapshot = snapshots.get(key, lambda: data.task_page(reads.store, wanted))
-            names = snapshots.get("queue-names", lambda: reads.store.queue_names()).value
+            view = keeper.get(FIRST_WAIT_S)
+            key = ("tasks", view.catalog is not None, *wanted.key())  # the first scan's order is read at once
+            snapshot = snapshots.get(key, lambda: data.task_page(reads.store, keeper.get(), wanted))
+            names = view.catalog.queue_names() if view.catalog is not None else []
+            if wanted.queue and wanted.queue not in names:
+                names = sorted([*names, wanted.queue])
             return {"filters": wanted, "result": snapshot.value, "snapshot": snapshot, "queue_names": names}
 
         return await page(request, "tasks.html", load)
