@@ -218,3 +218,37 @@ def test_stop_flushes_what_is_pending() -> None:
         _complete(committer, _delivery(f"s{i}"))
     assert committer.stop(5)
     assert len(sink.done) == 20
+
+
+def test_an_outcome_waits_for_attempts_still_queued_in_the_pool_then_for_nothing() -> None:
+    """Idle means nothing running *or queued*: a completion with a queued attempt behind it waits for the
+    batch window (so the next outcome can share the write); with nothing queued it is written at once."""
+    store, sink = MemoryStore(), Sink()
+    queued = [1]
+    committer = Committer(
+        store,
+        "w1",
+        policy=RetryPolicy(),
+        max_deliveries=3,
+        sink=sink,
+        log=JsonLog(level="error"),
+        max_wait_s=0.4,
+        queued=lambda: queued[0],
+    )
+    thread = threading.Thread(target=committer.run, daemon=True)
+    thread.start()
+    try:
+        began = time.monotonic()
+        _complete(committer, _delivery("first"))
+        time.sleep(0.15)
+        assert not sink.done  # the queued attempt may finish within the window: not flushed yet
+        _wait(lambda: len(sink.done) == 1)
+        assert time.monotonic() - began >= 0.35  # written when the window closed
+        queued[0] = 0
+        began = time.monotonic()
+        _complete(committer, _delivery("second"))
+        _wait(lambda: len(sink.done) == 2)
+        assert time.monotonic() - began < 0.3  # idle: at once, not after the window
+    finally:
+        committer.stop(5)
+        thread.join(5)

@@ -4,8 +4,9 @@ Its inbox is one queue fed by the pool (`Started`, `Progress`, `Completed` event
 connection stage (`Decided`: a decision made at intake, such as a malformed message; `Redelivered`:
 a redelivered message to check before it runs). The committer thread flushes what is pending in one
 `TaskStore.apply_many` (bounded by `batch_size` and by `max_wait_s` while the worker is busy; at once
-when it is idle), then hands each delivery's action to the connection stage (`AckSink.send`), which
-acks on the connection thread. Nothing is acked before its outcome is in the store.
+when it is idle: no attempt running or queued in the pool, so nothing could join the batch), then
+hands each delivery's action to the connection stage (`AckSink.send`), which acks on the connection
+thread. Nothing is acked before its outcome is in the store.
 
 - Lazy starts: a start is written only if its task still runs `max_wait_s` after it began, so a
   short task costs one write (its outcome, recorded with `start_recorded=False`).
@@ -152,6 +153,7 @@ class Committer:
         max_wait_s: float = 0.005,
         rng: Callable[[], float] = random.random,
         inbox: queue.Queue[InboxItem] | None = None,
+        queued: Callable[[], int] = lambda: 0,
     ) -> None:
         self.inbox: queue.Queue[InboxItem] = inbox if inbox is not None else queue.Queue()
         self._store = store
@@ -165,6 +167,7 @@ class Committer:
         self._batch_limit = batch_size  # halved after a timed-out flush, doubled back after a good one
         self._max_wait_s = max_wait_s
         self._rng = rng
+        self._queued = queued  # the pool's admitted attempts that have not started yet
         self._starts: dict[Delivery, _Start] = {}
         self._completed: list[Completed] = []
         self._decided: list[Decided] = []
@@ -281,7 +284,8 @@ class Committer:
         if self._has_pending():
             count = len(self._completed) + len(self._decided) + len(self._redelivered)
             age = now - (self._oldest or now)
-            idle = self.inbox.empty() and not self._unfinished_runs()
+            # Idle: nothing this worker runs or is about to run can join the batch, so waiting only adds latency.
+            idle = self.inbox.empty() and not self._unfinished_runs() and not self._queued()
             if count >= self._batch_limit or age >= self._max_wait_s or idle or self._stop_at is not None:
                 return True
         return bool(self._due_starts(now))

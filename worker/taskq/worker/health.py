@@ -30,6 +30,13 @@ class WorkerMetrics:
         )
         self.inflight = Gauge("taskq_inflight", "Deliveries held unacked by this worker.", registry=self.registry)
         self.inflight.set_function(inflight)
+        self.group_commits = Gauge(
+            "taskq_group_commits", "Store flushes (group commits) since the worker started.", registry=self.registry
+        )
+
+    def count_group_commits(self, flushes: Callable[[], float]) -> None:
+        """Report the committer's flush count (tasks recorded / group commits = the mean batch)."""
+        self.group_commits.set_function(flushes)
 
     def recorded(self, decision: Decision) -> None:
         """Count one recorded outcome (called by the committer after the flush)."""

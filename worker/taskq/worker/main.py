@@ -141,7 +141,9 @@ def run(settings: Settings, log: JsonLog) -> int:
         log=log,
         on_recorded=recorded,
         inbox=inbox,
+        queued=pool.queued,
     )
+    metrics.count_group_commits(lambda: committer.flushes)
     consumer.attach(committer)
     heartbeat = Heartbeat(
         store,
