@@ -162,14 +162,16 @@ def simulate(policy: ScalingSpec, seed: int) -> dict[str, Any]:
             inflight = sum(len(p.ends) for p in pods if p.exited is None)
             observation = Observation(ready=len(queue) - head, unacked=inflight, consumers=len(beats), publish_rate=publish_rate)
             if policy.target_wait_s is not None:
-                state = rates.update(state, beats, observation.backlog, SLOTS, now, publish_rate, replicas)
+                state = rates.update(state, beats, observation.backlog, SLOTS, now, publish_rate)
                 observed = rates.with_rates(observation, state)
                 assert observed is not None
                 observation = observed
             history = History(replicas, history.recommendations)
             decision = decide(policy, observation, history, now)
             history = remember(history, now, decision.recommendation, keep)
-            if decision.replicas != replicas and len(messages) < 40:
+            if policy.target_wait_s is not None:
+                state = rates.scaled_to(state, decision.replicas, now)
+            if decision.replicas != replicas:
                 messages.append(f"t={now:.0f}s {decision.reason} {replicas}->{decision.replicas}: {decision.message}")
             active = [p for p in pods if p.exited is None and not p.draining]
             for _ in range(decision.replicas - len(active)):
@@ -197,7 +199,9 @@ def simulate(policy: ScalingSpec, seed: int) -> dict[str, Any]:
         "replica_seconds": round(replica_s),
         "peak_replicas": max((t["replicas"] for t in timeline), default=0),
         "timeline_every_10s": timeline,
-        "decisions_sample": messages[:12],
+        "decisions_first": messages[:6],
+        "decisions_after_switch": [m for m in messages if SWITCH_S <= float(m[2:].split("s", 1)[0]) < SWITCH_S + 60][:8],
+        "decisions_last": messages[-3:],
     }
 
 

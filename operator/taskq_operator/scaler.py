@@ -354,7 +354,7 @@ class Scaler:
                 state.history = History(current, tuple(sorted(set(restored) | set(state.history.recommendations))))
         history = History(current, state.history.recommendations)
         if spec.scaling.target_wait_s is not None:
-            reading = self._with_rates(state, spec, reading, now, current)
+            reading = self._with_rates(state, spec, reading, now)
         decision = decide(spec.scaling, reading.observation, history, now)
         state.history = remember(history, now, decision.recommendation, keep)
         observation = reading.observation
@@ -364,6 +364,8 @@ class Scaler:
             store_error=reading.store_error,
         )
         decision, held = guard_scale_down(decision, current, attribution)
+        if state.rates is not None:
+            state.rates = rates.scaled_to(state.rates, decision.replicas, now)
         if state.gauges is None:
             state.gauges = metrics.QueueGauges.of(spec.namespace, spec.name)
         state.gauges.record(
@@ -414,7 +416,7 @@ class Scaler:
         return tick, current, reading, scaled
 
     @staticmethod
-    def _with_rates(state: QueueState, spec: TaskQueueSpec, reading: Reading, now: float, current: int) -> Reading:
+    def _with_rates(state: QueueState, spec: TaskQueueSpec, reading: Reading, now: float) -> Reading:
         """`reading` with the service and arrival rates (`core.rates`) from its heartbeats, for `targetWaitSeconds`."""
         loads = reading.loads
         beats = {
@@ -426,7 +428,7 @@ class Scaler:
         if reading.store_error is None:
             published = observation.publish_rate if observation is not None else None
             slots = spec.scaling.slots_per_replica
-            state.rates = rates.update(state.rates or rates.RateState(), beats, backlog, slots, now, published, current)
+            state.rates = rates.update(state.rates or rates.RateState(), beats, backlog, slots, now, published)
         return dataclasses.replace(reading, observation=rates.with_rates(observation, state.rates or rates.RateState()))
 
     def _report(self, key: Key, tick: Tick, before: int, reading: Reading, body: dict[str, Any]) -> None:

@@ -16,13 +16,13 @@ Arrival rate: the broker's publish rate when the management API gives one, avera
 backlog's change over the window plus the completions in it (what came in = what is left extra + what
 was done).
 
-Start-up time: from a tick that sees more replicas wanted than workers reporting to the first tick
-that sees a new worker's heartbeat (so it includes scheduling, image pull, start, the first heartbeat);
+Start-up time: from the tick that added a replica (`scaled_to`) to the first tick that sees a new
+worker's heartbeat, oldest addition first (so it includes scheduling, image pull, start, the first heartbeat);
 the policy does not count on new replicas before that.
 
 Pure; the scaler keeps one `RateState` per TaskQueue that sets `targetWaitSeconds`, calls `update` once
-per tick with the fresh heartbeats and `with_rates` to put the estimate into the `Observation` that
-`core.policy.decide` reads. Tested by tables in `tests/unit/operator/test_operator_rates.py`.
+per tick with the fresh heartbeats, `with_rates` to put the estimate into the `Observation` that
+`core.policy.decide` reads, and `scaled_to` with the decision. Tested by tables in `tests/unit/operator/test_operator_rates.py`.
 """
 
 from __future__ import annotations
@@ -76,8 +76,10 @@ class RateState:
     """(tick time, the broker's publish rate) per tick within the window that had one."""
     completed: int = 0
     service_rate: float | None = None
-    waiting_since: float | None = None
-    """When more replicas were wanted than workers reported (a scale-up whose pods have not reported yet)."""
+    replicas: int | None = None
+    """The Deployment's replicas at the last tick."""
+    pending: tuple[float, ...] = ()
+    """One entry per replica added and not reporting yet: the tick that first saw it wanted (oldest first)."""
     startup_s: float | None = None
     """How long new pods took to report, averaged over scale-ups."""
 
@@ -109,6 +111,25 @@ def _service_rate(intervals: tuple[Interval, ...], slots: int, previous: float |
     return previous
 
 
+def _startup(state: RateState, beats: Mapping[str, Beat], now: float) -> tuple[tuple[float, ...], float | None]:
+    """Pending scale-ups and the start-up estimate after this tick: each new worker answers the oldest."""
+    pending, startup = list(state.pending), state.startup_s
+    for _ in set(beats) - set(state.beats):
+        if pending:
+            sample = now - pending.pop(0)
+            startup = sample if startup is None else (startup + sample) / 2
+    if state.replicas is not None:
+        del pending[max(0, state.replicas - len(beats)) :]  # scaled down before they reported: the newest go
+    return tuple(pending), startup
+
+
+def scaled_to(state: RateState, replicas: int, now: float) -> RateState:
+    """The state after the tick at `now` set the Deployment to `replicas` (each one added is timed until it reports)."""
+    added = replicas - state.replicas if state.replicas is not None else 0
+    pending = state.pending + (now,) * max(0, added)
+    return dataclasses.replace(state, replicas=replicas, pending=pending)
+
+
 def _lower(intervals: tuple[Interval, ...], slots: int, previous: float | None, now: float) -> float | None:
     whole = _service_rate(intervals, slots, previous)
     recent = _service_rate(tuple(i for i in intervals if now - i.seen <= RECENT_S), slots, None)
@@ -124,11 +145,9 @@ def update(
     slots: int,
     now: float,
     publish_rate: float | None = None,
-    replicas: int | None = None,
 ) -> RateState:
     """The state after one tick that read `beats` (fresh heartbeats by worker), `backlog` (None: unread)
-    and the broker's `publish_rate` (None: no management figures); `replicas`, the Deployment's count,
-    times how long new pods take to report (`startup_s`)."""
+    and the broker's `publish_rate` (None: no management figures)."""
     fresh = _intervals(state, beats, slots, now)
     intervals = tuple(i for i in state.intervals if now - i.seen <= WINDOW_S) + tuple(fresh)
     completed = state.completed + sum(i.completions for i in fresh)
@@ -138,17 +157,10 @@ def update(
     publish_rates = tuple(p for p in state.publish_rates if now - p[0] <= WINDOW_S)
     if publish_rate is not None:
         publish_rates = publish_rates + ((now, publish_rate),)
-    waiting_since, startup = state.waiting_since, state.startup_s
-    if waiting_since is not None and set(beats) - set(state.beats):
-        sample = now - waiting_since
-        startup = sample if startup is None else (startup + sample) / 2
-        waiting_since = None
-    if replicas is not None and replicas > len(beats) and waiting_since is None:
-        waiting_since = now
-    elif replicas is not None and replicas <= len(beats):
-        waiting_since = None
+    pending, startup = _startup(state, beats, now)
     return RateState(
-        waiting_since=waiting_since,
+        replicas=state.replicas,
+        pending=pending,
         startup_s=startup,
         beats=dict(beats),
         intervals=intervals,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from taskq_operator.core.policy import Observation
-from taskq_operator.core.rates import WINDOW_S, Beat, RateState, arrival_rate, update, with_rates
+from taskq_operator.core.rates import WINDOW_S, Beat, RateState, arrival_rate, scaled_to, update, with_rates
 
 SLOTS = 4
 
@@ -81,15 +81,13 @@ def test_the_publish_rate_wins_and_is_averaged_over_the_window() -> None:
 
 
 def test_startup_is_timed_from_the_scale_up_to_the_first_new_heartbeat() -> None:
-    state = update(RateState(), {"w0": Beat(0.0, 0, 1)}, 0, SLOTS, 0.0, None, 1)
-    state = update(state, {"w0": Beat(2.0, 0, 1)}, 40, SLOTS, 2.0, None, 3)  # scaled 1 -> 3 before this tick
-    state = update(state, {"w0": Beat(4.0, 0, 1)}, 40, SLOTS, 4.0, None, 3)
-    state = update(state, {"w0": Beat(8.0, 0, 1), "w1": Beat(7.5, 0, 2)}, 40, SLOTS, 8.0, None, 3)
+    state = scaled_to(update(RateState(), {"w0": Beat(0.0, 0, 1)}, 0, SLOTS, 0.0), 1, 0.0)
+    state = scaled_to(update(state, {"w0": Beat(2.0, 0, 1)}, 40, SLOTS, 2.0), 3, 2.0)  # 1 -> 3
+    state = update(state, {"w0": Beat(4.0, 0, 1)}, 40, SLOTS, 4.0)
+    state = update(state, {"w0": Beat(8.0, 0, 1), "w1": Beat(7.5, 0, 2)}, 40, SLOTS, 8.0)
     assert state.startup_s == pytest.approx(6.0)
+    state = update(state, {"w0": Beat(10.0, 0, 1), "w1": Beat(9.5, 0, 2), "w2": Beat(9.9, 0, 2)}, 40, SLOTS, 10.0)
+    assert state.startup_s == pytest.approx(7.0)  # (6 + 8) / 2
     observation = with_rates(Observation(ready=40, unacked=0), state)
-    assert observation is not None and observation.startup_s == pytest.approx(6.0)
-
-
-def test_no_estimate_before_enough_heartbeats() -> None:
-    state = run([{"w0": (0.0, 0, 4)}])
-    assert state.service_rate is None and arrival_rate(state) is None
+    assert observation is not None and observation.startup_s == pytest.approx(7.0)
+    assert scaled_to(state, 1, 12.0).pending == ()
