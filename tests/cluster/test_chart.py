@@ -98,8 +98,10 @@ def _server_dry_run(cluster: Any, namespace: str, *helm_args: str) -> subprocess
         ["--set", "operator.watchNamespaces={default}", "--set", "connection.create=true",
          "--set", "connection.amqpUrl=amqp://u:p@mq:5672/%2F", "--set", "connection.mongodbUri=mongodb://u:p@db/"],
         ["--set", "rbac.clusterWide=true"],
+        ["--set", "api.enabled=true"],
+        ["--set", "api.enabled=true", "--set", "rbac.clusterWide=true", "--set", "api.auth.existingSecret=mine"],
     ],
-    ids=["defaults", "dev-bundle", "namespaced-with-secret", "cluster-wide"],
+    ids=["defaults", "dev-bundle", "namespaced-with-secret", "cluster-wide", "api", "api-cluster-wide"],
 )
 def test_rendered_manifests_pass_the_api_servers_own_validation(
     cluster: Any, namespace: str, helm_args: list[str]

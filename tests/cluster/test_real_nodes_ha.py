@@ -1,6 +1,8 @@
 """Operator HA on real pods: the Helm chart with `operator.replicas=2` on the real nodes, kopf peering
 between the replicas, SIGKILL of the active operator's process, the standby taking over (measured),
-scaling going on, and one actor at a time.
+scaling going on, and one actor at a time. The same release runs `taskq-api` (`api.enabled`) on a
+real node in the `restricted` namespace: `/readyz` answers in its pod and a submitted task reads back
+through the API with the chart's generated token.
 
 Needs the `real_nodes` fixture (`TASKQ_REAL_NODES=0` skips it). The operator pods reach the API
 server through the `kubernetes` Service address (each node DNATs it), RabbitMQ and the store through
@@ -9,6 +11,7 @@ the node network's gateway (`pod_services`).
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import sys
@@ -18,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pymongo
 import pytest
 import yaml
 from kube_support import (
@@ -31,6 +35,8 @@ from kube_support import (
     worker_pods,
 )
 
+from taskq.client import Client
+from taskq.settings import Settings
 from taskq_dev.pod_services import PodServiceUrls
 from taskq_dev.ports import poll
 from taskq_dev.realnodes import REAL_NODE_SELECTOR, REAL_NODE_TOLERATION, RealNodes
@@ -52,17 +58,30 @@ def namespace(cluster: Any, real_nodes: RealNodes) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def release(cluster: Any, namespace: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The chart with two operator replicas on the real nodes, installed with `--wait`."""
+def api_database() -> str:
+    """The database the release's `taskq-api` reads (`api.database`)."""
+    return f"tqha{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def release(
+    cluster: Any, namespace: str, pod_services: PodServiceUrls, api_database: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The chart with two operator replicas and `taskq-api` on the real nodes, installed with `--wait`
+    (so the API pod was admitted under `restricted` and its `/readyz` probe passed)."""
     name = f"ha-{uuid.uuid4().hex[:6]}"
+    on_real_nodes = {"nodeSelector": dict(REAL_NODE_SELECTOR), "tolerations": [dict(REAL_NODE_TOLERATION)]}
     values = {
         "image": {"repository": "taskq", "tag": "dev", "pullPolicy": "Never"},
-        "operator": {
-            "replicas": 2,
-            "watchNamespaces": [namespace],
-            "nodeSelector": dict(REAL_NODE_SELECTOR),
-            "tolerations": [dict(REAL_NODE_TOLERATION)],
+        "operator": {"replicas": 2, "watchNamespaces": [namespace], **on_real_nodes},
+        "connection": {
+            "create": True,
+            "secretName": "ha-api-connection",
+            "amqpUrl": pod_services.amqp_url,
+            "managementUrl": pod_services.management_url,
+            "mongodbUri": pod_services.mongodb_uri,
         },
+        "api": {"enabled": True, "database": api_database, **on_real_nodes},
     }
     values_file = tmp_path_factory.mktemp("ha") / "values.yaml"
     values_file.write_text(yaml.safe_dump(values))
@@ -83,6 +102,26 @@ def release(cluster: Any, namespace: str, tmp_path_factory: pytest.TempPathFacto
                 )
                 sys.stderr.write(f"\n--- {pod['metadata']['name']}{' (previous)' if previous else ''}:\n{tail}\n")
     cluster.helm("uninstall", name, "--namespace", namespace, "--wait", check=False)
+
+
+def api_pods(cluster: Any, namespace: str) -> list[dict[str, Any]]:
+    listing = cluster.kubectl("get", "pods", "-n", namespace, "-l", "app.kubernetes.io/name=taskq-api", "-o", "json").stdout
+    items: list[dict[str, Any]] = json.loads(listing)["items"]
+    return items
+
+
+def in_pod_get(cluster: Any, namespace: str, pod: str, path: str, token: str = "") -> tuple[int, Any]:
+    """GET `path` from `taskq-api` on the pod's own loopback (`kubectl exec`, the image's Python): status and JSON body."""
+    script = (
+        "import json, sys, urllib.request, urllib.error\n"
+        "r = urllib.request.Request('http://127.0.0.1:8000' + sys.argv[1])\n"
+        "if sys.argv[2]: r.add_header('Authorization', 'Bearer ' + sys.argv[2])\n"
+        "try:\n    a = urllib.request.urlopen(r, timeout=10); print(a.status); print(a.read().decode())\n"
+        "except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n"
+    )
+    result = cluster.kubectl("exec", "-n", namespace, pod, "--", "python", "-c", script, path, token)
+    status, _, body = result.stdout.partition("\n")
+    return int(status), json.loads(body or "null")
 
 
 def operator_pods(cluster: Any, namespace: str) -> list[dict[str, Any]]:
@@ -193,3 +232,38 @@ def test_standby_operator_takes_over_when_the_active_one_is_killed(
     ]
     assert "ScaleUp" in reasons and "ScaleDown" in reasons, reasons
     cluster.kubectl("delete", "-n", namespace, "tq", "ha")
+
+
+@pytest.mark.timeout(300)
+def test_the_api_pod_is_admitted_under_restricted_and_serves_a_submitted_task(
+    cluster: Any, real_nodes: RealNodes, namespace: str, release: str, amqp_url: str, mongodb_uri: str, api_database: str
+) -> None:
+    (pod,) = api_pods(cluster, namespace)
+    name = pod["metadata"]["name"]
+    assert pod["spec"]["nodeName"] in real_nodes.names()
+    labels = json.loads(cluster.kubectl("get", "namespace", namespace, "-o", "json").stdout)["metadata"]["labels"]
+    assert labels.get("pod-security.kubernetes.io/enforce") == "restricted"
+    assert all(c["ready"] for c in pod["status"]["containerStatuses"])  # the kubelet's /readyz probe passed
+    uid = cluster.kubectl("exec", "-n", namespace, name, "--", "id", "-u").stdout.strip()
+    assert uid == "10001"
+    written = cluster.kubectl("exec", "-n", namespace, name, "--", "sh", "-c", "echo x > /probe", check=False)
+    assert written.returncode != 0 and "Read-only file system" in written.stderr, written.stderr
+
+    assert in_pod_get(cluster, namespace, name, "/readyz") == (200, {"status": "ready"})
+    secret = json.loads(cluster.kubectl("get", "secret", "-n", namespace, f"{release}-api-auth", "-o", "json").stdout)
+    token = base64.b64decode(secret["data"]["tokens"]).decode().split()[-1]
+    settings = Settings(amqp_url=amqp_url, mongodb_uri=mongodb_uri, database=api_database, queue="ha-api")
+    try:
+        with Client(settings) as client:
+            task_id = client.submit("echo", ["through the chart's API"])
+        status, body = in_pod_get(cluster, namespace, name, f"/v1/tasks/{task_id}", token)
+        assert status == 200 and body["id"] == task_id and body["state"] == "queued", body
+        assert body["args"] == ["through the chart's API"]
+        assert in_pod_get(cluster, namespace, name, f"/v1/tasks/{task_id}")[0] == 401  # no token, no read
+        sys.stderr.write(f"\ntaskq-api on {pod['spec']['nodeName']}: /readyz ready, task {task_id} read back\n")
+        with Client(settings) as client:
+            client.purge("ha-api")
+    finally:
+        store = pymongo.MongoClient(mongodb_uri, serverSelectionTimeoutMS=5000)
+        store.drop_database(api_database)
+        store.close()
