@@ -94,12 +94,19 @@ class CertificateAuthority:
         organization: str | None = None,
         server_names: tuple[str, ...] = (),
         server_ips: tuple[str, ...] = (),
+        client_auth: bool = False,
     ) -> CertPair:
-        """A leaf cert signed by this CA: a server cert when names or IPs are given, else a client cert."""
+        """A leaf cert signed by this CA: a server cert when names or IPs are given, else a client cert.
+
+        `client_auth` makes a server cert usable as a client cert too (mutual TLS between two peers
+        that share one certificate, as KEDA's operator and metrics server do).
+        """
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
         is_server = bool(server_names or server_ips)
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if is_server else ExtendedKeyUsageOID.CLIENT_AUTH
+        usages = [ExtendedKeyUsageOID.SERVER_AUTH] if is_server else [ExtendedKeyUsageOID.CLIENT_AUTH]
+        if is_server and client_auth:
+            usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
         builder = (
             x509.CertificateBuilder()
             .subject_name(_name(common_name, organization))
@@ -109,7 +116,7 @@ class CertificateAuthority:
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + VALIDITY)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         )
         if is_server:
             alt_names: list[x509.GeneralName] = [x509.DNSName(name) for name in server_names]

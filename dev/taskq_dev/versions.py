@@ -17,3 +17,7 @@ HELM = "3.22.0"
 FERRETDB = "1.24.2"
 TOXIPROXY = "2.5.0"
 """toxiproxy-server and toxiproxy-cli, the fault proxy of the chaos tests (the newest the Go module proxy serves)."""
+
+KEDA = "2.21.0"
+"""keda operator and metrics API server (github.com/kedacore/keda/v2), built on demand by `taskq_dev.keda`
+for `make bench-scaling`; the newest the Go module proxy serves (go 1.26, k8s.io v0.36)."""
