@@ -50,6 +50,7 @@ from taskq.core.storable import safe_text
 from taskq.worker.pools import child as child_main
 from taskq.worker.pools.base import Attempt, Completed, ErrorInfo, PoolEvent, Progress, Started
 from taskq.worker.pools.memory import rss_bytes
+from taskq.worker.pools.oom import OOM_NOTE, OomWatch
 from taskq.worker.pools.outcome import MESSAGE_MAX, cancelled_error, lost_error, memory_error, timeout_error
 from taskq.worker.pools.pending import PendingIntake
 
@@ -165,6 +166,7 @@ class ProcessPool(PendingIntake):
         self._running: dict[int, _Running] = {}
         self._children: dict[int, _Child] = {}
         self._kill_now = threading.Event()
+        self._oom = OomWatch()
         self._threads = [
             threading.Thread(target=self._slot_main, args=(slot,), name=f"taskq-pool-slot-{slot}", daemon=True)
             for slot in range(size)
@@ -358,7 +360,7 @@ class ProcessPool(PendingIntake):
                     self._drop(slot, child)
                     fresh = self._slot_child(slot) if tries_left else None
                     if fresh is None:
-                        self._complete(run, 0.0, None, lost_error(describe_exit(child.process.exitcode)))
+                        self._complete(run, 0.0, None, self._lost(child.process.exitcode))
                         return None
                     child = fresh
             if self._wait(child, run):
@@ -368,6 +370,13 @@ class ProcessPool(PendingIntake):
         finally:
             with self._lock:
                 self._running.pop(slot, None)
+
+    def _lost(self, exitcode: int | None) -> ErrorInfo:
+        """A child that died on its own: why, naming the OOM killer when it acted in this container meanwhile."""
+        reason = describe_exit(exitcode)
+        if exitcode == -signal.SIGKILL and self._oom.acted():
+            reason = f"{reason}: {OOM_NOTE}"
+        return lost_error(reason)
 
     def _wait(self, child: _Child, run: _Running) -> bool:
         """Follow the child's reports for `run` until it is done or the child is gone."""
@@ -394,7 +403,7 @@ class ProcessPool(PendingIntake):
                 message = child.conn.recv() if ready else None
             except (EOFError, OSError):
                 self._kill(child)
-                error = cancelled_error() if run.cancelled else lost_error(describe_exit(child.process.exitcode))
+                error = cancelled_error() if run.cancelled else self._lost(child.process.exitcode)
                 self._complete(run, time.monotonic() - sent, None, error)
                 return False
             except Exception as exc:  # noqa: BLE001 - an unreadable message: the stream cannot be trusted any more
