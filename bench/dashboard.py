@@ -6,7 +6,9 @@ times spread like a busy day), starts `taskq-api` against it on the test RabbitM
 page and live fragment a person loads: queues, workers, tasks (unfiltered, by state, queue, name,
 time range, id prefix, combined, page 2 and 200), one task, dead letters. Each view: its first load
 in a fresh API process before the task list scan has ended ("cold", what a person sees right after
-a start), its first load once the scan has ended, then `--loads` more (p50 and max). The explain of
+the first start on a store), its first load once the scan has ended, then `--loads` more (p50 and
+max), and its first load in a second API process started after the first had saved its task list
+("restart"). The explain of
 the page loads' store queries on the server (FerretDB: pushed down or not) goes in the report too.
 Results: `bench/results/dashboard.json`.
 """
@@ -291,7 +293,20 @@ def main() -> None:
             report["later_scan_meta"] = later.group(0) if later else None
         finally:
             api.close()
+
+        # 3. Cold again: a new API process, which starts from the task list the first one saved (read back by _id).
+        api = Api(env, log_dir / "dashboard-api-restart.log")
+        restarted: dict[str, dict[str, Any]] = {}
+        try:
+            for label, (path, fragment) in table.items():
+                took, html = api.load(path, fragment)
+                restarted[label] = {"s": round(took, 3), "computing": computing(html), "saved_list": 'id="restored"' in html}
+                flags = "  (computing)" if computing(html) else "  (saved list)" if restarted[label]["saved_list"] else ""
+                print(f"restart {label:43s} {took:7.3f} s{flags}", flush=True)
+        finally:
+            api.close()
         report["cold_first_load_s"] = cold
+        report["restart_first_load_s"] = restarted
         report["warm"] = warm
         report["explain"] = explains(store, sample_id)
         report["machine"]["load_avg_at_end"] = os.getloadavg()

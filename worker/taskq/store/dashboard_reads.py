@@ -76,6 +76,7 @@ def explain_find(store: TaskStore, collection: str, query: dict[str, Any], *, li
 SAVED = "dashboard_catalog"
 SAVED_CHUNK = 5000
 _HEAD = "head"
+_COLUMNS = ("ids", "states", "queues", "names", "stamps")  # parallel arrays: FerretDB 1.x stores no nested arrays
 
 
 def save_summaries(store: TaskStore, summaries: Sequence[Summary], taken_at: datetime, took_s: float) -> int:
@@ -90,7 +91,8 @@ def save_summaries(store: TaskStore, summaries: Sequence[Summary], taken_at: dat
     chunks = [
         {
             "_id": f"{generation}:{n:05d}",
-            "entries": [[s[0], s[1], s[2], s[3], s[4].timestamp() if s[4] else None] for s in part],
+            **{column: [s[k] for s in part] for k, column in enumerate(_COLUMNS[:4])},
+            "stamps": [s[4].timestamp() if s[4] else None for s in part],
         }
         for n, part in enumerate(summaries[first : first + SAVED_CHUNK] for first in range(0, len(summaries), SAVED_CHUNK))
     ]
@@ -117,7 +119,10 @@ def load_summaries(store: TaskStore) -> tuple[list[Summary], datetime, float] | 
             chunk = collection.find_one({"_id": f"{head.get('generation')}:{n:05d}"})
             if chunk is None:
                 return None  # replaced meanwhile by another process's save: scan instead
-            for task_id, state, queue, name, stamp in chunk.get("entries") or []:
+            columns = [chunk.get(column) or [] for column in _COLUMNS]
+            if len({len(c) for c in columns}) != 1:
+                return None  # not written by this module: scan instead
+            for task_id, state, queue, name, stamp in zip(*columns, strict=True):
                 at = datetime.fromtimestamp(stamp, UTC) if isinstance(stamp, int | float) else None
                 summaries.append((str(task_id), str(state), str(queue), str(name), at))
     return summaries, head["taken_at"], float(head.get("took_s") or 0.0)
