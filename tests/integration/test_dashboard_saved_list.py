@@ -16,7 +16,7 @@ AT = datetime(2026, 12, 2, 6, 0, tzinfo=UTC)
 def test_saved_summaries_read_back_and_a_new_save_replaces_the_old(store: TaskStore) -> None:
     assert dashboard_reads.load_summaries(store) is None
     first: list[Summary] = [
-        (f"t-{i:05d}", "failed" if i % 2 else "dead", f"q{i % 3}", f"job{i % 4}", AT + timedelta(milliseconds=i) if i % 7 else None)
+        (f"t-{i:05d}", "failed" if i % 2 else "dead", f"q{i % 3}", f"j{i % 4}", AT + timedelta(milliseconds=i) if i % 7 else None)
         for i in range(dashboard_reads.SAVED_CHUNK * 2 + 17)
     ]
     assert dashboard_reads.save_summaries(store, first, AT, 1.5) == 3
