@@ -98,6 +98,8 @@ def _window(history: History, now: float, window_s: int) -> list[int]:
 
 UTILISATION = 0.8
 """The highest arrivals / (replicas * service rate) `targetWaitSeconds` plans for."""
+UNREACHABLE = 1_000_000
+"""The drain term when new replicas start later than the target: as many as allowed (maxReplicas)."""
 
 
 def _drain(backlog: int, slots: int, mu: float, target: float, current: int, startup: float) -> int:
@@ -111,7 +113,7 @@ def _drain(backlog: int, slots: int, mu: float, target: float, current: int, sta
         return math.ceil(backlog / (slots + mu * target) - 1e-9)
     added = slots + mu * (target - startup) if target > startup else 0.0
     if added <= 0:
-        return 1_000_000
+        return UNREACHABLE
     return current + math.ceil((backlog - current * (slots + mu * target)) / added - 1e-9)
 
 
@@ -145,8 +147,9 @@ def _target_wait(policy: ScalingSpec, observation: Observation, current: int) ->
     keep_up = math.ceil((arrivals or 0.0) / (UTILISATION * mu) - 1e-9)
     raw = max(drain, keep_up)
     wait = _expected_wait(backlog, slots, mu, raw, current, observation.startup_s or 0.0)
+    needs = "more than new replicas starting after the target can give" if drain >= UNREACHABLE else str(drain)
     return raw, head + (
-        f"service {mu:.2f}/s per replica, {seen}; backlog {backlog} within {target:g} s needs {drain}, "
+        f"service {mu:.2f}/s per replica, {seen}; backlog {backlog} within {target:g} s needs {needs}, "
         f"utilisation <= {UTILISATION:g} needs {keep_up} -> {raw} (expected wait {wait:.1f} s"
         + (f", new replicas serving after {observation.startup_s:.0f} s)" if observation.startup_s else ")")
     )

@@ -118,4 +118,6 @@ def test_new_replicas_count_only_after_their_start_up() -> None:
     assert (instant.replicas, decision.replicas) == (17, 28), decision.message
     assert "new replicas serving after 5 s" in decision.message
     never = Observation(ready=400, unacked=0, service_rate=2.0, arrival_rate=0.0, startup_s=12.0)
-    assert decide(WAIT, never, History(2), NOW).replicas == WAIT.max_replicas  # the target is out of reach
+    out_of_reach = decide(WAIT, never, History(2), NOW)
+    assert out_of_reach.replicas == WAIT.max_replicas and out_of_reach.limited, out_of_reach.message
+    assert "more than new replicas starting after the target can give" in out_of_reach.message
