@@ -2,8 +2,8 @@
 
 One `BrokerObserver` per broker (AMQP URL + management URL) serves every TaskQueue on it:
 - `ready_counts(queues)`: exact ready and consumer counts by passive `queue_declare`, pipelined over a
-  few long-lived channels of one connection (all requests sent before replies are awaited; ~0.1 ms of
-  CPU per queue), reconnecting when the broker went away;
+  few channels of one long-lived lean connection (`taskq_operator.adapters.amqp_depth`: frames encoded
+  and parsed by hand, a few µs of CPU per queue), reconnecting when the broker went away;
 - `management(vhost)`: unacked counts and rates for the whole vhost from ONE `GET /api/queues/<vhost>`
   request, cached for the statistics interval (the figures only move that often);
   `management_cached(vhost)` serves the cache (with its age) at once and refreshes it in the background.
@@ -18,26 +18,18 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import httpx
-import pika
 import pika.exceptions as pe
-from pika.adapters.blocking_connection import BlockingChannel
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
-from taskq.broker.admin import queue_depth
 from taskq.broker.connection import connect
 from taskq.broker.topology import declare_queue_topology
 from taskq.errors import BrokerUnavailable, redact_url
+from taskq_operator.adapters.amqp_depth import DepthReader
 
-LANES = 8
-_CONNECT_ERRORS = (pe.AMQPError, AMQPConnectorException, OSError)
-"""What reading can raise: pika's own errors, and with one connection attempt its connector's errors too
-(a listener that never answers the AMQP handshake gives `AMQPConnectorStackTimeout`, no `AMQPError`)."""
 MANAGEMENT_COLUMNS = ",".join(
     [
         "name",
@@ -120,8 +112,7 @@ class BrokerObserver:
         self._management_ttl_s = management_ttl_s
         self._timeout_s = timeout_s
         self._lock = threading.Lock()
-        self._connection: pika.BlockingConnection | None = None
-        self._lanes: list[BlockingChannel] = []
+        self._depths = DepthReader(amqp_url, name="taskq-operator", timeout_s=timeout_s)
         self._http: httpx.Client | None = None
         self._management_cache: dict[str, tuple[float, dict[str, ManagementFigures]]] = {}
         self._management_lock = threading.Lock()
@@ -139,87 +130,21 @@ class BrokerObserver:
 
     # -- AMQP ---------------------------------------------------------------------------------
 
-    def _open_lanes(self) -> list[BlockingChannel]:
-        if self._connection is None or not self._connection.is_open:
-            # No AMQP heartbeats: this connection is only driven during ticks, and a long tick (hundreds of
-            # status patches on start-up) must not make the broker drop it; every tick's reads detect a
-            # dead connection within `timeout_s` anyway.
-            self._connection = connect(self._amqp_url, name="taskq-operator", heartbeat_s=0)
-            self._lanes = []
-        self._lanes = [lane for lane in self._lanes if lane.is_open]
-        while len(self._lanes) < LANES:
-            self._lanes.append(self._connection.channel())
-        return self._lanes
-
-    def _drop_connection(self) -> None:
-        connection, self._connection, self._lanes = self._connection, None, []
-        if connection is not None and connection.is_open:
-            with contextlib.suppress(pe.AMQPError, OSError):  # closing a broken connection
-                connection.close()
-
-    def _pipelined(self, queues: list[str]) -> tuple[dict[str, ReadyCount | None], list[str]]:
-        """Passive declares spread over `LANES` channels, all sent before any reply is awaited.
-
-        Returns the counts read and the queues whose lane was closed by the broker (a missing queue
-        closes its channel), which the caller re-reads one by one.
-        """
-        lanes = self._open_lanes()
-        assert self._connection is not None
-        counts: dict[str, ReadyCount | None] = {}
-        assigned = [queues[i :: len(lanes)] for i in range(len(lanes))]
-
-        def remember(queue: str) -> Callable[[Any], None]:
-            def on_reply(frame: Any) -> None:
-                counts[queue] = ReadyCount(ready=frame.method.message_count, consumers=frame.method.consumer_count)
-
-            return on_reply
-
-        for lane, lane_queues in zip(lanes, assigned, strict=True):
-            for queue in lane_queues:
-                lane._impl.queue_declare(queue, passive=True, callback=remember(queue))
-        deadline = time.monotonic() + self._timeout_s
-        while time.monotonic() < deadline:
-            unfinished = [
-                i for i, lane_queues in enumerate(assigned) if lanes[i].is_open and any(q not in counts for q in lane_queues)
-            ]
-            if not unfinished:
-                break
-            self._connection.process_data_events(time_limit=0.02)
-        else:
-            raise BrokerUnavailable(f"broker at {self._where} did not answer {len(queues)} queue reads in time")
-        leftovers = [q for i, lane_queues in enumerate(assigned) if not lanes[i].is_open for q in lane_queues if q not in counts]
-        return counts, leftovers
-
-    def _one_by_one(self, queues: list[str]) -> dict[str, ReadyCount | None]:
-        """One passive declare per queue (taskq's own `queue_depth`), for the queues of a closed lane."""
-        assert self._connection is not None
-        counts: dict[str, ReadyCount | None] = {}
-        for queue in queues:
-            depth = queue_depth(self._connection, queue)
-            counts[queue] = None if depth is None else ReadyCount(ready=depth.messages, consumers=depth.consumers)
-        return counts
-
     def ready_counts(self, queues: list[str]) -> dict[str, ReadyCount | None]:
-        """Exact ready/consumer counts per queue (None for a queue that does not exist)."""
-        with self._lock:
-            try:
-                return self._read_all(queues)
-            except (BrokerUnavailable, *_CONNECT_ERRORS):
-                self._drop_connection()  # a connection found dead is replaced once before giving up
-            try:
-                return self._read_all(queues)
-            except BrokerUnavailable:
-                self._drop_connection()
-                raise
-            except _CONNECT_ERRORS as exc:
-                self._drop_connection()
-                raise BrokerUnavailable(f"broker at {self._where} lost while reading queues: {type(exc).__name__}") from None
+        """Exact ready/consumer counts per queue (None for a queue that does not exist).
 
-    def _read_all(self, queues: list[str]) -> dict[str, ReadyCount | None]:
-        counts, leftovers = self._pipelined(queues)
-        if leftovers:
-            counts.update(self._one_by_one(leftovers))
-        return counts
+        A connection found dead is replaced once before giving up (`BrokerUnavailable`); a new one that
+        cannot be made is not tried twice.
+        """
+        with self._lock:
+            reused = self._depths.connected
+            try:
+                depths = self._depths.depths(queues)
+            except BrokerUnavailable:
+                if not reused:
+                    raise
+                depths = self._depths.depths(queues)  # the reader reconnects after any failure
+        return {queue: None if d is None else ReadyCount(ready=d.ready, consumers=d.consumers) for queue, d in depths.items()}
 
     def declare(
         self, queue: str, *, max_priority: int, task_timeout_s: float, queue_type: str = "classic", max_deliveries: int = 5
@@ -315,7 +240,7 @@ class BrokerObserver:
 
     def close(self) -> None:
         with self._lock:
-            self._drop_connection()
+            self._depths.close()
         if self._http is not None:
             self._http.close()
             self._http = None
