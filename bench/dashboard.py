@@ -224,8 +224,7 @@ def main() -> None:
         end = datetime.now(UTC)
         seed_s = seed(store, queues, args.tasks, end)
         began = time.monotonic()
-        store.ensure_indexes()
-        store.ensure_dashboard_indexes()
+        store.ensure_indexes()  # what a worker does at start
         index_writes = getattr(mongo, "index_writes", None)
         if callable(index_writes):
             index_writes(database)  # what the harness does for workers on FerretDB: the `_id` expression index

@@ -137,7 +137,9 @@ class CatalogKeeper:
         log.info("dashboard: task list of %d tasks scanned in %.2f s", len(catalog), took)
         if self._save is not None and time.monotonic() - self._saved_at >= SAVE_EVERY_S:
             self._saved_at = time.monotonic()
+            began = time.monotonic()
             try:
                 self._save(summaries, taken_at, took)
+                log.info("dashboard: task list saved in %.2f s", time.monotonic() - began)
             except TaskqError as exc:
                 log.warning("dashboard: task list not saved: %s", exc)

@@ -131,8 +131,9 @@ def dashboard_router(client: Client, auth: Auth) -> APIRouter:
             return
         with index_lock:
             if not indexed.is_set():
+                # The operator's and CLI's indexes (what a worker creates at start). The dashboard's own page reads
+                # are by `_id` and need none: no `name, state, updated_at` index any more (each costs every write).
                 reads.store.ensure_indexes()
-                reads.store.ensure_dashboard_indexes()
                 indexed.set()
 
     def render(request: Request, template: str, session: Session | None, status: int = 200, **context: Any) -> HTMLResponse:
