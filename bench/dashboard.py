@@ -54,6 +54,7 @@ WEIGHTS = [
     ("retrying", 2),
     ("cancelled", 1),
 ]
+LOGGED = re.compile(r"dashboard: ((?:task list|saved task list).*)$")  # the API's scans, saves and read-backs
 NAMES = ["reports.render", "mail.send", "images.resize", "billing.charge", "etl.load", "search.index", "audit.export"]
 
 
@@ -304,6 +305,10 @@ def main() -> None:
                 print(f"restart {label:43s} {took:7.3f} s{flags}", flush=True)
         finally:
             api.close()
+        report["api_log"] = {
+            phase: [m.group(1) for line in path.read_text().splitlines() if (m := LOGGED.search(line))]
+            for phase, path in (("first", log_dir / "dashboard-api-cold.log"), ("restart", log_dir / "dashboard-api-restart.log"))
+        }
         report["cold_first_load_s"] = cold
         report["restart_first_load_s"] = restarted
         report["warm"] = warm

@@ -96,6 +96,7 @@ class CatalogKeeper:
         """The saved catalog, when this process has none yet (a missing or unreadable one is just skipped)."""
         if self._restore is None or self._catalog is not None:
             return
+        began = time.monotonic()
         try:
             saved = self._restore()
         except TaskqError as exc:
@@ -109,7 +110,8 @@ class CatalogKeeper:
             if self._catalog is None:
                 self._catalog, self._taken_at, self._took_s, self._restored = catalog, taken_at, took_s, True
         self._ready.set()
-        log.info("dashboard: saved task list of %d tasks (scanned %s) read back", len(catalog), taken_at.isoformat())
+        took = time.monotonic() - began
+        log.info("dashboard: saved task list of %d tasks (scanned %s) read back in %.2f s", len(catalog), taken_at, took)
 
     def _run(self) -> None:
         self._restore_saved()
