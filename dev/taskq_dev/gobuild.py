@@ -10,6 +10,7 @@ Called by `taskq_dev.tools`; a build runs under a file lock so parallel test ses
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -53,11 +54,7 @@ STAMP_FILE = ".build-stamp"
 def is_current(tool: GoTool, out_dir: Path, binaries: Sequence[str]) -> bool:
     """Whether `out_dir` holds every binary, built from exactly this tool description."""
     stamp = out_dir / STAMP_FILE
-    return (
-        all((out_dir / name).exists() for name in binaries)
-        and stamp.exists()
-        and stamp.read_text().strip() == tool.stamp()
-    )
+    return all((out_dir / name).exists() for name in binaries) and stamp.exists() and stamp.read_text().strip() == tool.stamp()
 
 
 def go_binary() -> str:
@@ -72,7 +69,8 @@ def go_binary() -> str:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive file lock shared by every process that builds into the same folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -115,15 +113,17 @@ def _wrapper_gomod(tool: GoTool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build(tool: GoTool, out_dir: Path, binaries: Sequence[str]) -> dict[str, Path]:
+def build(tool: GoTool, out_dir: Path, binaries: Sequence[str], *, lock: bool = True) -> dict[str, Path]:
     """Build `tool` into `out_dir` unless every name in `binaries` is already there.
 
     Returns the path of each binary. Prints progress to stderr, since a cold build takes minutes.
+    `lock=False`: the caller holds `locked(out_dir / ".build.lock")` already (to rename a binary
+    under the same lock, so that a parallel session never sees it half moved).
     """
     wanted = {name: out_dir / name for name in binaries}
     if is_current(tool, out_dir, binaries):
         return wanted
-    with _locked(out_dir / ".build.lock"):
+    with locked(out_dir / ".build.lock") if lock else contextlib.nullcontext():
         if is_current(tool, out_dir, binaries):
             return wanted
         src = out_dir / "src"
@@ -132,14 +132,20 @@ def build(tool: GoTool, out_dir: Path, binaries: Sequence[str]) -> dict[str, Pat
         env = dict(os.environ, GOFLAGS="-mod=mod", CGO_ENABLED="0")
         started = time.monotonic()
         print(
-            f"taskq-dev: building {', '.join(binaries)} from {tool.module} v{tool.version} "
-            f"(first run only; cached in {out_dir})",
+            f"taskq-dev: building {', '.join(binaries)} from {tool.module} v{tool.version} (first run only; cached in {out_dir})",
             file=sys.stderr,
             flush=True,
         )
         result = subprocess.run(
-            [go_binary(), "build", "-trimpath", "-ldflags=" + " ".join(["-s", "-w", *tool.ldflags]),
-             "-o", str(out_dir) + "/", *tool.packages],
+            [
+                go_binary(),
+                "build",
+                "-trimpath",
+                "-ldflags=" + " ".join(["-s", "-w", *tool.ldflags]),
+                "-o",
+                str(out_dir) + "/",
+                *tool.packages,
+            ],
             cwd=src,
             env=env,
             capture_output=True,

@@ -8,7 +8,6 @@ local control plane (kube tools).
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import os
 import re
@@ -236,8 +235,11 @@ def etcd_binary() -> Path:
     if binary.exists():
         return binary
     tool = gobuild.GoTool(module=ETCD_MODULE, version=versions.ETCD, packages=[ETCD_MODULE])
-    built = gobuild.build(tool, out_dir, ["server"])["server"]  # go names a `.../v3` main after its parent
-    built.rename(binary)
+    with gobuild.locked(out_dir / ".build.lock"):  # parallel sessions: one builds, the others wait and find it
+        if binary.exists():
+            return binary
+        built = gobuild.build(tool, out_dir, ["server"], lock=False)["server"]  # go names a `.../v3` main after its parent
+        built.rename(binary)
     return binary
 
 
