@@ -381,11 +381,21 @@ def _recorded(port: int) -> int:
 
 
 def _traced(path: Path) -> list[dict[str, Any]]:
-    """The command counts the worker's listener wrote last (`bench/storetrace`), or none yet."""
-    try:
-        return list(json.loads(path.read_text()))
-    except (OSError, ValueError):
-        return []
+    """The command counts the worker's processes wrote last (`bench/storetrace`: `<path>.<pid>` each), summed."""
+    summed: dict[tuple[str, ...], dict[str, Any]] = {}
+    for part in path.parent.glob(f"{path.name}.*"):
+        if part.suffix == ".tmp":
+            continue
+        try:
+            rows = json.loads(part.read_text())
+        except (OSError, ValueError):
+            continue
+        for row in rows:
+            key = (row["command"], row["collection"], row["shape"], row["thread"])
+            entry = summed.setdefault(key, {**row, "commands": 0, "statements": 0})
+            entry["commands"] += row["commands"]
+            entry["statements"] += row["statements"]
+    return list(summed.values())
 
 
 def _trace_difference(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -450,7 +460,8 @@ def bench_taskq_worker(
     env = _worker_env(amqp_url, mongodb_uri, database, queue, pool, prefetch)
     trace_path = LOGS / "store-commands.log"  # *.log: not committed
     if trace_commands:
-        trace_path.unlink(missing_ok=True)
+        for old in LOGS.glob(f"{trace_path.name}*"):
+            old.unlink(missing_ok=True)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "bench" / "storetrace"), env.get("PYTHONPATH")]))
         env["TASKQ_BENCH_COMMAND_LOG"] = str(trace_path)
     worker = _start(["taskq-worker", "--log-level", "info"], env, log_path.name)

@@ -2,8 +2,10 @@
 
 When `TASKQ_BENCH_COMMAND_LOG` names a file, a pymongo command listener is registered before any
 client exists; per (command, collection, thread name) it counts commands and their statements
-(documents inserted, updates, deletes, a find's filter kind) and rewrites the file as JSON every
-half second. Without the variable it does nothing. Never imported by taskq itself.
+(documents inserted, updates, deletes, a find's filter kind) and rewrites `<file>.<pid>` as JSON
+every half second: one file per process, since the process pool's forkserver and children inherit
+the variable too (the reader sums them). Without the variable it does nothing. Never imported by
+taskq itself.
 """
 
 from __future__ import annotations
@@ -62,10 +64,11 @@ if _PATH:
                 {"command": k[0], "collection": k[1], "shape": k[2], "thread": k[3], "commands": n, "statements": _statements[k]}
                 for k, n in sorted(_counts.items())
             ]
-        tmp = f"{_PATH}.tmp"
+        target = f"{_PATH}.{os.getpid()}"
+        tmp = f"{target}.tmp"
         with open(tmp, "w") as out:
             json.dump(rows, out)
-        os.replace(tmp, _PATH)
+        os.replace(tmp, target)
 
     def _loop() -> None:
         while True:
