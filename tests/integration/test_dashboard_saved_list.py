@@ -1,12 +1,16 @@
-"""The dashboard's saved task list on the real test store: a scan's summaries saved in chunks by `_id` read back
+"""The dashboard's task list against the real test store: a scan's summaries saved in chunks by `_id` read back
 exactly (ids, states, queues, names, update times to the millisecond), a second save replaces the first and removes
-its chunks, nothing saved reads as None."""
+its chunks, nothing saved reads as None; a page's rows are read now, and a listed task that is gone or no longer
+matches the filters is left out and counted."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from taskq.core.catalog import Summary
+from taskq.core.catalog import Catalog, Summary
+from taskq.core.message import utcnow
+from taskq.http.dashboard import data
+from taskq.http.dashboard.catalog import CatalogView
 from taskq.store import dashboard_reads
 from taskq.store.mongo import TaskStore
 
@@ -34,3 +38,21 @@ def test_saved_summaries_read_back_and_a_new_save_replaces_the_old(store: TaskSt
     again = dashboard_reads.load_summaries(store)
     assert again is not None and again[0] == second and again[1] == AT + timedelta(seconds=5)
     assert store.tasks.database[dashboard_reads.SAVED].count_documents({}) == 2  # the head and one chunk
+
+
+def test_a_listed_task_that_moved_on_is_left_out_and_counted(store: TaskStore) -> None:
+    """The catalog lists two failed tasks; one was retried since (queued now): the page shows the other and says so."""
+    now = utcnow()
+    store.tasks.insert_many(
+        [
+            {"_id": "still-failed", "name": "job", "queue": "q", "state": "failed", "updated_at": now},
+            {"_id": "retried", "name": "job", "queue": "q", "state": "queued", "updated_at": now},
+        ]
+    )
+    listed: list[Summary] = [(task_id, "failed", "q", "job", now) for task_id in ("still-failed", "retried", "gone")]
+    catalog = Catalog(listed)
+    view = CatalogView(catalog, now, 0.1, None, 3, None)
+    page = data.task_page(store, view, data.TaskFilter.parse({"state": "failed"}))
+    assert [row["id"] for row in page.rows] == ["still-failed"] and page.left_out == 2 and page.total == 3
+    everything = data.task_page(store, view, data.TaskFilter.parse({}))
+    assert sorted(row["id"] for row in everything.rows) == ["retried", "still-failed"] and everything.left_out == 1

@@ -179,6 +179,7 @@ class TaskPage:
     total: int | None = None
     partial: bool = False
     view: CatalogView | None = None
+    left_out: int = 0  # listed by the catalog, but gone or no longer matching when read
 
 
 @dataclass(frozen=True)
@@ -296,8 +297,9 @@ def queues(client: Client, store: TaskStore, view: CatalogView, replica_reader: 
 def task_page(store: TaskStore, view: CatalogView, wanted: TaskFilter) -> TaskPage:
     """One page of tasks matching `wanted`, most recently updated first (as of the catalog), each row read now by id.
 
-    A task gone since the catalog's scan (purged, expired) is left out of its page; before the first
-    scan ends the page is empty, with the scan's progress in `view`.
+    A task gone since the catalog's scan (purged, expired), or that no longer matches the filters as
+    read now (its state or update time moved on), is left out of its page and counted in `left_out`;
+    before the first scan ends the page is empty, with the scan's progress in `view`.
     """
     if view.catalog is None:
         return TaskPage(rows=[], has_next=False, view=view)
@@ -312,8 +314,22 @@ def task_page(store: TaskStore, view: CatalogView, wanted: TaskFilter) -> TaskPa
         limit=PAGE_SIZE,
     )
     documents = dashboard_reads.tasks_by_id(store, found.ids)
-    rows = [_shown(documents[i]) for i in found.ids if i in documents]
-    return TaskPage(rows=rows, has_next=found.has_next, total=found.total, partial=found.partial, view=view)
+    current = [documents[i] for i in found.ids if i in documents]
+    rows = [_shown(d) for d in current if _matches(d, wanted)]
+    left_out = len(found.ids) - len(rows)
+    return TaskPage(rows=rows, has_next=found.has_next, total=found.total, partial=found.partial, view=view, left_out=left_out)
+
+
+def _matches(document: dict[str, Any], wanted: TaskFilter) -> bool:
+    """Whether a task as read now still matches the filters its catalog entry matched (it may have moved on since)."""
+    at = document.get("updated_at")
+    return (
+        (not wanted.state or document.get("state") == wanted.state)
+        and (not wanted.queue or document.get("queue") == wanted.queue)
+        and (not wanted.name or document.get("name") == wanted.name)
+        and (wanted.since is None or (isinstance(at, datetime) and at >= wanted.since))
+        and (wanted.until is None or (isinstance(at, datetime) and at < wanted.until))
+    )
 
 
 def task(store: TaskStore, task_id: str) -> dict[str, Any] | None:
