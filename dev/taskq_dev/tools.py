@@ -250,20 +250,23 @@ def _go_install(package: str, version: str, name: str) -> Path:
     binary = out_dir / name
     if binary.exists():
         return binary
-    env = dict(os.environ, GOBIN=str(out_dir), CGO_ENABLED="0")
-    print(f"taskq-dev: go install {package}@v{version} (first run only)", file=sys.stderr, flush=True)
-    result = subprocess.run(
-        [gobuild.go_binary(), "install", "-trimpath", "-ldflags=-s -w", f"{package}@v{version}"],
-        env=env,
-        cwd="/",
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode == 0 and binary.exists():
-        return binary
-    module = package.split("/cmd/")[0]
-    tool = gobuild.GoTool(module=module, version=version, packages=[package])
-    return gobuild.build(tool, out_dir, [name])[name]
+    with gobuild.locked(out_dir / ".build.lock"):  # parallel sessions: one installs, the others wait and find it
+        if binary.exists():
+            return binary
+        env = dict(os.environ, GOBIN=str(out_dir), CGO_ENABLED="0")
+        print(f"taskq-dev: go install {package}@v{version} (first run only)", file=sys.stderr, flush=True)
+        result = subprocess.run(
+            [gobuild.go_binary(), "install", "-trimpath", "-ldflags=-s -w", f"{package}@v{version}"],
+            env=env,
+            cwd="/",
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode == 0 and binary.exists():
+            return binary
+        module = package.split("/cmd/")[0]
+        tool = gobuild.GoTool(module=module, version=version, packages=[package])
+        return gobuild.build(tool, out_dir, [name], lock=False)[name]
 
 
 def kwok_binary() -> Path:
