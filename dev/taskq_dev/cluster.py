@@ -31,6 +31,8 @@ NODE_MONITOR_GRACE = "12s"
 """How long a node may miss heartbeats before the node lifecycle controller marks it unknown."""
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+FRONT_PROXY_CLIENT = "front-proxy-client"
+"""Common name of the API server's client cert towards aggregated API servers."""
 
 
 class ClusterError(TaskqError):
@@ -239,6 +241,9 @@ class LocalCluster:
             pair = ca.issue(stem, common_name, organization=group)
             target = self.kubeconfig if stem == "admin" else self.root / f"{stem}.kubeconfig"
             pki.write_kubeconfig(target, self.server, ca.pair.cert, client=pair, user=stem)
+        # the aggregation layer: the API server's identity towards extension API servers (KEDA's
+        # metrics server in bench/scaling.py), which trust its X-Remote-* headers for this name only
+        ca.issue("front-proxy-client", FRONT_PROXY_CLIENT)
 
     def _write_kwok_config(self) -> None:
         (self.root / "kwok.yaml").write_text(
@@ -276,6 +281,15 @@ class LocalCluster:
                 "--kubelet-preferred-address-types=InternalIP,Hostname",
                 "--endpoint-reconciler-type=none", "--allow-privileged=true", "--profiling=false",
                 f"--cert-dir={pki_dir}",
+                # aggregation layer: proxy to extension API servers (APIServices) with a client cert,
+                # straight to an endpoint of their Service (no kube-proxy here)
+                f"--requestheader-client-ca-file={pki_dir / 'ca.crt'}",
+                f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+                "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={pki_dir / 'front-proxy-client.crt'}",
+                f"--proxy-client-key-file={pki_dir / 'front-proxy-client.key'}",
+                "--enable-aggregator-routing=true",
             ]
         if name == "kube-controller-manager":
             kubeconfig = self.root / "controller-manager.kubeconfig"
