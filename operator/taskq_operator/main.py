@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 
 import kopf
@@ -40,6 +41,24 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+GC_THRESHOLD = (10_000, 10, 10)
+"""Young-generation threshold 10,000 allocations (Python's default: 700)."""
+
+
+def tune_gc() -> None:
+    """Keep the cyclic garbage collector off the scaler's path.
+
+    Each tick allocates a few dozen objects per TaskQueue; with the default thresholds a young
+    collection ran every 700 allocations, promoted what was still alive mid-tick, and that started a
+    full collection of the whole heap (the Kubernetes client and kopf, tens of MiB) every other tick:
+    about a third of the operator's CPU at 2,000 TaskQueues. The modules loaded at start-up are frozen
+    out of every collection; the higher young threshold lets a tick's objects die before they are scanned.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _arguments(argv)
     logging.basicConfig(
@@ -49,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     for noisy in ("kopf.objects", "pika", "httpx", "kubernetes", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     start_metrics_server(args.metrics_port)
+    tune_gc()
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
     state = handlers.OperatorState(
         health=TickHealth(stall_after_s=args.tick_stall_seconds), named_namespaces=bool(args.namespace)

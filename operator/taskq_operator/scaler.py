@@ -75,6 +75,10 @@ class QueueState:
     stored_history: str | None = None
     held: str | None = None
     conflict: str | None = None
+    counts: tuple[tuple[str, int], ...] | None = None
+    """The last task counts read (they are read every few ticks only)."""
+    selector: tuple[TaskQueueSpec, str] | None = None
+    """The label selector of the Deployment's pods, for the spec it was made from."""
     rates: rates.RateState | None = None
     """Service and arrival rate estimate, kept only for a TaskQueue with `targetWaitSeconds`."""
 
@@ -225,7 +229,8 @@ class Scaler:
         readings = self.observers.read(resolved) if resolved else {}
         acts: dict[Key, Callable[[], Any]] = {}
         for key, (spec, _) in due.items():
-            target, error = targets.results.get(key, (None, self._late(targets, key, "reading its Secrets")))
+            found = targets.results.get(key)
+            target, error = found if found is not None else (None, self._late(targets, key, "reading its Secrets"))
             reading = readings.get((target.broker_key, spec.queue)) if target else None
             if reading is None:
                 reading = Reading(None, "none", error or "broker not read")
@@ -409,7 +414,7 @@ class Scaler:
             ready_replicas=view.ready_replicas if view is not None else 0,
             scaled=scaled is not None,
             task_counts=reading.task_counts,
-            selector=selector_string(spec),
+            selector=self._selector(state, spec),
             held=held,
             conflict=conflict,
         )
@@ -431,6 +436,12 @@ class Scaler:
             state.rates = rates.update(state.rates or rates.RateState(), beats, backlog, slots, now, published)
         return dataclasses.replace(reading, observation=rates.with_rates(observation, state.rates or rates.RateState()))
 
+    @staticmethod
+    def _selector(state: QueueState, spec: TaskQueueSpec) -> str:
+        if state.selector is None or state.selector[0] is not spec:
+            state.selector = (spec, selector_string(spec))
+        return state.selector[1]
+
     def _report(self, key: Key, tick: Tick, before: int, reading: Reading, body: dict[str, Any]) -> None:
         """Events for what changed, and the status patch when the status differs from the last one."""
         state = self.states[key]
@@ -450,7 +461,10 @@ class Scaler:
         if tick.conflict is not None and tick.conflict != state.conflict:
             self._event(spec, "Warning", "DeploymentNotOwned", tick.conflict)
         state.conflict = tick.conflict
-        counts = tuple(sorted(tick.task_counts.items())) if tick.task_counts is not None else None
+        # Task counts come every few ticks; between them the status keeps the last ones, so does the fingerprint.
+        if tick.task_counts is not None:
+            state.counts = tuple(sorted(tick.task_counts.items()))
+        counts = state.counts
         fingerprint = (
             tick.observation,
             tick.observation_source,

@@ -28,7 +28,7 @@ from pika.adapters.utils.connection_workflow import AMQPConnectorException
 from taskq.broker.connection import connect
 from taskq.broker.topology import declare_queue_topology
 from taskq.errors import BrokerUnavailable, redact_url
-from taskq_operator.adapters.amqp_depth import DepthReader
+from taskq_operator.adapters.amqp_depth import Depth, DepthReader
 
 MANAGEMENT_COLUMNS = ",".join(
     [
@@ -42,12 +42,8 @@ MANAGEMENT_COLUMNS = ",".join(
 )
 
 
-@dataclass(frozen=True)
-class ReadyCount:
-    """What a passive declare tells: exact ready messages and consumers (None when the queue is missing)."""
-
-    ready: int
-    consumers: int
+ReadyCount = Depth
+"""What a passive declare tells: exact ready messages and consumers (None when the queue is missing)."""
 
 
 @dataclass(frozen=True)
@@ -144,7 +140,7 @@ class BrokerObserver:
                 if not reused:
                     raise
                 depths = self._depths.depths(queues)  # the reader reconnects after any failure
-        return {queue: None if d is None else ReadyCount(ready=d.ready, consumers=d.consumers) for queue, d in depths.items()}
+        return depths
 
     def declare(
         self, queue: str, *, max_priority: int, task_timeout_s: float, queue_type: str = "classic", max_deliveries: int = 5
