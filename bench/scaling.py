@@ -46,7 +46,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 CRD = Path(__file__).resolve().parents[1] / "crds" / "taskqueue.yaml"
 KEDA_POLL_S = 30.0
 HPA_SYNC_S = 15.0
-KEDA_LANES = 4
+KEDA_LANES = 5
 """Parallel ScaledObjects (each its own queue and Deployment) the KEDA trials are spread over."""
 DRAIN_TASKS = 2000
 DRAIN_MAX_REPLICAS = 10
@@ -493,7 +493,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--taskqueues", type=int, default=2000)
     parser.add_argument("--cpu-window", type=float, default=60.0)
-    parser.add_argument("--keda-budget", type=float, default=420.0,
+    parser.add_argument("--keda-budget", type=float, default=330.0,
                         help="seconds the KEDA trials at defaults may take (30 s poll: about 60 s per trial per lane)")
     parser.add_argument("--no-keda", action="store_true", help="skip real KEDA (the modelled baseline stays)")
     parser.add_argument("--operator-cost-only", action="store_true",
@@ -537,6 +537,9 @@ def main(argv: list[str] | None = None) -> None:
                 _wait_for(lambda: replicas(kube, namespace, "plot-worker") == 0, 60, "plot Deployment", 0.2)
                 _wait_for(lambda: replicas(kube, namespace, "drain-worker") == 0, 60, "drain Deployment", 0.2)
                 broker = Broker(amqp_url)
+                declared = ("bench-react", "bench-plot", "bench-drain")
+                _wait_for(lambda: all(queue_depth(broker.connection, q) is not None for q in declared), 60,
+                          "the operator to declare the bench queues", 0.5)
                 try:
                     samples = reaction_trials(kube, broker, namespace, args.trials)
                     burst_timeline(kube, amqp_url, broker, namespace, RESULTS / "scaling.png")
