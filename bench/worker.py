@@ -34,6 +34,7 @@ Services come from `AMQP_URL` / `MONGODB_URI` or are started privately (`taskq_d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -59,6 +60,7 @@ from taskq.broker.connection import connect
 from taskq.client import Client
 from taskq.core.message import new_task_id
 from taskq.core.states import TaskState
+from taskq.errors import BrokerUnavailable
 from taskq.settings import Settings
 from taskq.store.mongo import FERRETDB_OPS_PER_BULK, TaskStore
 from taskq_dev.ports import WaitTimeout, poll
@@ -89,8 +91,27 @@ class Broker:
         self._connection = connect(amqp_url, name="taskq-bench-observer")
 
     def ready_and_consumers(self, queue: str) -> tuple[int, int]:
-        depth = queue_depth(self._connection, queue)
+        try:
+            depth = queue_depth(self._connection, queue)
+        except BrokerUnavailable:
+            # Idle through a long publish or a peer's start-up, the connection can miss its heartbeats.
+            self._reconnect()
+            depth = queue_depth(self._connection, queue)
         return (depth.messages, depth.consumers) if depth is not None else (0, 0)
+
+    def _reconnect(self) -> None:
+        with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+            self._connection.close()
+        self._connection = connect(self.amqp_url, name="taskq-bench-observer")
+
+    def _channel(self) -> Any:
+        if not self._connection.is_open:
+            self._reconnect()
+        try:
+            return self._connection.channel()
+        except (pika.exceptions.AMQPError, OSError):
+            self._reconnect()
+            return self._connection.channel()
 
     def unacked(self, queue: str) -> int:
         url = f"{self._management}/api/queues/{quote(self._vhost, safe='')}/{quote(queue, safe='')}"
@@ -99,7 +120,7 @@ class Broker:
 
     def publish_bodies(self, queue: str, bodies: list[bytes], properties: pika.BasicProperties) -> None:
         """Publish persistent messages with confirms, many in flight (one confirm wait per 500)."""
-        channel = self._connection.channel()
+        channel = self._channel()
         try:
             channel.confirm_delivery()
             for start in range(0, len(bodies), 500):
@@ -110,7 +131,7 @@ class Broker:
 
     def delete(self, queue: str) -> None:
         """Delete a peer's queue and the exchange of the same name (Celery declares one per queue)."""
-        channel = self._connection.channel()
+        channel = self._channel()
         try:
             channel.queue_delete(queue)
             channel.exchange_delete(queue)
@@ -118,7 +139,8 @@ class Broker:
             channel.close()
 
     def close(self) -> None:
-        self._connection.close()
+        with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+            self._connection.close()
 
 
 def _start(argv: list[str], env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:
@@ -876,6 +898,9 @@ def main() -> None:
     )
     parser.add_argument("--ceiling-seconds", type=float, default=15.0, help="seconds of each store-ceiling configuration")
     parser.add_argument("--celery-mongo-budget", type=float, default=60.0, help="seconds a Celery+MongoDB run may take at most")
+    parser.add_argument(
+        "--celery-mongo-tasks", type=int, default=8000, help="tasks per Celery+MongoDB run (more than its budget does)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results file (default bench/results/worker.json)")
     args = parser.parse_args()
     LOGS.mkdir(parents=True, exist_ok=True)
@@ -947,7 +972,7 @@ def main() -> None:
                     env,
                     mongo.uri,
                     mongo.index_writes,
-                    args.tasks,
+                    args.celery_mongo_tasks,
                     best_multiplier,
                     track_started,
                     args.celery_mongo_budget,
