@@ -404,6 +404,61 @@ def test_worker_over_its_memory_limit_is_oom_killed_and_its_task_ends_at_the_del
 
 
 @pytest.mark.timeout(900)
+def test_process_pool_child_over_the_memory_limit_is_oom_killed_alone_and_the_error_says_so(
+    cluster: Any,
+    real_nodes: RealNodes,
+    namespace: str,
+    operator: Path,
+    secrets: tuple[str, str],
+    services: QueueServices,
+) -> None:
+    """The process pool (the default): the kernel OOM-kills the child that runs the hog, not the worker.
+    The container is not restarted, the attempt is recorded `WorkerLost` naming the OOM killer, the
+    retry meets the same end and the task ends `dead`; the other tasks succeed on the same pod."""
+    worker = {
+        "pool": "process",
+        "concurrency": 1,
+        "prefetch": 1,
+        "resources": {"requests": {"memory": "256Mi"}, "limits": {"memory": "256Mi"}},
+    }
+    scaling = {"minReplicas": 1, "maxReplicas": 1}
+    apply(cluster, real_node_taskqueue("greedy", namespace, services.queue, secrets, services.database, scaling, worker))
+    placed = poll(lambda: ready_pods(cluster, namespace, "greedy"), timeout=120, what="a Ready worker pod")
+    pod = next(iter(placed))
+
+    (hog,) = services.submit([{"name": "allocate", "kwargs": {"mib": 600, "hold_s": 5}, "max_retries": 1}])
+    others = services.submit([{"name": "echo", "args": [i]} for i in range(10)])
+    with services.store() as task_store:
+        started = time.monotonic()
+        document = poll(
+            lambda: (d := task_store.get(hog)) is not None and d["state"] == "dead" and d,
+            timeout=300,
+            what="the memory hog to end dead after its retry",
+            interval=1,
+        )
+        ended = time.monotonic() - started
+        poll(
+            lambda: all((d := task_store.get(t)) is not None and d["state"] == "succeeded" for t in others),
+            timeout=180,
+            what="the other 10 tasks to succeed",
+            interval=1,
+        )
+        finished_by = {task_store.get(t)["worker"] for t in others}  # type: ignore[index]
+    status = container_status(cluster, namespace, pod)
+    sys.stderr.write(
+        f"\nOOM (process pool): the hog ended dead {ended:.1f} s after submission after {document.get('attempts')} "
+        f"attempts; pod {pod} restarted {status.get('restartCount')} times; error {document['error']!r}\n"
+    )
+    assert document["error"]["type"] == "WorkerLost", document["error"]
+    assert "SIGKILL" in document["error"]["message"] and "OOM killer" in document["error"]["message"], document["error"]
+    assert document.get("attempts") == 2
+    assert int(status.get("restartCount") or 0) == 0, status  # only the child died
+    assert finished_by == {pod}, finished_by
+    assert pod in ready_pods(cluster, namespace, "greedy")
+    cluster.kubectl("delete", "-n", namespace, "tq", "greedy")
+
+
+@pytest.mark.timeout(900)
 def test_scale_down_sigterm_lets_running_tasks_finish_within_the_grace_period(
     cluster: Any,
     real_nodes: RealNodes,
