@@ -12,9 +12,7 @@ T0 = datetime(2026, 12, 2, 6, 0, tzinfo=UTC)
 
 def _catalog(n: int = 100) -> Catalog:
     states = ["succeeded", "failed", "dead", "queued"]
-    return Catalog(
-        (f"t-{i:04d}", states[i % 4], f"q{i % 2}", f"job{i % 5}", T0 + timedelta(seconds=i)) for i in range(n)
-    )
+    return Catalog((f"t-{i:04d}", states[i % 4], f"q{i % 2}", f"job{i % 5}", T0 + timedelta(seconds=i)) for i in range(n))
 
 
 def test_order_is_most_recent_first_and_counts_per_queue() -> None:
