@@ -48,11 +48,17 @@ def log(message: str) -> None:
     print(f"[operator-cost {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-class MetricsSampler:
-    """Reads the operator's tick counters once a second, so any window's rates can be taken afterwards."""
+SCRAPE_EVERY_S = 30.0
+"""As often as a Prometheus would scrape: /metrics with 2,000 TaskQueues (8,000 series) costs the operator
+tens of ms of CPU per scrape, which a scrape every second made half of the profile's samples."""
 
-    def __init__(self, port: int) -> None:
+
+class MetricsSampler:
+    """Reads the operator's tick counters every `interval_s`, so a window's rates can be taken afterwards."""
+
+    def __init__(self, port: int, interval_s: float = SCRAPE_EVERY_S) -> None:
         self.url = f"http://127.0.0.1:{port}/metrics"
+        self.interval_s = interval_s
         self.samples: list[tuple[float, dict[str, float]]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="metrics-sampler", daemon=True)
@@ -67,7 +73,7 @@ class MetricsSampler:
 
     def _run(self) -> None:
         with httpx.Client(timeout=2) as client:
-            while not self._stop.wait(1.0):
+            while not self._stop.wait(self.interval_s):
                 try:
                     text = client.get(self.url).text
                 except httpx.HTTPError:
@@ -121,8 +127,8 @@ def top_frames(collapsed: Path, top: int = 15) -> dict[str, Any]:
     }
 
 
-def profile(pid: int, count: int, seconds: int) -> dict[str, Any]:
-    out = RESULTS / f"operator-cost-{count}.collapsed.txt"
+def profile(pid: int, count: int, seconds: int, label: str = "") -> dict[str, Any]:
+    out = RESULTS / f"operator-cost-{label + '-' if label else ''}{count}.collapsed.txt"
     names = thread_names(pid)
     before = thread_cpu(pid)
     done = profile_parent(pid, seconds, out, rate=100)
@@ -144,6 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cpu-window", type=float, default=60.0)
     parser.add_argument("--profile-seconds", type=int, default=0, help="py-spy each step after its window (0: no)")
     parser.add_argument("--output", type=Path, default=OUT)
+    parser.add_argument("--operator-path", help="run the operator from this source folder (PYTHONPATH), e.g. an older commit's")
+    parser.add_argument("--label", default="", help="prefix of the profile files (e.g. 'before')")
     args, _ = parser.parse_known_args(argv)
     steps = [int(part) for part in args.steps.split(",") if part]
     warnings.filterwarnings("ignore", message="Unverified HTTPS request")
@@ -178,7 +186,12 @@ def main(argv: list[str] | None = None) -> None:
             kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
             port = free_port()
             with (
-                running_operator(namespace, RESULTS / "operator-cost-operator.log", metrics_port=port) as process,
+                running_operator(
+                    namespace,
+                    RESULTS / f"operator-cost-{args.label or 'run'}-operator.log",
+                    metrics_port=port,
+                    env={"PYTHONPATH": args.operator_path} if args.operator_path else None,
+                ) as process,
                 MetricsSampler(port) as sampler,
             ):
                 for count in steps:
@@ -189,11 +202,12 @@ def main(argv: list[str] | None = None) -> None:
                     step.update(sampler.rates(until - args.cpu_window, until))
                     log(f"{count} TaskQueues: {step}")
                     if args.profile_seconds > 0:
-                        step["profile"] = profile(process.pid, count, args.profile_seconds)
+                        step["profile"] = profile(process.pid, count, args.profile_seconds, args.label)
                     results.append(step)
     finally:
         kubectl("delete", "namespace", namespace, "--wait=false", check=False)
     report = {
+        "operator_path": args.operator_path,
         "steps": results,
         "poll_interval_s": 2,
         "cpu_window_s": args.cpu_window,
