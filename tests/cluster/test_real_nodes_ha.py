@@ -250,8 +250,14 @@ def test_the_api_pod_is_admitted_under_restricted_and_serves_a_submitted_task(
     assert written.returncode != 0 and "Read-only file system" in written.stderr, written.stderr
 
     assert in_pod_get(cluster, namespace, name, "/readyz") == (200, {"status": "ready"})
-    secret = json.loads(cluster.kubectl("get", "secret", "-n", namespace, f"{release}-api-auth", "-o", "json").stdout)
+    secret_name = next(v["secret"]["secretName"] for v in pod["spec"]["volumes"] if v["name"] == "tokens")
+    assert secret_name == f"{release}-taskq-api-auth"
+    secret = json.loads(cluster.kubectl("get", "secret", "-n", namespace, secret_name, "-o", "json").stdout)
     token = base64.b64decode(secret["data"]["tokens"]).decode().split()[-1]
+    # An upgrade keeps the generated token (the chart reads it back with `lookup`).
+    cluster.helm("upgrade", release, str(CHART), "--namespace", namespace, "--reuse-values", "--wait", "--timeout", "180s")
+    again = json.loads(cluster.kubectl("get", "secret", "-n", namespace, secret_name, "-o", "json").stdout)
+    assert again["data"] == secret["data"], "helm upgrade replaced the generated API token"
     settings = Settings(amqp_url=amqp_url, mongodb_uri=mongodb_uri, database=api_database, queue="ha-api")
     try:
         with Client(settings) as client:
