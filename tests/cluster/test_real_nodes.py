@@ -341,6 +341,52 @@ def test_paused_node_loses_no_task_and_every_second_run_is_a_counted_redelivery(
     cluster.kubectl("delete", "-n", namespace, "tq", "frozen")
 
 
+@dataclass
+class MemoryHogRun:
+    """What became of a 600 MiB `allocate` task on a one-pod TaskQueue with a 256 MiB limit."""
+
+    document: dict[str, Any]  # the hog's task document once `dead`
+    seconds: float  # from submission to `dead`
+    pod: str
+    status: dict[str, Any]  # the worker container's status afterwards
+    finished_by: set[str]  # the workers that ran the 10 echo tasks submitted after it
+
+
+def _run_memory_hog(
+    cluster: Any, namespace: str, secrets: tuple[str, str], services: QueueServices, name: str, pool: str, **submit: Any
+) -> MemoryHogRun:
+    worker = {
+        "pool": pool,
+        "concurrency": 1,
+        "prefetch": 1,
+        "resources": {"requests": {"memory": "256Mi"}, "limits": {"memory": "256Mi"}},
+    }
+    scaling = {"minReplicas": 1, "maxReplicas": 1}
+    tasks = {"maxDeliveries": 2}
+    apply(cluster, real_node_taskqueue(name, namespace, services.queue, secrets, services.database, scaling, worker, tasks))
+    placed = poll(lambda: ready_pods(cluster, namespace, name), timeout=120, what="a Ready worker pod")
+    pod = next(iter(placed))
+    (hog,) = services.submit([{"name": "allocate", "kwargs": {"mib": 600, "hold_s": 5}, **submit}])
+    others = services.submit([{"name": "echo", "args": [i]} for i in range(10)])
+    with services.store() as task_store:
+        started = time.monotonic()
+        document = poll(
+            lambda: (d := task_store.get(hog)) is not None and d["state"] == "dead" and d,
+            timeout=300,
+            what="the memory hog to end dead",
+            interval=1,
+        )
+        seconds = time.monotonic() - started
+        poll(
+            lambda: all((d := task_store.get(t)) is not None and d["state"] == "succeeded" for t in others),
+            timeout=180,
+            what="the other 10 tasks to succeed",
+            interval=1,
+        )
+        finished_by = {task_store.get(t)["worker"] for t in others}  # type: ignore[index]
+    return MemoryHogRun(document, seconds, pod, container_status(cluster, namespace, pod), finished_by)
+
+
 @pytest.mark.timeout(900)
 def test_worker_over_its_memory_limit_is_oom_killed_and_its_task_ends_at_the_delivery_limit(
     cluster: Any,
@@ -352,52 +398,22 @@ def test_worker_over_its_memory_limit_is_oom_killed_and_its_task_ends_at_the_del
 ) -> None:
     """A task allocating past the pod's memory limit: the kernel OOM-kills the worker (thread pool, so
     the task runs in the worker's own process), the broker redelivers the task, the restarted
-    container counts the redelivery and runs it again, until the delivery limit buries it `dead`.
+    container counts the redelivery and runs it again, until the delivery limit (2) buries it `dead`.
     The same pod then serves the next tasks."""
-    max_deliveries = 2
-    worker = {
-        "pool": "thread",
-        "concurrency": 1,
-        "prefetch": 1,
-        "resources": {"requests": {"memory": "256Mi"}, "limits": {"memory": "256Mi"}},
-    }
-    scaling = {"minReplicas": 1, "maxReplicas": 1}
-    tasks = {"maxDeliveries": max_deliveries}
-    apply(cluster, real_node_taskqueue("hungry", namespace, services.queue, secrets, services.database, scaling, worker, tasks))
-    placed = poll(lambda: ready_pods(cluster, namespace, "hungry"), timeout=120, what="a Ready worker pod")
-    pod = next(iter(placed))
-
-    (hog,) = services.submit([{"name": "allocate", "kwargs": {"mib": 600, "hold_s": 5}}])
-    others = services.submit([{"name": "echo", "args": [i]} for i in range(10)])
-    with services.store() as task_store:
-        started = time.monotonic()
-        document = poll(
-            lambda: (d := task_store.get(hog)) is not None and d["state"] == "dead" and d,
-            timeout=300,
-            what="the memory hog to end dead at the delivery limit",
-            interval=1,
-        )
-        buried = time.monotonic() - started
-        poll(
-            lambda: all((d := task_store.get(t)) is not None and d["state"] == "succeeded" for t in others),
-            timeout=180,
-            what="the other 10 tasks to succeed on the restarted pod",
-            interval=1,
-        )
-        finished_by = {task_store.get(t)["worker"] for t in others}  # type: ignore[index]
-    status = container_status(cluster, namespace, pod)
+    run = _run_memory_hog(cluster, namespace, secrets, services, "hungry", "thread")
+    document, status, pod = run.document, run.status, run.pod
     terminated = (status.get("lastState") or {}).get("terminated") or {}
     sys.stderr.write(
-        f"\nOOM: the hog was dead {buried:.1f} s after submission; pod {pod} restarted {status.get('restartCount')} times, "
-        f"last termination {terminated.get('reason')} (exit {terminated.get('exitCode')}); "
+        f"\nOOM: the hog was dead {run.seconds:.1f} s after submission; pod {pod} restarted {status.get('restartCount')} "
+        f"times, last termination {terminated.get('reason')} (exit {terminated.get('exitCode')}); "
         f"error {document['error']['message']!r}\n"
     )
     assert document["error"]["type"] == "DeliveryLimit"
-    assert f"delivered {max_deliveries + 1} times (limit {max_deliveries})" in document["error"]["message"]
-    assert counted_redeliveries(document, 1) == max_deliveries
+    assert "delivered 3 times (limit 2)" in document["error"]["message"]
+    assert counted_redeliveries(document, 1) == 2
     assert terminated.get("reason") == "OOMKilled" and terminated.get("exitCode") == 137, status
-    assert int(status.get("restartCount") or 0) >= max_deliveries
-    assert finished_by == {pod}, finished_by
+    assert int(status.get("restartCount") or 0) >= 2
+    assert run.finished_by == {pod}, run.finished_by
     # Its readiness probe (every 5 s) turns the restarted container Ready again.
     poll(lambda: pod in ready_pods(cluster, namespace, "hungry"), timeout=60, what="the restarted pod Ready", interval=1)
     cluster.kubectl("delete", "-n", namespace, "tq", "hungry")
@@ -415,45 +431,17 @@ def test_process_pool_child_over_the_memory_limit_is_oom_killed_alone_and_the_er
     """The process pool (the default): the kernel OOM-kills the child that runs the hog, not the worker.
     The container is not restarted, the attempt is recorded `WorkerLost` naming the OOM killer, the
     retry meets the same end and the task ends `dead`; the other tasks succeed on the same pod."""
-    worker = {
-        "pool": "process",
-        "concurrency": 1,
-        "prefetch": 1,
-        "resources": {"requests": {"memory": "256Mi"}, "limits": {"memory": "256Mi"}},
-    }
-    scaling = {"minReplicas": 1, "maxReplicas": 1}
-    apply(cluster, real_node_taskqueue("greedy", namespace, services.queue, secrets, services.database, scaling, worker))
-    placed = poll(lambda: ready_pods(cluster, namespace, "greedy"), timeout=120, what="a Ready worker pod")
-    pod = next(iter(placed))
-
-    (hog,) = services.submit([{"name": "allocate", "kwargs": {"mib": 600, "hold_s": 5}, "max_retries": 1}])
-    others = services.submit([{"name": "echo", "args": [i]} for i in range(10)])
-    with services.store() as task_store:
-        started = time.monotonic()
-        document = poll(
-            lambda: (d := task_store.get(hog)) is not None and d["state"] == "dead" and d,
-            timeout=300,
-            what="the memory hog to end dead after its retry",
-            interval=1,
-        )
-        ended = time.monotonic() - started
-        poll(
-            lambda: all((d := task_store.get(t)) is not None and d["state"] == "succeeded" for t in others),
-            timeout=180,
-            what="the other 10 tasks to succeed",
-            interval=1,
-        )
-        finished_by = {task_store.get(t)["worker"] for t in others}  # type: ignore[index]
-    status = container_status(cluster, namespace, pod)
+    run = _run_memory_hog(cluster, namespace, secrets, services, "greedy", "process", max_retries=1)
+    document, status, pod = run.document, run.status, run.pod
     sys.stderr.write(
-        f"\nOOM (process pool): the hog ended dead {ended:.1f} s after submission after {document.get('attempts')} "
+        f"\nOOM (process pool): the hog ended dead {run.seconds:.1f} s after submission after {document.get('attempts')} "
         f"attempts; pod {pod} restarted {status.get('restartCount')} times; error {document['error']!r}\n"
     )
     assert document["error"]["type"] == "WorkerLost", document["error"]
     assert "SIGKILL" in document["error"]["message"] and "OOM killer" in document["error"]["message"], document["error"]
     assert document.get("attempts") == 2
     assert int(status.get("restartCount") or 0) == 0, status  # only the child died
-    assert finished_by == {pod}, finished_by
+    assert run.finished_by == {pod}, run.finished_by
     assert pod in ready_pods(cluster, namespace, "greedy")
     cluster.kubectl("delete", "-n", namespace, "tq", "greedy")
 
