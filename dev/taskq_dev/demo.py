@@ -204,6 +204,7 @@ def report(summary: Summary, png: Path) -> None:
             f"{e.task_seconds:.0f} task-s / {e.slots} slots + {e.pod_start_s:.1f} s pod start",
         )
     table.add_row("plot", str(png))
+    console.print()  # after the live view's last frame (its last line has no newline when output is piped)
     console.print(table)
 
 
