@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -143,13 +142,14 @@ class KedaError(RuntimeError):
 
 def host_address() -> str:
     """The host's own non-loopback IPv4 address (the API server reaches the metrics server there:
-    Endpoints and EndpointSlices may not point at loopback)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.connect(("192.0.2.255", 9))  # no packet is sent; this only picks the outgoing interface
-        address = str(probe.getsockname()[0])
-    if address.startswith("127."):
+    Endpoints and EndpointSlices may not point at loopback): the first global address `ip` lists."""
+    listing = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True, check=False
+    ).stdout
+    found = re.findall(r"\binet (\d+\.\d+\.\d+\.\d+)/", listing)
+    if not found:
         raise KedaError("no non-loopback IPv4 address on this host for the metrics server's endpoint")
-    return address
+    return found[0]
 
 
 def cluster_pki(kubeconfig: Path) -> Path:
@@ -255,7 +255,23 @@ def running_keda(kubeconfig: Path, kubectl: Kubectl, work_dir: Path, *, watch_na
     binaries = keda_binaries()
     for crd in crd_files():
         kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/scaledobjects.keda.sh")
+    # not `kubectl wait`: it fails outright on a CRD created so recently that it has no conditions yet
+    ports.wait_until(
+        lambda: (
+            "Established=True"
+            in kubectl(
+                "get",
+                "crd",
+                "scaledobjects.keda.sh",
+                "-o",
+                "jsonpath={range .status.conditions[*]}{.type}={.status} {end}",
+                check=False,
+            )
+        ),
+        timeout=60,
+        what="KEDA's ScaledObject CRD to be Established",
+        interval=0.5,
+    )
     address = host_address()
     certs = work_dir / "certs"
     _write_certs(cluster_pki(kubeconfig), certs, address)
