@@ -76,7 +76,7 @@ kind-e2e: ## kind cluster + image + helm install + the cluster e2e suite, then d
 # --- operator benchmark ---
 .PHONY: bench-scaling
 
-bench-scaling: install ## operator scale reaction (p50/p95 vs KEDA defaults), CPU/RSS with 500 TaskQueues, burst plot -> bench/results/scaling.json (needs KUBECONFIG from `taskq-dev cluster up`)
+bench-scaling: install ## operator scale reaction vs KEDA (built and run for real) and its model, demo drain under both, CPU/RSS with 2,000 TaskQueues, the targetWaitSeconds SLO run, burst plot -> bench/results/scaling.json (needs KUBECONFIG from `taskq-dev cluster up`)
 	$(PYTHON) bench/scaling.py
 
 .PHONY: bench-slo
