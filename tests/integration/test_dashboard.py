@@ -521,7 +521,6 @@ def test_page_load_times_at_scale(svc: Services, client: Client, store: TaskStor
     seeded_s = time.monotonic() - began
     began = time.monotonic()
     store.ensure_indexes()  # what a worker does at start
-    store.ensure_dashboard_indexes()
     indexed_s = time.monotonic() - began
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.set_default_navigation_timeout(600_000)

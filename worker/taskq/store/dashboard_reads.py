@@ -58,10 +58,7 @@ def tasks_by_id(store: TaskStore, ids: Sequence[str], projection: dict[str, int]
         return {}
     wanted = LIST_HIDDEN if projection is None else projection
     with store._translated("reading tasks by id"):
-        if store.is_ferretdb():
-            found = (store.tasks.find_one({"_id": task_id}, wanted) for task_id in ids)
-            return {str(d["_id"]): d for d in found if d is not None}
-        return {str(d["_id"]): d for d in store.tasks.find({"_id": {"$in": list(ids)}}, wanted)}
+        return store._documents_by_id(store.tasks, list(ids), wanted)
 
 
 def explain_find(store: TaskStore, collection: str, query: dict[str, Any], *, limit: int = 0) -> dict[str, Any]:
