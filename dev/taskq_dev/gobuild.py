@@ -24,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 class GoBuildError(RuntimeError):
@@ -80,17 +81,25 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def staging_replaces(kubernetes_version: str) -> dict[str, str]:
-    """Map each `k8s.io/*` staging module of k8s.io/kubernetes to its published `v0.X.Y` version."""
-    go = go_binary()
-    out = subprocess.run(
-        [go, "mod", "download", "-json", f"k8s.io/kubernetes@v{kubernetes_version}"],
-        check=True,
+def download(module: str, version: str) -> dict[str, Any]:
+    """`go mod download -json module@vversion`: where the module cache holds it (`Dir`, `GoMod`, ...)."""
+    listing = subprocess.run(
+        [go_binary(), "mod", "download", "-json", f"{module}@v{version}"],
+        check=False,
         capture_output=True,
         text=True,
         cwd="/",
-    ).stdout
-    gomod = Path(json.loads(out)["GoMod"]).read_text()
+    )
+    if listing.returncode != 0:
+        tail = "\n".join(listing.stderr.strip().splitlines()[-5:])
+        raise GoBuildError(f"downloading {module} v{version} failed:\n{tail}")
+    found: dict[str, Any] = json.loads(listing.stdout)
+    return found
+
+
+def staging_replaces(kubernetes_version: str) -> dict[str, str]:
+    """Map each `k8s.io/*` staging module of k8s.io/kubernetes to its published `v0.X.Y` version."""
+    gomod = Path(download("k8s.io/kubernetes", kubernetes_version)["GoMod"]).read_text()
     staging_version = "v0." + kubernetes_version.split(".", 1)[1]
     modules = re.findall(r"^\s*(k8s\.io/[\w.-]+)\s+=>\s+\./staging/", gomod, flags=re.MULTILINE)
     if not modules:

@@ -36,17 +36,7 @@ KEDA_BINARIES = {"keda": "operator", "keda-adapter": "adapter"}
 
 def module_dir(version: str = versions.KEDA) -> Path:
     """The unpacked KEDA module in the Go module cache (downloaded if missing)."""
-    listing = subprocess.run(
-        [gobuild.go_binary(), "mod", "download", "-json", f"{KEDA_MODULE}@v{version}"],
-        check=False,
-        capture_output=True,
-        text=True,
-        cwd="/",
-    )
-    if listing.returncode != 0:
-        tail = "\n".join(listing.stderr.strip().splitlines()[-5:])
-        raise gobuild.GoBuildError(f"downloading {KEDA_MODULE} v{version} failed:\n{tail}")
-    return Path(json.loads(listing.stdout)["Dir"])
+    return Path(gobuild.download(KEDA_MODULE, version)["Dir"])
 
 
 _REPLACE_BLOCK = re.compile(r"^replace\s*\((.*?)^\)", re.MULTILINE | re.DOTALL)

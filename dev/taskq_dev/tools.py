@@ -8,7 +8,6 @@ local control plane (kube tools).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import shutil
@@ -43,17 +42,7 @@ def _ferretdb_source(out_dir: Path, version: str) -> Path:
     version_file = source / "build" / "version" / "version.txt"
     if version_file.exists():
         return source
-    listing = subprocess.run(
-        [gobuild.go_binary(), "mod", "download", "-json", f"{FERRETDB_MODULE}@v{version}"],
-        check=False,
-        capture_output=True,
-        text=True,
-        cwd="/",
-    )
-    if listing.returncode != 0:
-        tail = "\n".join(listing.stderr.strip().splitlines()[-5:])
-        raise gobuild.GoBuildError(f"downloading {FERRETDB_MODULE} v{version} failed:\n{tail}")
-    module_dir = Path(json.loads(listing.stdout)["Dir"])
+    module_dir = Path(gobuild.download(FERRETDB_MODULE, version)["Dir"])
     staging = out_dir / "module-src.partial"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(module_dir, staging)
