@@ -9,6 +9,7 @@ from urllib.parse import quote
 import httpx
 import pika
 import pytest
+from queue_support import delete, fill
 
 from taskq.errors import BrokerUnavailable
 from taskq_dev.ports import poll
@@ -17,29 +18,6 @@ from taskq_operator.adapters.amqp_depth import CHANNELS, DepthReader
 from taskq_operator.adapters.broker import BrokerObserver
 
 pytestmark = pytest.mark.services
-
-
-def _declare(amqp_url: str, queues: list[str], messages: dict[str, int]) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        channel = connection.channel()
-        for queue in queues:
-            channel.queue_declare(queue, auto_delete=False)
-        for queue, count in messages.items():
-            for i in range(count):
-                channel.basic_publish("", queue, str(i).encode())
-    finally:
-        connection.close()
-
-
-def _delete(amqp_url: str, queues: list[str]) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        channel = connection.channel()
-        for queue in queues:
-            channel.queue_delete(queue)
-    finally:
-        connection.close()
 
 
 def test_many_queues_with_missing_ones_on_every_channel_are_read_exactly(
@@ -51,7 +29,7 @@ def test_many_queues_with_missing_ones_on_every_channel_are_read_exactly(
     names = [f"{queue_name}-{i}" for i in range(CHANNELS * 8 * 3 + 11)]
     missing = set(names[::7]) | {names[-1]}
     present = [q for q in names if q not in missing]
-    _declare(amqp_url, present, {present[0]: 5, present[-1]: 3, present[len(present) // 2]: 1})
+    fill(amqp_url, declare=present, messages={present[0]: 5, present[-1]: 3, present[len(present) // 2]: 1})
     consumer = pika.BlockingConnection(pika.URLParameters(amqp_url))
     reader = DepthReader(amqp_url, timeout_s=20)
     try:
@@ -72,11 +50,11 @@ def test_many_queues_with_missing_ones_on_every_channel_are_read_exactly(
     finally:
         reader.close()
         consumer.close()
-        _delete(amqp_url, present)
+        delete(amqp_url, *present)
 
 
 def test_a_connection_closed_by_the_broker_is_replaced_once(amqp_url: str, rabbitmq: Any, queue_name: str) -> None:
-    _declare(amqp_url, [queue_name], {queue_name: 2})
+    fill(amqp_url, declare=[queue_name], messages={queue_name: 2})
     observer = BrokerObserver(amqp_url, rabbitmq.management_url)
     base = httpx.URL(rabbitmq.management_url)
     auth = (base.username, base.password)
@@ -97,7 +75,7 @@ def test_a_connection_closed_by_the_broker_is_replaced_once(amqp_url: str, rabbi
         assert second is not None and second.ready == 2
     finally:
         observer.close()
-        _delete(amqp_url, [queue_name])
+        delete(amqp_url, queue_name)
 
 
 def test_refused_credentials_and_a_dead_port_are_taskq_errors_without_the_password(amqp_url: str) -> None:

@@ -15,9 +15,9 @@ import threading
 import time
 from typing import Any
 
-import pika
 import pytest
 from kubernetes.client import ApiClient, Configuration
+from queue_support import delete, fill
 
 from taskq_dev.manifests import taskqueue
 from taskq_operator.adapters.kube import Kube
@@ -89,25 +89,6 @@ def _scale_patches(kmock: Any, deployment: str) -> list[int]:
             and "replicas" in (r.data.get("spec") or {})]
 
 
-def _publish(amqp_url: str, queue: str, count: int) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        channel = connection.channel()
-        channel.queue_declare(queue, durable=True)
-        for i in range(count):
-            channel.basic_publish("", queue, str(i).encode())
-    finally:
-        connection.close()
-
-
-def _delete(amqp_url: str, queue: str) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        connection.channel().queue_delete(queue)
-    finally:
-        connection.close()
-
-
 @pytest.mark.asyncio
 @pytest.mark.timeout(120)
 async def test_blackholed_broker_and_replica_set_store_never_hold_up_another_taskqueue(
@@ -122,7 +103,7 @@ async def test_blackholed_broker_and_replica_set_store_never_hold_up_another_tas
     _taskqueue(kmock, cache, "healthy", queue_name, "rabbit", "mongo", database_name)
     _taskqueue(kmock, cache, "stuck", f"{queue_name}-stuck", "hole", "mongo", database_name)
     _taskqueue(kmock, cache, "replicas", f"{queue_name}-rs", "rabbit", "mongo-rs", database_name)
-    _publish(amqp_url, queue_name, 180)
+    fill(amqp_url, {queue_name: 180}, durable=True)
     scaler = Scaler(cache, Kube(ApiClient(Configuration(host=str(kmock.url).rstrip("/")))), Observers())
     try:
         started = time.monotonic()
@@ -131,7 +112,7 @@ async def test_blackholed_broker_and_replica_set_store_never_hold_up_another_tas
         assert _scale_patches(kmock, "healthy-worker") == [4]
         assert first_tick_s < 5.0, f"the first tick took {first_tick_s:.1f} s"
 
-        _publish(amqp_url, queue_name, 120)  # 300 ready: 6 replicas
+        fill(amqp_url, {queue_name: 120}, durable=True)  # 300 ready: 6 replicas
         ticks: list[float] = []
         deadline = time.monotonic() + 20
         while len(_scale_patches(kmock, "healthy-worker")) < 2 and time.monotonic() < deadline:
@@ -152,4 +133,4 @@ async def test_blackholed_broker_and_replica_set_store_never_hold_up_another_tas
         hole.close()
         management_hole.close()
         scaler.observers.close()
-        _delete(amqp_url, queue_name)
+        delete(amqp_url, queue_name)

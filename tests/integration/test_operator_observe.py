@@ -6,8 +6,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import pika
 import pytest
+from queue_support import delete, fill
 
 from taskq.errors import BrokerUnavailable
 from taskq.store.mongo import TaskStore
@@ -18,26 +18,6 @@ from taskq_operator.observe import Observers, Target
 pytestmark = pytest.mark.services
 
 
-def _publish(amqp_url: str, queue: str, count: int) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        channel = connection.channel()
-        for i in range(count):
-            channel.basic_publish("", queue, str(i).encode())
-    finally:
-        connection.close()
-
-
-def _delete(amqp_url: str, *queues: str) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    try:
-        channel = connection.channel()
-        for queue in queues:
-            channel.queue_delete(queue)
-    finally:
-        connection.close()
-
-
 def test_passive_reads_are_exact_and_survive_missing_queues(amqp_url: str, rabbitmq: Any, queue_name: str) -> None:
     observer = BrokerObserver(amqp_url, rabbitmq.management_url)
     others = [f"{queue_name}-{i}" for i in range(20)]
@@ -45,7 +25,7 @@ def test_passive_reads_are_exact_and_survive_missing_queues(amqp_url: str, rabbi
         for queue in [queue_name, *others]:
             observer.declare(queue, max_priority=10, task_timeout_s=60)
         observer.declare(queue_name, max_priority=3, task_timeout_s=5)  # other arguments: left alone, no error
-        _publish(amqp_url, queue_name, 37)
+        fill(amqp_url, {queue_name: 37})
         counts = observer.ready_counts([queue_name, f"{queue_name}-missing", *others, f"{queue_name}.dead"])
         assert counts[queue_name] is not None and counts[queue_name].ready == 37
         assert counts[f"{queue_name}-missing"] is None
@@ -53,7 +33,7 @@ def test_passive_reads_are_exact_and_survive_missing_queues(amqp_url: str, rabbi
         assert counts[f"{queue_name}.dead"] is not None
     finally:
         observer.close()
-        _delete(amqp_url, queue_name, f"{queue_name}.dead", *others, *[f"{q}.dead" for q in others])
+        delete(amqp_url, queue_name, f"{queue_name}.dead", *others, *[f"{q}.dead" for q in others])
 
 
 def test_one_management_request_serves_every_queue(amqp_url: str, rabbitmq: Any, queue_name: str) -> None:
@@ -66,7 +46,7 @@ def test_one_management_request_serves_every_queue(amqp_url: str, rabbitmq: Any,
         assert observer.management_requests == 1
     finally:
         observer.close()
-        _delete(amqp_url, queue_name, f"{queue_name}.dead")
+        delete(amqp_url, queue_name, f"{queue_name}.dead")
 
 
 def test_recent_management_figures_never_wait(amqp_url: str, rabbitmq: Any, queue_name: str) -> None:
@@ -86,17 +66,19 @@ def test_recent_management_figures_never_wait(amqp_url: str, rabbitmq: Any, queu
         assert observer.management_requests == 1
     finally:
         observer.close()
-        _delete(amqp_url, queue_name, f"{queue_name}.dead")
+        delete(amqp_url, queue_name, f"{queue_name}.dead")
 
 
-def test_unacked_comes_from_fresh_heartbeats(amqp_url: str, rabbitmq: Any, mongodb_uri: str,
-                                             database_name: str, queue_name: str) -> None:
+def test_unacked_comes_from_fresh_heartbeats(
+    amqp_url: str, rabbitmq: Any, mongodb_uri: str, database_name: str, queue_name: str
+) -> None:
     store = TaskStore(mongodb_uri, database_name)
     observers = Observers()
     try:
         observers.broker(Target(queue_name, amqp_url, None, mongodb_uri, database_name)).declare(
-            queue_name, max_priority=10, task_timeout_s=60)
-        _publish(amqp_url, queue_name, 5)
+            queue_name, max_priority=10, task_timeout_s=60
+        )
+        fill(amqp_url, {queue_name: 5})
         now = datetime.now(UTC)
         store.heartbeat("pod-a", queue_name, inflight=7, processed=1, started_at=now, now=now)
         store.heartbeat("pod-b", queue_name, inflight=2, processed=1, started_at=now, now=now)
@@ -110,7 +92,7 @@ def test_unacked_comes_from_fresh_heartbeats(amqp_url: str, rabbitmq: Any, mongo
         observers.close()
         store.workers.delete_many({"queue": queue_name})
         store.close()
-        _delete(amqp_url, queue_name, f"{queue_name}.dead")
+        delete(amqp_url, queue_name, f"{queue_name}.dead")
 
 
 def test_unreachable_broker_is_a_taskq_error_without_credentials() -> None:
