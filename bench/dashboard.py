@@ -39,6 +39,7 @@ from taskq.settings import Settings
 from taskq.store import dashboard_reads
 from taskq.store.mongo import TaskStore
 from taskq_dev.ports import poll
+from taskq_dev.processes import stop_process
 from taskq_dev.services import session_services
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,12 +137,7 @@ class Api:
 
     def close(self) -> None:
         self.http.close()
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        stop_process(self.process, 20)
         self.log_path.write_text("".join(self.lines))
 
 

@@ -34,6 +34,7 @@ from taskq.core.message import utcnow
 from taskq.core.states import TaskState
 from taskq.store.mongo import TaskStore
 from taskq_dev.ports import free_port, poll
+from taskq_dev.processes import stop_process
 from taskq_dev.services import RabbitMQService
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -104,12 +105,7 @@ def _running_api(svc: Services, tmp_path: Path, name: str, **extra: str) -> Iter
     try:
         yield server
     finally:
-        server.process.terminate()
-        try:
-            server.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait(timeout=10)
+        stop_process(server.process, 20)
         (_artifacts() / f"api-{name}.log").write_text("".join(server.log))
 
 
