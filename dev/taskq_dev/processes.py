@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -35,7 +36,7 @@ def process_start_ticks(pid: int) -> int | None:
     return int(fields[19]) if fields else None
 
 
-def _send(process: subprocess.Popen[bytes], signum: int, group: bool) -> None:
+def _send(process: subprocess.Popen[Any], signum: int, group: bool) -> None:
     with contextlib.suppress(ProcessLookupError):  # it exited just now
         if group:
             os.killpg(process.pid, signum)
@@ -44,7 +45,7 @@ def _send(process: subprocess.Popen[bytes], signum: int, group: bool) -> None:
 
 
 def stop_processes(
-    processes: Sequence[subprocess.Popen[bytes]], grace_s: float, *, group: bool = False
+    processes: Sequence[subprocess.Popen[Any]], grace_s: float, *, group: bool = False
 ) -> list[int | None]:
     """SIGTERM every running process, wait up to `grace_s` seconds for all, SIGKILL the rest; exit codes.
 
@@ -66,7 +67,7 @@ def stop_processes(
     return codes
 
 
-def stop_process(process: subprocess.Popen[bytes], grace_s: float, *, group: bool = False) -> int | None:
+def stop_process(process: subprocess.Popen[Any], grace_s: float, *, group: bool = False) -> int | None:
     """`stop_processes` for one process."""
     return stop_processes([process], grace_s, group=group)[0]
 
