@@ -110,11 +110,19 @@ def test_cancel_running_process_task_kills_child(
 
 
 def test_cancel_racing_finishing_workers_one_outcome(svc: Services, client: Client, tmp_path: Path) -> None:
+    """Cancels sent from the queue's tail towards its head meet the workers coming the other way.
+
+    The first cancels reach tasks still queued (they win), the last reach tasks already finished (they
+    lose), and the ones where both fronts meet race a worker finishing the same task. Cancelling from
+    the head instead made the outcome depend on which side is faster: on a loaded machine the workers
+    outran every cancel and nothing raced at all.
+    """
     count = 120
     with workers(svc, tmp_path, count=2, concurrency=2) as procs:
         ids = client.submit_many({"name": "sleep", "kwargs": {"seconds": 0.02 * (i % 5)}} for i in range(count)).ids
+        poll(lambda: _state(client, ids[0]) == "succeeded", timeout=60, interval=0.05, what="the workers to start on the head")
         results = {}
-        for task_id in ids:
+        for task_id in reversed(ids):
             results[task_id] = client.cancel(task_id)
             time.sleep(0.01)
         poll(lambda: all(TaskState(_state(client, t)).is_final for t in ids), timeout=120, interval=0.5, what="every task final")
