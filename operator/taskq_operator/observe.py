@@ -69,6 +69,9 @@ class Reading:
     task_counts: dict[str, int] | None = None
     store_error: str | None = None
     """Why the store's heartbeats could not be read this tick (None: read; `loads` are then complete)."""
+    late: bool = False
+    """The broker's batch was still running when the tick stopped waiting for it (no error yet): no answer,
+    which is not yet evidence that the broker is down (the scaler counts such ticks)."""
 
 
 @dataclass(frozen=True)
@@ -189,7 +192,12 @@ class Observers:
         return BrokerBatch(ready, management, age_s, error, broker.has_management)
 
     def _readings(
-        self, targets: Sequence[Target], batch: BrokerBatch | str, stores: dict[tuple[str, str], StoreBatch]
+        self,
+        targets: Sequence[Target],
+        batch: BrokerBatch | str,
+        stores: dict[tuple[str, str], StoreBatch],
+        *,
+        late: bool = False,
     ) -> dict[str, Reading]:
         """Each target's reading from its broker's batch (or why it failed) and its store's."""
         readings: dict[str, Reading] = {}
@@ -198,7 +206,7 @@ class Observers:
             load = (store.loads or {}).get(target.queue, WorkerLoad())
             task_counts = store.counts.get(target.queue) if store.counts else None
             if isinstance(batch, str):
-                readings[target.queue] = Reading(None, SOURCE_NONE, batch, load, task_counts, store.error)
+                readings[target.queue] = Reading(None, SOURCE_NONE, batch, load, task_counts, store.error, late)
                 continue
             count = batch.ready.get(target.queue)
             figures = batch.management.get(target.queue)
@@ -249,7 +257,8 @@ class Observers:
                 if isinstance(result, BrokerBatch)
                 else self._failure(f"broker at {redact_url(broker_key[0])}", outcome, ("broker", broker_key))
             )
-            for queue, reading in self._readings(group, batch, stores).items():
+            late = ("broker", broker_key) in outcome.late
+            for queue, reading in self._readings(group, batch, stores, late=late).items():
                 readings[(broker_key, queue)] = reading
         return readings
 

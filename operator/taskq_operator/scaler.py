@@ -4,7 +4,10 @@ One loop for the whole operator (not one coroutine per TaskQueue): ticks are ali
 TaskQueue's `pollIntervalSeconds`, so TaskQueues with the same interval share one batch of broker and
 store reads (`taskq_operator.observe`). Acting lowers replicas only after setting
 `pod-deletion-cost` from the workers' in-flight counts; reporting patches the status only when it
-changed and posts an Event for every replica change and broker reachability flip.
+changed and posts an Event for every replica change and broker reachability flip. A broker read that
+was merely late (its batch outlasted the tick's wait, no error) flips nothing until it has been late
+`LATE_READS_BEFORE_UNREACHABLE` ticks in a row: a loaded operator must not post two Events and two
+status patches per TaskQueue for every slow tick, which would make the next tick slower still.
 
 Faults stay with their TaskQueue: secrets, observation (`taskq_operator.observe`), acting and reporting
 each run per TaskQueue (per broker and store for observation) side by side, and a tick waits for each
@@ -81,6 +84,8 @@ class QueueState:
     """The label selector of the Deployment's pods, for the spec it was made from."""
     rates: rates.RateState | None = None
     """Service and arrival rate estimate, kept only for a TaskQueue with `targetWaitSeconds`."""
+    late_reads: int = 0
+    """Ticks in a row whose broker read was late (`Reading.late`)."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,9 @@ FAILED_TICK_PAUSE_S = 1.0
 PHASE_TIMEOUT_S = 5.0
 """How long a tick waits for one phase (secrets, acting, reporting) of its TaskQueues; normally milliseconds."""
 STANDBY_PAUSE_S = 1.0
+LATE_READS_BEFORE_UNREACHABLE = 3
+"""Ticks in a row whose broker read was late (no answer, no error) before they count as unreachable (KEDA's
+fallback `failureThreshold` default). The earlier ones decide, patch and post nothing for that TaskQueue."""
 
 
 class Scaler:
@@ -234,6 +242,10 @@ class Scaler:
             reading = readings.get((target.broker_key, spec.queue)) if target else None
             if reading is None:
                 reading = Reading(None, "none", error or "broker not read")
+            state = self.states[key]
+            state.late_reads = state.late_reads + 1 if reading.late else 0
+            if 0 < state.late_reads < LATE_READS_BEFORE_UNREACHABLE:
+                continue  # no answer yet is no outage: this tick leaves the TaskQueue as it is
             conflict = snapshot.conflicts.get(key)
             acts[key] = functools.partial(self._decide_and_act, key, spec, reading, now, snapshot, conflict)
         acted = self._run("act", acts)  # scale every due TaskQueue first: it is what waits

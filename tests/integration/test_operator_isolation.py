@@ -82,6 +82,11 @@ def _taskqueue(kmock: Any, cache: WatchCache, name: str, queue: str, broker: str
     cache.upsert_deployment(deployment)
 
 
+def _status_patched(kmock: Any, taskqueue_name: str) -> bool:
+    return any(str(r.method).upper().endswith("PATCH") and str(r.url).endswith(f"/taskqueues/{taskqueue_name}/status")
+               for r in kmock)
+
+
 def _scale_patches(kmock: Any, deployment: str) -> list[int]:
     """Replica counts patched into `deployment`, in order."""
     return [r.data["spec"]["replicas"] for r in kmock
@@ -114,8 +119,11 @@ async def test_blackholed_broker_and_replica_set_store_never_hold_up_another_tas
 
         fill(amqp_url, {queue_name: 120}, durable=True)  # 300 ready: 6 replicas
         ticks: list[float] = []
-        deadline = time.monotonic() + 20
-        while len(_scale_patches(kmock, "healthy-worker")) < 2 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 30
+        # Until healthy has scaled again and stuck is reported (its reads are late for a few ticks first,
+        # which counts as unreachable only when it lasts: scaler.LATE_READS_BEFORE_UNREACHABLE).
+        while (len(_scale_patches(kmock, "healthy-worker")) < 2 or not _status_patched(kmock, "stuck")) \
+                and time.monotonic() < deadline:
             started = time.monotonic()
             pause = (await scaler.tick_once()).pause_s
             ticks.append(time.monotonic() - started)

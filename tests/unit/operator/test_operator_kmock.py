@@ -320,3 +320,45 @@ async def test_liveness_probe_fails_while_the_tick_stalls_and_recovers(kmock: An
         blocking.release.set()
         stopped.set()
         await asyncio.wait_for(loop, timeout=10)
+
+
+def _late(broker: str = "broker at amqp://u:***@127.0.0.1:1/") -> Reading:
+    """What `Observers.read` hands back for a broker whose batch was still running when the tick stopped waiting."""
+    return Reading(None, "none", f"{broker} did not answer within 2 s", late=True)
+
+
+@pytest.mark.asyncio
+async def test_a_late_broker_read_is_no_outage_until_it_stays_late(kmock: Any) -> None:
+    """A broker batch that outlasts one tick's wait (a loaded operator, a broker busy for a moment) says nothing
+    about reachability: no Event, no status patch, replicas kept. Only three late ticks in a row (KEDA's
+    fallback `failureThreshold` default) count as unreachable. Before, every late tick flipped every
+    TaskQueue of that broker to `BrokerReachable=False` and back at the next tick: two Events and two status
+    patches per TaskQueue, which at 2,000 TaskQueues made the next tick later still."""
+    body = taskqueue()
+    _seed(kmock, body)
+    scaler, readings, clock = _scaler(kmock, body, replicas=3)
+    readings.readings["emails"] = _observed(ready=150)
+    await scaler.tick_once()
+    patches, events = len(_requests(kmock, "PATCH", "/status")), len(_requests(kmock, "POST", "/events"))
+
+    for _ in range(2):  # late twice, then answered: as if nothing happened
+        readings.readings["emails"] = _late()
+        clock.now += 2
+        await scaler.tick_once()
+    readings.readings["emails"] = _observed(ready=150)
+    clock.now += 2
+    await scaler.tick_once()
+    assert len(_requests(kmock, "PATCH", "/status")) == patches
+    assert len(_requests(kmock, "POST", "/events")) == events
+    assert _scalings(kmock) == []
+
+    for _ in range(3):  # late three times in a row: now it is an outage
+        readings.readings["emails"] = _late()
+        clock.now += 2
+        await scaler.tick_once()
+    status = _requests(kmock, "PATCH", "/status")[-1].data["status"]
+    reachable = next(c for c in status["conditions"] if c["type"] == "BrokerReachable")
+    assert reachable["status"] == "False" and "did not answer within 2 s" in reachable["message"]
+    assert status["desiredReplicas"] == 3
+    assert [r.data["reason"] for r in _requests(kmock, "POST", "/events")][events:] == ["BrokerUnreachable"]
+    assert _scalings(kmock) == []
