@@ -1,9 +1,9 @@
 """Shared helpers of the cluster tests: test namespaces, the operator as a subprocess, connection
 Secrets, TaskQueue bodies, reads of Deployments, pods and events, and the test services' client and
-task store for one queue.
+task store for one queue, and the ids of the messages left on a queue.
 
 Used by test_operator_scaling.py (kwok nodes, bridged workers), test_real_nodes.py and
-test_real_nodes_ha.py (real nodes, worker pods).
+test_real_nodes_ha.py (real nodes, worker pods), and the periodic-task tests (test_schedules_*.py).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from taskq.broker.connection import connect
 from taskq.client import Client
 from taskq.settings import Settings
 from taskq.store.mongo import TaskStore
@@ -224,6 +225,13 @@ def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+def schedule_status(cluster: Any, namespace: str, name: str) -> dict[str, Any]:
+    """The TaskQueue's first `status.schedules` entry ({} when it or its status is not there)."""
+    found = get(cluster, namespace, "taskqueue", name)
+    entries = ((found or {}).get("status") or {}).get("schedules") or [{}]
+    return dict(entries[0])
+
+
 def node_taints(cluster: Any, node: str) -> set[str]:
     body = json.loads(cluster.kubectl("get", "node", node, "-o", "json").stdout)
     return {t["key"] for t in body.get("spec", {}).get("taints") or []}
@@ -268,3 +276,19 @@ class QueueServices:
             interval=interval,
         )
         return task_store.counts_by_state(self.queue)
+
+
+def drain_ids(amqp_url: str, queue: str, *, name: str = "cluster-test") -> list[str]:
+    """Take every message off `queue` (at most 1,000) and return their task ids, in queue order."""
+    connection = connect(amqp_url, name=name)
+    try:
+        channel = connection.channel()
+        ids = []
+        for _ in range(1000):
+            method, _properties, body = channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                break
+            ids.append(json.loads(body)["id"])
+        return ids
+    finally:
+        connection.close()

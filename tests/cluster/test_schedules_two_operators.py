@@ -6,21 +6,19 @@ bounded run of three slots, is enqueued exactly once: one task document and one 
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 import sys
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kube_support import apply, drain_ids, fresh_namespace, parse_time, schedule_status
 
-from taskq.broker.connection import connect
 from taskq.store.mongo import TaskStore
 from taskq_dev import manifests
 from taskq_dev.operator_process import running_operator
@@ -30,7 +28,6 @@ from taskq_operator.core.schedules import slot_task_id
 pytestmark = [pytest.mark.cluster, pytest.mark.services, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-CRD = REPO / "crds" / "taskqueue.yaml"
 PEERING_CRD = REPO / "charts" / "taskq" / "crds" / "kopf-peering.yaml"
 PEERING = "taskq-sched-ha"
 SLOTS = 3
@@ -39,29 +36,10 @@ ENQUEUED = re.compile(r"schedule every: enqueued (\S.*)$", re.MULTILINE)
 
 @pytest.fixture(scope="module")
 def namespace(cluster: Any) -> Iterator[str]:
-    for crd, name in ((CRD, "taskqueues.taskq.io"), (PEERING_CRD, "kopfpeerings.kopf.dev")):
-        cluster.kubectl("apply", "-f", str(crd))
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s", f"crd/{name}")
-    name = f"tq-sched2-{uuid.uuid4().hex[:6]}"
-    cluster.kubectl("create", "namespace", name)
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-def _apply(cluster: Any, body: dict[str, Any]) -> None:
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
-
-
-def _entry(cluster: Any, namespace: str, name: str) -> dict[str, Any]:
-    result = cluster.kubectl("get", "-n", namespace, "taskqueue", name, "-o", "json", check=False)
-    if result.returncode != 0:
-        return {}
-    entries = (json.loads(result.stdout).get("status") or {}).get("schedules") or [{}]
-    return dict(entries[0])
-
-
-def _when(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    with fresh_namespace(cluster, "tq-sched2") as name:
+        cluster.kubectl("apply", "-f", str(PEERING_CRD))
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/kopfpeerings.kopf.dev")
+        yield name
 
 
 def _enqueued(path: Path) -> list[str]:
@@ -70,28 +48,14 @@ def _enqueued(path: Path) -> list[str]:
     return [task_id.strip() for found in ENQUEUED.findall(text) for task_id in found.split(",")]
 
 
-def _drain(amqp_url: str, queue: str) -> list[str]:
-    connection = connect(amqp_url, name="schedule-ha-test")
-    try:
-        channel = connection.channel()
-        ids = []
-        for _ in range(1000):
-            method, _properties, body = channel.basic_get(queue, auto_ack=True)
-            if method is None:
-                break
-            ids.append(json.loads(body)["id"])
-        return ids
-    finally:
-        connection.close()
-
 
 @pytest.mark.timeout(480)
 def test_two_peered_operators_enqueue_each_slot_once_across_a_leader_kill(
     cluster: Any, namespace: str, tmp_path: Path, amqp_url: str, mongodb_uri: str, database_name: str, queue_name: str
 ) -> None:
-    _apply(cluster, {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": PEERING, "namespace": namespace}})
+    apply(cluster, {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": PEERING, "namespace": namespace}})
     for secret, data in (("rabbit", {"amqp-url": amqp_url}), ("mongo", {"mongodb-uri": mongodb_uri})):
-        _apply(
+        apply(
             cluster,
             {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": secret, "namespace": namespace}, "stringData": data},
         )
@@ -107,12 +71,15 @@ def test_two_peered_operators_enqueue_each_slot_once_across_a_leader_kill(
                 stack.enter_context(running_operator(namespace, log, env=env, start_timeout=30, stop_timeout=15))
                 for log in logs[:2]
             ]
-            _apply(cluster, body)
-            anchored = poll(lambda: _entry(cluster, namespace, "cron2").get("since"), timeout=40, what="the anchor")
+            apply(cluster, body)
+            anchored = poll(lambda: schedule_status(cluster, namespace, "cron2").get("since"), timeout=40, what="the anchor")
             first_slot = poll(
-                lambda: _entry(cluster, namespace, "cron2").get("lastSlot"), timeout=80, interval=0.5, what="the first slot"
+                lambda: schedule_status(cluster, namespace, "cron2").get("lastSlot"),
+                timeout=80,
+                interval=0.5,
+                what="the first slot",
             )
-            first_id = slot_task_id("cron2", "every", _when(first_slot))
+            first_id = slot_task_id("cron2", "every", parse_time(first_slot))
             leader = poll(  # a replica index, as a string: poll waits for a truthy answer
                 lambda: next((str(n) for n in range(2) if first_id in _enqueued(logs[n])), None),
                 timeout=10,
@@ -121,33 +88,35 @@ def test_two_peered_operators_enqueue_each_slot_once_across_a_leader_kill(
             processes[int(leader)].send_signal(signal.SIGKILL)  # its peering record stays until it expires
             processes[int(leader)].wait(10)
             stack.enter_context(running_operator(namespace, logs[2], env=env, start_timeout=30, stop_timeout=15))
-            last = _when(first_slot) + timedelta(minutes=SLOTS - 1)
+            last = parse_time(first_slot) + timedelta(minutes=SLOTS - 1)
             entry = poll(
                 lambda: (
-                    (e := _entry(cluster, namespace, "cron2")).get("lastSlot", "") >= last.strftime("%Y-%m-%dT%H:%M:%SZ") and e
+                    (e := schedule_status(cluster, namespace, "cron2")).get("lastSlot", "")
+                    >= last.strftime("%Y-%m-%dT%H:%M:%SZ")
+                    and e
                 ),
                 timeout=SLOTS * 60 + 60,
                 interval=0.5,
                 what=f"{SLOTS} slots",
             )
             cluster.kubectl("delete", "-n", namespace, "tq", "cron2", "--wait=false")
-            poll(lambda: not _entry(cluster, namespace, "cron2"), timeout=30, what="the TaskQueue gone")
+            poll(lambda: not schedule_status(cluster, namespace, "cron2"), timeout=30, what="the TaskQueue gone")
     finally:
         for log in logs:
             if log.exists():
                 text = log.read_text(errors="replace").splitlines()
                 tail = [line for line in text if "schedule" in line or "peering" in line.lower()]
                 sys.stderr.write(f"\n--- {log.name}:\n" + "\n".join(tail[-30:]) + "\n")
-    assert _when(first_slot) > _when(anchored)
-    minutes = int((_when(entry["lastSlot"]) - _when(first_slot)).total_seconds() // 60)
+    assert parse_time(first_slot) > parse_time(anchored)
+    minutes = int((parse_time(entry["lastSlot"]) - parse_time(first_slot)).total_seconds() // 60)
     assert minutes >= SLOTS - 1
-    expected = [slot_task_id("cron2", "every", _when(first_slot) + timedelta(minutes=m)) for m in range(minutes + 1)]
+    expected = [slot_task_id("cron2", "every", parse_time(first_slot) + timedelta(minutes=m)) for m in range(minutes + 1)]
     store = TaskStore(mongodb_uri, database_name)
     try:
         documents = sorted(d["_id"] for d in store.tasks.find({"name": "echo"}, {"_id": 1}))
     finally:
         store.close()
-    messages = Counter(_drain(amqp_url, queue_name))
+    messages = Counter(drain_ids(amqp_url, queue_name, name="schedule-ha-test"))
     lines = Counter(task_id for log in logs for task_id in _enqueued(log))
     print(f"slots {expected}; messages {dict(messages)}; enqueued lines {dict(lines)}")
     assert documents == expected  # every slot, none missed, no other id
